@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/virtkeep/virtkeep/qmp"
-	"github.com/virtkeep/virtkeep/testenv"
+	"github.com/virtkeep/virtkeep/testenv/vm"
 )
 
 // bitmapLifecycle adds a persistent bitmap to node, writes through write and
@@ -82,7 +82,7 @@ func bitmapLifecycle(t *testing.T, c *qmp.Client, node string, write func(off, n
 }
 
 func TestRealQEMUSocketBitmaps(t *testing.T) {
-	q := testenv.StartQEMU(t, testenv.QEMUSpec{Disks: []testenv.DiskSpec{{Size: 16 << 20}}})
+	q := vm.StartQEMU(t, vm.QEMUSpec{Disks: []vm.DiskSpec{{Size: 16 << 20}}})
 	mon := qmp.NewSocketMonitor("unix", q.QMPPath, 5*time.Second)
 	if err := mon.Connect(); err != nil {
 		t.Fatal(err)
@@ -108,8 +108,8 @@ func TestRealQEMUSocketBitmaps(t *testing.T) {
 }
 
 func TestRealLibvirtMonitorBitmaps(t *testing.T) {
-	env := testenv.Libvirt(t)
-	dom := env.NewDomain(t, testenv.DomainSpec{Disks: []testenv.DiskSpec{{Size: 16 << 20}}, Start: true})
+	env := vm.Libvirt(t)
+	dom := env.NewDomain(t, vm.DomainSpec{Disks: []vm.DiskSpec{{Size: 16 << 20}}, Start: true})
 	c := qmp.NewClient(qmp.NewLibvirtMonitor(dom.Dom))
 	ctx := context.Background()
 	node, err := c.DeviceNode(ctx, "virtio-disk0")

@@ -1,8 +1,8 @@
-// Package testenv gives tests real components to work against: libvirt
-// domains on qemu:///system and plain QEMU processes with disks of
-// deterministic content, writes made the way a guest makes them (HMP qemu-io),
-// a model of what every disk must hold at any moment, and hashes of what it
-// really holds, read from the outside.
+// Package testenv gives tests real components to work against. This package
+// is pure Go: disks of deterministic content (Content) written as raw or
+// qcow2 images, a model of what a disk must hold after writes, its hash read
+// from the outside through qemu-nbd, and the rules for real-component tests.
+// Its sub-package vm adds libvirt domains and plain QEMU processes.
 //
 // On a developer's machine a missing component skips the test. With CI=true
 // or VIRTKEEP_REQUIRE_REAL=1 it fails it. Every test that reached a real

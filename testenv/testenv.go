@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -110,9 +109,4 @@ func TempDir(t testing.TB) string {
 		_ = os.RemoveAll(dir)
 	})
 	return dir
-}
-
-// uniqueName is a libvirt-safe name for a test's domain.
-func uniqueName(t testing.TB, dir string) string {
-	return "vk-" + filepath.Base(dir)
 }

@@ -1,28 +1,29 @@
-package testenv
+package vm
 
 import (
 	"context"
 	"fmt"
+	"github.com/virtkeep/virtkeep/testenv"
 	"path/filepath"
 	"strings"
 )
 
 // DiskSpec describes a disk to create.
 type DiskSpec struct {
-	Target string // guest target name; default vda, vdb, ... by position
-	Format string // "qcow2" (default) or "raw"
-	Size   int64  // virtual size in bytes; default 64 MiB
-	Seed   uint64 // content seed; default derived from the position
-	Fill   Fill   // content mix; default DefaultFill
+	Target string       // guest target name; default vda, vdb, ... by position
+	Format string       // "qcow2" (default) or "raw"
+	Size   int64        // virtual size in bytes; default 64 MiB
+	Seed   uint64       // content seed; default derived from the position
+	Fill   testenv.Fill // content mix; default testenv.DefaultFill
 }
 
 // Disk is a disk of a test domain or QEMU process.
 type Disk struct {
-	Target  string   // guest target name (vda)
-	Path    string   // image file
-	Format  string   // qcow2 or raw
-	Content *Content // what the disk must hold now
-	qdev    string   // QEMU device id, set while running
+	Target  string           // guest target name (vda)
+	Path    string           // image file
+	Format  string           // qcow2 or raw
+	Content *testenv.Content // what the disk must hold now
+	qdev    string           // QEMU device id, set while running
 }
 
 // Size is the disk's virtual size.
@@ -33,7 +34,7 @@ func (d *Disk) ExpectedSHA256() string { return d.Content.SHA256() }
 
 // ActualSHA256 reads the image from the outside and hashes it.
 func (d *Disk) ActualSHA256(ctx context.Context) (string, error) {
-	return ImageSHA256(ctx, d.Path, d.Format)
+	return testenv.ImageSHA256(ctx, d.Path, d.Format)
 }
 
 func createDisks(ctx context.Context, dir string, specs []DiskSpec) ([]*Disk, error) {
@@ -56,12 +57,12 @@ func createDisks(ctx context.Context, dir string, specs []DiskSpec) ([]*Disk, er
 		if s.Seed == 0 {
 			s.Seed = uint64(i) + 1
 		}
-		c, err := NewContent(s.Size, s.Seed, s.Fill)
+		c, err := testenv.NewContent(s.Size, s.Seed, s.Fill)
 		if err != nil {
 			return nil, fmt.Errorf("testenv: disk %s: %w", s.Target, err)
 		}
 		path := filepath.Join(dir, s.Target+"."+s.Format)
-		if err := WriteImage(ctx, c, path, s.Format); err != nil {
+		if err := testenv.WriteImage(ctx, c, path, s.Format); err != nil {
 			return nil, fmt.Errorf("testenv: disk %s: %w", s.Target, err)
 		}
 		disks = append(disks, &Disk{Target: s.Target, Path: path, Format: s.Format, Content: c})
@@ -86,7 +87,7 @@ type hmpFunc func(ctx context.Context, line string) (string, error)
 // writeDisk writes into a running disk through HMP qemu-io, the way a guest
 // write reaches the block layer, flushes it so readers from outside see it,
 // and records it in the disk's model.
-func writeDisk(ctx context.Context, hmp hmpFunc, d *Disk, w Write) error {
+func writeDisk(ctx context.Context, hmp hmpFunc, d *Disk, w testenv.Write) error {
 	if d.qdev == "" {
 		return fmt.Errorf("testenv: disk %s: not attached to a running QEMU", d.Target)
 	}

@@ -1,11 +1,13 @@
-package testenv
+package vm
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/virtkeep/virtkeep/testenv"
 	"html"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -32,12 +34,12 @@ type Env struct {
 // The connection is closed when t ends.
 func Libvirt(t testing.TB) *Env {
 	t.Helper()
-	Integration(t)
-	RequireCommands(t, "qemu-system-x86_64", "qemu-img", "qemu-io", "qemu-nbd", "nbdcopy")
+	testenv.Integration(t)
+	testenv.RequireCommands(t, "qemu-system-x86_64", "qemu-img", "qemu-io", "qemu-nbd", "nbdcopy")
 	uri := URI()
 	conn, err := libvirt.NewConnect(uri)
 	if err != nil {
-		Unavailable(t, "libvirt %s: %v (is libvirtd running? make deps starts it)", uri, err)
+		testenv.Unavailable(t, "libvirt %s: %v (is libvirtd running? make deps starts it)", uri, err)
 	}
 	t.Cleanup(func() { _, _ = conn.Close() })
 	return &Env{Conn: conn, URI: uri}
@@ -87,12 +89,12 @@ func (e *Env) NewDomain(t testing.TB, spec DomainSpec) *Domain {
 		t.Fatalf("testenv: domain needs at least one disk")
 	}
 	ctx := context.Background()
-	dir := TempDir(t)
+	dir := testenv.TempDir(t)
 	disks, err := createDisks(ctx, dir, spec.Disks)
 	if err != nil {
 		t.Fatal(err)
 	}
-	name := uniqueName(t, dir)
+	name := "vk-" + filepath.Base(dir)
 	xml := domainXML(name, spec.MemoryMiB, disks)
 	dom, err := e.Conn.DomainDefineXML(xml)
 	if err != nil {
@@ -222,7 +224,7 @@ func (d *Domain) Write(ctx context.Context, target string, off, n int64, pattern
 	if err != nil {
 		return err
 	}
-	return writeDisk(ctx, d.HMP, disk, Write{Off: off, Len: n, Pattern: pattern})
+	return writeDisk(ctx, d.HMP, disk, testenv.Write{Off: off, Len: n, Pattern: pattern})
 }
 
 // WriteZeroes writes zeroes (qemu-io write -z) at [off, off+n).
@@ -231,7 +233,7 @@ func (d *Domain) WriteZeroes(ctx context.Context, target string, off, n int64) e
 	if err != nil {
 		return err
 	}
-	return writeDisk(ctx, d.HMP, disk, Write{Off: off, Len: n, Zero: true})
+	return writeDisk(ctx, d.HMP, disk, testenv.Write{Off: off, Len: n, Zero: true})
 }
 
 func (d *Domain) cleanup(t testing.TB) {

@@ -1,9 +1,10 @@
-package testenv
+package vm
 
 import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/virtkeep/virtkeep/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,13 +43,13 @@ type QEMU struct {
 // StartQEMU starts a QEMU process for t; it is killed when t ends.
 func StartQEMU(t testing.TB, spec QEMUSpec) *QEMU {
 	t.Helper()
-	Integration(t)
-	RequireCommands(t, "qemu-system-x86_64", "qemu-img", "qemu-io", "qemu-nbd", "nbdcopy")
+	testenv.Integration(t)
+	testenv.RequireCommands(t, "qemu-system-x86_64", "qemu-img", "qemu-io", "qemu-nbd", "nbdcopy")
 	if len(spec.Disks) == 0 {
 		t.Fatalf("testenv: QEMU needs at least one disk")
 	}
 	ctx := context.Background()
-	dir := TempDir(t)
+	dir := testenv.TempDir(t)
 	disks, err := createDisks(ctx, dir, spec.Disks)
 	if err != nil {
 		t.Fatal(err)
@@ -134,5 +135,5 @@ func (q *QEMU) Write(ctx context.Context, target string, off, n int64, pattern b
 	if err != nil {
 		return err
 	}
-	return writeDisk(ctx, q.HMP, disk, Write{Off: off, Len: n, Pattern: pattern})
+	return writeDisk(ctx, q.HMP, disk, testenv.Write{Off: off, Len: n, Pattern: pattern})
 }

@@ -1,7 +1,8 @@
-package testenv
+package vm
 
 import (
 	"context"
+	"github.com/virtkeep/virtkeep/testenv"
 	"strings"
 	"testing"
 	"time"
@@ -10,10 +11,10 @@ import (
 )
 
 func TestImageFromOutside(t *testing.T) {
-	Integration(t)
-	RequireCommands(t, "qemu-img", "qemu-io", "qemu-nbd", "nbdcopy")
+	testenv.Integration(t)
+	testenv.RequireCommands(t, "qemu-img", "qemu-io", "qemu-nbd", "nbdcopy")
 	ctx := context.Background()
-	dir := TempDir(t)
+	dir := testenv.TempDir(t)
 	disks, err := createDisks(ctx, dir, []DiskSpec{{Format: "raw", Size: 16 << 20}, {Format: "qcow2", Size: 16 << 20, Seed: 5}})
 	if err != nil {
 		t.Fatal(err)
@@ -30,10 +31,10 @@ func TestImageFromOutside(t *testing.T) {
 	if disks[0].ExpectedSHA256() == disks[1].ExpectedSHA256() {
 		t.Error("disks with different seeds are identical")
 	}
-	if _, err := ImageSHA256(ctx, dir+"/nosuch.qcow2", "qcow2"); err == nil || !strings.Contains(err.Error(), "nosuch.qcow2") {
+	if _, err := testenv.ImageSHA256(ctx, dir+"/nosuch.qcow2", "qcow2"); err == nil || !strings.Contains(err.Error(), "nosuch.qcow2") {
 		t.Errorf("missing image: error %v does not name it", err)
 	}
-	if err := WriteImage(ctx, disks[0].Content, dir+"/x.vmdk", "vmdk"); err == nil || !strings.Contains(err.Error(), "vmdk") {
+	if err := testenv.WriteImage(ctx, disks[0].Content, dir+"/x.vmdk", "vmdk"); err == nil || !strings.Contains(err.Error(), "vmdk") {
 		t.Errorf("unknown format: error %v does not name it", err)
 	}
 }
