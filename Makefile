@@ -34,7 +34,7 @@ lint: ## go vet and staticcheck
 	go run honnef.co/go/tools/cmd/staticcheck@v0.7.0 ./...
 
 bench: deps ## benchmarks (numbers for the closing notes)
-	go test -run '^$$' -bench . -benchtime 3x -count=1 ./...
+	set -o pipefail; go test -run '^$$' -bench . -benchtime 1x -count=1 -timeout 60m ./... 2>&1 | tee bench.out
 
 install: build ## install the binaries under $(PREFIX)/bin
 	install -D -m 0755 bin/virtkeep $(DESTDIR)$(PREFIX)/bin/virtkeep

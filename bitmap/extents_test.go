@@ -183,13 +183,13 @@ func TestWalkProperty(t *testing.T) {
 
 func TestBuilderRejects(t *testing.T) {
 	b := NewBuilder(100)
-	if err := b.Add(Extent{10, 5, 0}); err == nil {
+	if err := b.Add(Extent{Off: 10, Len: 5, State: 0}); err == nil {
 		t.Error("gap accepted")
 	}
-	if err := b.Add(Extent{0, 0, 0}); err == nil {
+	if err := b.Add(Extent{Off: 0, Len: 0, State: 0}); err == nil {
 		t.Error("empty extent accepted")
 	}
-	if err := b.Add(Extent{0, 50, 0}); err != nil {
+	if err := b.Add(Extent{Off: 0, Len: 50, State: 0}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.Map(); err == nil {
@@ -198,7 +198,7 @@ func TestBuilderRejects(t *testing.T) {
 	if err := b.Add(Extent{50, 500, Zero}); err != nil { // clipped
 		t.Fatal(err)
 	}
-	if err := b.Add(Extent{100, 1, 0}); err == nil {
+	if err := b.Add(Extent{Off: 100, Len: 1, State: 0}); err == nil {
 		t.Error("extent past the end accepted")
 	}
 	m, err := b.Map()
@@ -235,8 +235,8 @@ func (f fakeMapper) Map(_ context.Context, name string, off, length int64, fn fu
 
 func TestFromNBD(t *testing.T) {
 	f := fakeMapper{
-		nbd.ContextBaseAllocation: {{0, 4096, 0}, {4096, 4096, nbd.StateZero}, {8192, 8192, nbd.StateHole | nbd.StateZero}},
-		"qemu:dirty-bitmap:b":     {{0, 8192, 0}, {8192, 8192, nbd.StateDirty}},
+		nbd.ContextBaseAllocation: {{Off: 0, Len: 4096, Flags: 0}, {Off: 4096, Len: 4096, Flags: nbd.StateZero}, {Off: 8192, Len: 8192, Flags: nbd.StateHole | nbd.StateZero}},
+		"qemu:dirty-bitmap:b":     {{Off: 0, Len: 8192, Flags: 0}, {Off: 8192, Len: 8192, Flags: nbd.StateDirty}},
 	}
 	ctx := context.Background()
 	a, err := Allocation(ctx, f, 16384)
@@ -248,7 +248,7 @@ func TestFromNBD(t *testing.T) {
 		t.Fatal(err)
 	}
 	o, _ := Overlay(a, d)
-	want := []Extent{{0, 4096, 0}, {4096, 4096, Zero}, {8192, 8192, Zero | Hole | Dirty}}
+	want := []Extent{{Off: 0, Len: 4096, State: 0}, {4096, 4096, Zero}, {8192, 8192, Zero | Hole | Dirty}}
 	if got := o.Extents(); len(got) != 3 || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
 		t.Fatalf("got %v", got)
 	}
