@@ -1,0 +1,274 @@
+// Package local is the repository backend on a local directory. Objects are
+// files; a put writes a temporary file in the same directory and renames it
+// into place, so a reader never sees a part of an object. Sync makes
+// everything durable with syncfs(2) and fsyncs the directories written.
+package local
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/virtkeep/virtkeep/target"
+)
+
+// Config configures a local backend.
+type Config struct {
+	// Path is the repository directory; it is created if missing.
+	Path string
+	// FsyncEach makes every Put fsync its file and directory before it
+	// returns (slower; Sync does the same work once).
+	FsyncEach bool
+}
+
+// Local is a target.Backend on a directory.
+type Local struct {
+	cfg Config
+
+	mu    sync.Mutex
+	dirty map[string]struct{} // directories with renames not yet fsynced
+}
+
+var _ target.Backend = (*Local)(nil)
+
+// Open opens (creating if needed) the directory backend.
+func Open(cfg Config) (*Local, error) {
+	if cfg.Path == "" {
+		return nil, errors.New("local: no path")
+	}
+	p, err := filepath.Abs(cfg.Path)
+	if err != nil {
+		return nil, fmt.Errorf("local: %w", err)
+	}
+	cfg.Path = p
+	if err := os.MkdirAll(p, 0o700); err != nil {
+		return nil, fmt.Errorf("local: %w", err)
+	}
+	return &Local{cfg: cfg, dirty: map[string]struct{}{}}, nil
+}
+
+func (l *Local) path(key string) (string, error) {
+	if err := target.CheckKey(key); err != nil {
+		return "", fmt.Errorf("local: %w", err)
+	}
+	return filepath.Join(l.cfg.Path, filepath.FromSlash(key)), nil
+}
+
+// Put writes data to a temporary file and renames it over key.
+func (l *Local) Put(ctx context.Context, key string, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p, err := l.path(key)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(p)
+	f, err := l.createTemp(dir)
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil && l.cfg.FsyncEach {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, p)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("local: put %s: %w", key, err)
+	}
+	if l.cfg.FsyncEach {
+		return syncDir(dir)
+	}
+	l.mu.Lock()
+	l.dirty[dir] = struct{}{}
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *Local) createTemp(dir string) (*os.File, error) {
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	name := filepath.Join(dir, ".tmp-"+hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err = os.MkdirAll(dir, 0o700); err == nil {
+			l.mu.Lock()
+			l.dirty[filepath.Dir(dir)] = struct{}{}
+			l.mu.Unlock()
+			f, err = os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("local: %w", err)
+	}
+	return f, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("local: sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("local: sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Get reads a range of the object.
+func (l *Local) Get(ctx context.Context, key string, off, length int64) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	p, err := l.path(key)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("local: %s: %w", key, target.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("local: %w", err)
+	}
+	defer f.Close()
+	if off < 0 {
+		return nil, fmt.Errorf("local: get %s: negative offset %d", key, off)
+	}
+	if length < 0 {
+		fi, err := f.Stat()
+		if err != nil {
+			return nil, fmt.Errorf("local: %w", err)
+		}
+		length = max(fi.Size()-off, 0)
+	}
+	b := make([]byte, length)
+	n, err := f.ReadAt(b, off)
+	if err != nil && err != io.EOF {
+		return nil, fmt.Errorf("local: get %s: %w", key, err)
+	}
+	return b[:n], nil
+}
+
+// Stat describes the object.
+func (l *Local) Stat(ctx context.Context, key string) (target.ObjectInfo, error) {
+	p, err := l.path(key)
+	if err != nil {
+		return target.ObjectInfo{}, err
+	}
+	fi, err := os.Stat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return target.ObjectInfo{}, fmt.Errorf("local: %s: %w", key, target.ErrNotFound)
+	}
+	if err != nil {
+		return target.ObjectInfo{}, fmt.Errorf("local: %w", err)
+	}
+	return target.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+}
+
+// List walks the directory under prefix.
+func (l *Local) List(ctx context.Context, prefix string, fn func(target.ObjectInfo) error) error {
+	// Walk the deepest directory the prefix names, then filter.
+	dir := l.cfg.Path
+	if i := strings.LastIndex(prefix, "/"); i >= 0 {
+		dir = filepath.Join(dir, filepath.FromSlash(prefix[:i]))
+	}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		if d.IsDir() || strings.HasPrefix(d.Name(), ".tmp-") {
+			return nil
+		}
+		rel, err := filepath.Rel(l.cfg.Path, p)
+		if err != nil {
+			return err
+		}
+		key := filepath.ToSlash(rel)
+		if !strings.HasPrefix(key, prefix) {
+			return nil
+		}
+		fi, err := d.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // deleted meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		return fn(target.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()})
+	})
+	if err != nil {
+		return fmt.Errorf("local: list %q: %w", prefix, err)
+	}
+	return nil
+}
+
+// Delete removes the object.
+func (l *Local) Delete(ctx context.Context, key string) error {
+	p, err := l.path(key)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("local: delete %s: %w", key, err)
+	}
+	l.mu.Lock()
+	l.dirty[filepath.Dir(p)] = struct{}{}
+	l.mu.Unlock()
+	return nil
+}
+
+// Sync flushes the file system (syncfs) and fsyncs the directories that
+// gained or lost entries since the last Sync.
+func (l *Local) Sync(ctx context.Context) error {
+	l.mu.Lock()
+	dirs := l.dirty
+	l.dirty = map[string]struct{}{}
+	l.mu.Unlock()
+	d, err := os.Open(l.cfg.Path)
+	if err != nil {
+		return fmt.Errorf("local: sync: %w", err)
+	}
+	defer d.Close()
+	if err := unix.Syncfs(int(d.Fd())); err != nil {
+		return fmt.Errorf("local: syncfs: %w", err)
+	}
+	for dir := range dirs {
+		if err := syncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// Properties describes the backend.
+func (l *Local) Properties() target.Properties {
+	return target.Properties{Name: "local:" + l.cfg.Path, Local: true}
+}
+
+// Close does nothing.
+func (l *Local) Close() error { return nil }
