@@ -1,0 +1,238 @@
+package target
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// CheckOptions choose how deep Check goes.
+type CheckOptions struct {
+	// ReadData re-reads and re-hashes every chunk; without it, chunks are
+	// only checked to exist.
+	ReadData bool
+}
+
+// Problem is one thing Check found wrong, with the points it affects.
+type Problem struct {
+	Object string   `json:"object"`
+	Error  string   `json:"error"`
+	Points []string `json:"points"` // "ID (domain, time)"
+}
+
+// CheckReport is what Check found.
+type CheckReport struct {
+	Points      int       `json:"points"`
+	Chunks      int       `json:"chunks"`
+	ChunksRead  int       `json:"chunks_read"`
+	Problems    []Problem `json:"problems"`
+	Unjournaled []string  `json:"unjournaled,omitempty"` // manifests without a journal entry (harmless)
+}
+
+// OK reports whether nothing is damaged.
+func (c *CheckReport) OK() bool { return len(c.Problems) == 0 }
+
+func (c *CheckReport) String() string {
+	if c.OK() {
+		return fmt.Sprintf("no problems in %d points, %d chunks (%d read)", c.Points, c.Chunks, c.ChunksRead)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d problems in %d points:\n", len(c.Problems), c.Points)
+	for _, p := range c.Problems {
+		fmt.Fprintf(&b, "  %s: %s; affects %s\n", p.Object, p.Error, strings.Join(p.Points, ", "))
+	}
+	return b.String()
+}
+
+func pointLabel(id, domain string, t time.Time) string {
+	return fmt.Sprintf("%s (%s, %s)", id, domain, t.Format(time.RFC3339))
+}
+
+// Check verifies the repository's structure: every journaled point has a
+// manifest, every manifest parses, every index root and page reads and
+// verifies, every referenced chunk and blob exists (and, with ReadData,
+// reads back and hashes to its name). Each problem names the points it
+// damages. The error is for failures to check, not for damage found.
+func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
+	rep := &CheckReport{}
+	problems := map[string]*Problem{}
+	add := func(object string, err error, point string) {
+		p, ok := problems[object]
+		if !ok {
+			p = &Problem{Object: object, Error: err.Error()}
+			problems[object] = p
+		}
+		for _, q := range p.Points {
+			if q == point {
+				return
+			}
+		}
+		p.Points = append(p.Points, point)
+	}
+
+	// Journal entries and manifests.
+	journal := map[string]journalEntry{}
+	err := r.b.List(ctx, "journal/", func(fi ObjectInfo) error {
+		id := strings.TrimPrefix(fi.Key, "journal/")
+		obj, err := r.b.Get(ctx, fi.Key, 0, -1)
+		if err != nil {
+			return err
+		}
+		var je journalEntry
+		plain, err := r.codec.open(typeJournal, obj)
+		if err == nil {
+			err = jsonUnmarshal(plain, &je)
+		}
+		if err != nil {
+			add(fi.Key, err, id)
+			return nil
+		}
+		journal[id] = je
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("check: list journal: %w", err)
+	}
+	var ids []string
+	if err := r.b.List(ctx, "points/", func(fi ObjectInfo) error {
+		ids = append(ids, strings.TrimPrefix(fi.Key, "points/"))
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("check: list points: %w", err)
+	}
+	sort.Strings(ids)
+	have := map[string]bool{}
+	var manifests []*Manifest
+	for _, id := range ids {
+		have[id] = true
+		m, err := r.Point(ctx, id)
+		if err != nil {
+			label := id
+			if je, ok := journal[id]; ok {
+				label = pointLabel(id, je.Domain, je.Time)
+			}
+			add("points/"+id, err, label)
+			continue
+		}
+		manifests = append(manifests, m)
+		if _, ok := journal[id]; !ok {
+			rep.Unjournaled = append(rep.Unjournaled, id)
+		}
+	}
+	for id, je := range journal {
+		if !have[id] {
+			add("points/"+id, errors.New("manifest missing"), pointLabel(id, je.Domain, je.Time))
+		}
+	}
+	rep.Points = len(ids)
+
+	// Indexes: roots and pages, once each; collect referenced chunks.
+	chunks := map[ID]bool{}
+	pageOK := map[ID]error{}
+	type ref struct {
+		m    *Manifest
+		disk string
+	}
+	for _, m := range manifests {
+		label := pointLabel(m.ID, m.Domain, m.Time)
+		for k, b := range m.Blobs {
+			id, _ := ParseID(b)
+			if _, err := r.getObject(ctx, typeBlob, id); err != nil {
+				add(objectKey(typeBlob, id), fmt.Errorf("blob %s: %w", k, err), label)
+			}
+		}
+		for _, d := range m.Disks {
+			rt, err := r.loadRoot(ctx, d.Root)
+			if err != nil {
+				add("index root of disk "+d.Name, err, label)
+				continue
+			}
+			if rt.size != d.VirtualSize {
+				add("index root of disk "+d.Name, corrupt("index says %d bytes, manifest %d", rt.size, d.VirtualSize), label)
+				continue
+			}
+			for p, pid := range rt.pages {
+				if pid.IsZero() {
+					continue
+				}
+				perr, seen := pageOK[pid]
+				if !seen {
+					var ids []ID
+					ids, perr = r.loadPage(ctx, rt, int64(p))
+					pageOK[pid] = perr
+					for _, cid := range ids {
+						if !cid.IsZero() {
+							chunks[cid] = true
+						}
+					}
+				}
+				if perr != nil {
+					add(objectKey(typePage, pid), perr, label)
+				}
+			}
+		}
+	}
+	rep.Chunks = len(chunks)
+
+	// Chunks: existence from one listing, content on request.
+	stored := map[ID]int64{}
+	if err := r.b.List(ctx, "chunks/", func(fi ObjectInfo) error {
+		if id, err := ParseID(fi.Key[strings.LastIndex(fi.Key, "/")+1:]); err == nil {
+			stored[id] = fi.Size
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("check: list chunks: %w", err)
+	}
+	bad := map[ID]error{}
+	for id := range chunks {
+		size, ok := stored[id]
+		switch {
+		case !ok:
+			bad[id] = errors.New("chunk missing")
+		case size <= headerLen:
+			bad[id] = corrupt("chunk of %d bytes", size)
+		case o.ReadData:
+			if _, err := r.getObject(ctx, typeChunk, id); err != nil {
+				bad[id] = err
+			}
+			rep.ChunksRead++
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+	// Second pass, only if something is bad: which points use bad chunks.
+	if len(bad) > 0 {
+		for _, m := range manifests {
+			label := pointLabel(m.ID, m.Domain, m.Time)
+			for _, d := range m.Disks {
+				rt, err := r.loadRoot(ctx, d.Root)
+				if err != nil {
+					continue
+				}
+				for p := range rt.pages {
+					ids, err := r.loadPage(ctx, rt, int64(p))
+					if err != nil {
+						continue
+					}
+					for i, cid := range ids {
+						if e, ok := bad[cid]; ok {
+							add(objectKey(typeChunk, cid), fmt.Errorf("%w (disk %s, offset %d)", e, d.Name, (int64(p)*pageEntries+int64(i))*int64(r.cfg.ChunkSize)), label)
+						}
+					}
+				}
+			}
+		}
+	}
+	for _, p := range problems {
+		sort.Strings(p.Points)
+		rep.Problems = append(rep.Problems, *p)
+	}
+	sort.Slice(rep.Problems, func(i, j int) bool { return rep.Problems[i].Object < rep.Problems[j].Object })
+	sort.Strings(rep.Unjournaled)
+	return rep, nil
+}

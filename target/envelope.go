@@ -1,0 +1,235 @@
+package target
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// ID names a content-addressed object: SHA-256 of its plaintext, or
+// HMAC-SHA-256 under the repository's id-key when it is encrypted.
+type ID [32]byte
+
+// ZeroID stands for an all-zero chunk or page, which is never stored.
+var ZeroID ID
+
+func (id ID) String() string { return hex.EncodeToString(id[:]) }
+
+// IsZero reports whether id is ZeroID.
+func (id ID) IsZero() bool { return id == ZeroID }
+
+// ParseID parses 64 hex digits.
+func ParseID(s string) (ID, error) {
+	var id ID
+	if len(s) != 64 {
+		return id, fmt.Errorf("object id %q: want 64 hex digits", s)
+	}
+	if _, err := hex.Decode(id[:], []byte(s)); err != nil {
+		return id, fmt.Errorf("object id %q: %w", s, err)
+	}
+	return id, nil
+}
+
+// Object types of the envelope.
+const (
+	typeChunk   = 1
+	typePage    = 2
+	typeRoot    = 3
+	typeManifst = 4
+	typeJournal = 5
+	typeBlob    = 6
+)
+
+const (
+	flagZstd      = 1 << 0
+	flagEncrypted = 1 << 1
+	headerLen     = 12
+	nonceLen      = 12
+	tagLen        = 16
+)
+
+var envelopeMagic = [4]byte{'V', 'K', 'O', '1'}
+
+// ErrCorrupt is wrapped by every error about damaged repository content.
+var ErrCorrupt = errors.New("repository object damaged")
+
+func corrupt(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrCorrupt, fmt.Sprintf(format, args...))
+}
+
+// maxPlain is the largest plaintext each object type may hold.
+func maxPlain(typ byte, chunkSize int) int {
+	switch typ {
+	case typeChunk:
+		return chunkSize
+	case typePage:
+		return pageEntries * 32
+	default:
+		return 64 << 20
+	}
+}
+
+// codec seals and opens envelopes and computes IDs for one repository.
+type codec struct {
+	compress  bool
+	chunkSize int
+	aead      cipher.AEAD // nil: not encrypted
+	idKey     []byte      // nil: plain SHA-256
+
+	encPool sync.Pool // *zstd.Encoder
+	decPool sync.Pool // *zstd.Decoder
+	macPool sync.Pool // hash.Hash for HMAC
+}
+
+func newCodec(compress bool, chunkSize int, keys *subkeys) (*codec, error) {
+	c := &codec{compress: compress, chunkSize: chunkSize}
+	if keys != nil {
+		block, err := aes.NewCipher(keys.enc[:])
+		if err != nil {
+			return nil, err
+		}
+		if c.aead, err = cipher.NewGCM(block); err != nil {
+			return nil, err
+		}
+		c.idKey = append([]byte(nil), keys.id[:]...)
+		c.macPool.New = func() any { return hmac.New(sha256.New, c.idKey) }
+	}
+	c.encPool.New = func() any {
+		e, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+		return e
+	}
+	c.decPool.New = func() any {
+		d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(128<<20))
+		return d
+	}
+	return c, nil
+}
+
+// id computes the object ID of plaintext.
+func (c *codec) id(plain []byte) ID {
+	if c.idKey == nil {
+		return sha256.Sum256(plain)
+	}
+	h := c.macPool.Get().(interface {
+		Write([]byte) (int, error)
+		Sum([]byte) []byte
+		Reset()
+	})
+	h.Reset()
+	_, _ = h.Write(plain)
+	var id ID
+	h.Sum(id[:0])
+	c.macPool.Put(h)
+	return id
+}
+
+// seal wraps plain in an envelope of type typ.
+func (c *codec) seal(typ byte, plain []byte) []byte {
+	var hdr [headerLen]byte
+	copy(hdr[:4], envelopeMagic[:])
+	hdr[4] = typ
+	binary.BigEndian.PutUint32(hdr[8:], uint32(len(plain)))
+	payload := plain
+	if c.compress && len(plain) > 64 {
+		enc := c.encPool.Get().(*zstd.Encoder)
+		z := enc.EncodeAll(plain, make([]byte, 0, len(plain)/2+64))
+		c.encPool.Put(enc)
+		if len(z) < len(plain) {
+			payload = z
+			hdr[5] |= flagZstd
+		}
+	}
+	if c.aead == nil {
+		out := make([]byte, 0, headerLen+len(payload))
+		return append(append(out, hdr[:]...), payload...)
+	}
+	hdr[5] |= flagEncrypted
+	out := make([]byte, headerLen+nonceLen, headerLen+nonceLen+len(payload)+tagLen)
+	copy(out, hdr[:])
+	if _, err := rand.Read(out[headerLen:]); err != nil {
+		panic("virtkeep: no randomness: " + err.Error())
+	}
+	return c.aead.Seal(out, out[headerLen:headerLen+nonceLen], payload, hdr[:])
+}
+
+// open unwraps an envelope that must be of type typ and returns the
+// plaintext. Every inconsistency is an error wrapping ErrCorrupt.
+func (c *codec) open(typ byte, obj []byte) ([]byte, error) {
+	if len(obj) < headerLen {
+		return nil, corrupt("object of %d bytes is shorter than its header", len(obj))
+	}
+	hdr := obj[:headerLen]
+	if [4]byte(hdr[:4]) != envelopeMagic {
+		return nil, corrupt("bad magic %q", hdr[:4])
+	}
+	if hdr[4] != typ {
+		return nil, corrupt("object type %d, want %d", hdr[4], typ)
+	}
+	flags := hdr[5]
+	if flags&^(flagZstd|flagEncrypted) != 0 || hdr[6] != 0 || hdr[7] != 0 {
+		return nil, corrupt("unknown flags %#x", hdr[5:8])
+	}
+	plainLen := int(binary.BigEndian.Uint32(hdr[8:]))
+	if plainLen > maxPlain(typ, c.chunkSize) {
+		return nil, corrupt("plaintext of %d bytes is too long for type %d", plainLen, typ)
+	}
+	body := obj[headerLen:]
+	encrypted := flags&flagEncrypted != 0
+	if encrypted != (c.aead != nil) {
+		if encrypted {
+			return nil, corrupt("object is encrypted but the repository is not")
+		}
+		return nil, corrupt("object is not encrypted but the repository is")
+	}
+	if encrypted {
+		if len(body) < nonceLen+tagLen {
+			return nil, corrupt("encrypted body of %d bytes", len(body))
+		}
+		p, err := c.aead.Open(nil, body[:nonceLen], body[nonceLen:], hdr)
+		if err != nil {
+			return nil, corrupt("authentication failed (damaged, or another key)")
+		}
+		body = p
+	}
+	if flags&flagZstd == 0 {
+		if len(body) != plainLen {
+			return nil, corrupt("payload of %d bytes, header says %d", len(body), plainLen)
+		}
+		return body, nil
+	}
+	dec := c.decPool.Get().(*zstd.Decoder)
+	defer c.decPool.Put(dec)
+	out := make([]byte, 0, plainLen)
+	// Guard against decompression bombs: the frame must not exceed plainLen.
+	if fs, err := frameContentSize(body); err == nil && fs > uint64(plainLen) {
+		return nil, corrupt("compressed frame of %d bytes, header says %d", fs, plainLen)
+	}
+	out, err := dec.DecodeAll(body, out)
+	if err != nil {
+		return nil, corrupt("decompress: %v", err)
+	}
+	if len(out) != plainLen {
+		return nil, corrupt("decompressed to %d bytes, header says %d", len(out), plainLen)
+	}
+	return out, nil
+}
+
+func frameContentSize(b []byte) (uint64, error) {
+	var h zstd.Header
+	if err := h.Decode(b); err != nil {
+		return 0, err
+	}
+	if !h.HasFCS {
+		return 0, errors.New("no frame content size")
+	}
+	return h.FrameContentSize, nil
+}

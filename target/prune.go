@@ -1,0 +1,208 @@
+package target
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+func jsonUnmarshal(b []byte, v any) error {
+	if err := json.Unmarshal(b, v); err != nil {
+		return corrupt("%v", err)
+	}
+	return nil
+}
+
+// ErrProtected is returned for attempts to delete a protected point.
+var ErrProtected = errors.New("point is protected")
+
+// Protect marks point id protected (on) or not: prune never removes a
+// protected point.
+func (r *Repository) Protect(ctx context.Context, id string, on bool) error {
+	if _, err := r.Point(ctx, id); err != nil {
+		return err
+	}
+	if on {
+		return r.b.Put(ctx, "protect/"+id, []byte(r.now().UTC().Format(time.RFC3339)))
+	}
+	return r.b.Delete(ctx, "protect/"+id)
+}
+
+// Protected returns the set of protected point IDs.
+func (r *Repository) Protected(ctx context.Context) (map[string]bool, error) {
+	out := map[string]bool{}
+	err := r.b.List(ctx, "protect/", func(fi ObjectInfo) error {
+		out[strings.TrimPrefix(fi.Key, "protect/")] = true
+		return nil
+	})
+	return out, err
+}
+
+// DeletePoint removes one point (not its chunks: GC does). It takes the
+// exclusive lock and refuses protected points.
+func (r *Repository) DeletePoint(ctx context.Context, id string) error {
+	if err := checkPointID(id); err != nil {
+		return err
+	}
+	lock, err := r.Lock(ctx, true)
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", id, err)
+	}
+	defer lock.Unlock(ctx)
+	prot, err := r.Protected(ctx)
+	if err != nil {
+		return err
+	}
+	if prot[id] {
+		return fmt.Errorf("delete %s: %w", id, ErrProtected)
+	}
+	if _, err := r.b.Stat(ctx, "points/"+id); errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("delete %s: %w", id, ErrNoPoint)
+	}
+	return r.deletePoint(ctx, id)
+}
+
+// deletePoint removes the journal entry first: an interruption leaves an
+// unjournaled manifest (harmless), never a journal entry that cries damage.
+func (r *Repository) deletePoint(ctx context.Context, id string) error {
+	if err := r.b.Delete(ctx, "journal/"+id); err != nil {
+		return fmt.Errorf("delete %s: %w", id, err)
+	}
+	if err := r.b.Delete(ctx, "points/"+id); err != nil {
+		return fmt.Errorf("delete %s: %w", id, err)
+	}
+	return r.b.Sync(ctx)
+}
+
+// Retention says which points to keep, per domain. A point is kept if any
+// rule keeps it; protected points are always kept.
+type Retention struct {
+	KeepLast    int           `json:"keep_last,omitempty"`
+	KeepHourly  int           `json:"keep_hourly,omitempty"`
+	KeepDaily   int           `json:"keep_daily,omitempty"`
+	KeepWeekly  int           `json:"keep_weekly,omitempty"`
+	KeepMonthly int           `json:"keep_monthly,omitempty"`
+	KeepYearly  int           `json:"keep_yearly,omitempty"`
+	KeepWithin  time.Duration `json:"keep_within,omitempty"`
+}
+
+// Empty reports whether no rule is set.
+func (p Retention) Empty() bool { return p == Retention{} }
+
+// Decision is what retention decided for one point.
+type Decision struct {
+	ID      string    `json:"id"`
+	Domain  string    `json:"domain"`
+	Time    time.Time `json:"time"`
+	Keep    bool      `json:"keep"`
+	Reasons []string  `json:"reasons,omitempty"` // why it is kept
+}
+
+// Decide applies p to points (any order, any domains) at time now. The
+// result is grouped by domain, newest first within each.
+func Decide(points []*Manifest, p Retention, protected map[string]bool, now time.Time) []Decision {
+	byDomain := map[string][]*Manifest{}
+	var domains []string
+	for _, m := range points {
+		if _, ok := byDomain[m.Domain]; !ok {
+			domains = append(domains, m.Domain)
+		}
+		byDomain[m.Domain] = append(byDomain[m.Domain], m)
+	}
+	sort.Strings(domains)
+	var out []Decision
+	for _, d := range domains {
+		ms := byDomain[d]
+		sort.Slice(ms, func(i, j int) bool { return ms[i].Time.After(ms[j].Time) || ms[i].Time.Equal(ms[j].Time) && ms[i].ID > ms[j].ID })
+		type bucket struct {
+			name  string
+			n     int
+			key   func(time.Time) string
+			last  string
+			count int
+		}
+		buckets := []*bucket{
+			{name: "hourly", n: p.KeepHourly, key: func(t time.Time) string { return t.Format("2006-01-02T15") }},
+			{name: "daily", n: p.KeepDaily, key: func(t time.Time) string { return t.Format("2006-01-02") }},
+			{name: "weekly", n: p.KeepWeekly, key: func(t time.Time) string { y, w := t.ISOWeek(); return fmt.Sprintf("%d-W%02d", y, w) }},
+			{name: "monthly", n: p.KeepMonthly, key: func(t time.Time) string { return t.Format("2006-01") }},
+			{name: "yearly", n: p.KeepYearly, key: func(t time.Time) string { return t.Format("2006") }},
+		}
+		for i, m := range ms {
+			t := m.Time.UTC()
+			dec := Decision{ID: m.ID, Domain: m.Domain, Time: m.Time}
+			if protected[m.ID] {
+				dec.Reasons = append(dec.Reasons, "protected")
+			}
+			if i < p.KeepLast {
+				dec.Reasons = append(dec.Reasons, "last")
+			}
+			if p.KeepWithin > 0 && now.Sub(t) <= p.KeepWithin {
+				dec.Reasons = append(dec.Reasons, "within "+p.KeepWithin.String())
+			}
+			for _, b := range buckets {
+				if b.count < b.n {
+					if k := b.key(t); k != b.last {
+						b.last = k
+						b.count++
+						dec.Reasons = append(dec.Reasons, b.name)
+					}
+				}
+			}
+			dec.Keep = len(dec.Reasons) > 0
+			out = append(out, dec)
+		}
+	}
+	return out
+}
+
+// Prune applies p to the points of domain ("" for all) and, unless dryRun,
+// deletes the points it does not keep. It takes the exclusive lock. It
+// returns every decision; GC reclaims the space afterwards.
+func (r *Repository) Prune(ctx context.Context, domain string, p Retention, dryRun bool) ([]Decision, error) {
+	if p.Empty() {
+		return nil, errors.New("prune: no retention rule given (keep-last, keep-daily, ...): refusing to remove everything")
+	}
+	if p.KeepLast < 0 || p.KeepHourly < 0 || p.KeepDaily < 0 || p.KeepWeekly < 0 || p.KeepMonthly < 0 || p.KeepYearly < 0 || p.KeepWithin < 0 {
+		return nil, errors.New("prune: retention counts must not be negative")
+	}
+	var lock *Lock
+	if !dryRun {
+		var err error
+		if lock, err = r.Lock(ctx, true); err != nil {
+			return nil, fmt.Errorf("prune: %w", err)
+		}
+		defer lock.Unlock(ctx)
+	}
+	all, err := r.Points(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	var points []*Manifest
+	for _, m := range all {
+		if domain == "" || m.Domain == domain {
+			points = append(points, m)
+		}
+	}
+	prot, err := r.Protected(ctx)
+	if err != nil {
+		return nil, err
+	}
+	decs := Decide(points, p, prot, r.now())
+	if dryRun {
+		return decs, nil
+	}
+	for _, d := range decs {
+		if !d.Keep {
+			if err := r.deletePoint(ctx, d.ID); err != nil {
+				return decs, err
+			}
+			r.log.Info("pruned point", "point", d.ID, "domain", d.Domain)
+		}
+	}
+	return decs, nil
+}

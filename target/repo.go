@@ -1,0 +1,253 @@
+package target
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"time"
+)
+
+const (
+	// FormatVersion is the repository format this code writes and reads.
+	FormatVersion = 1
+	// DefaultChunkSize is the chunk size of new repositories (docs/FORMAT.md).
+	DefaultChunkSize = 256 << 10
+	pageEntries      = 1024
+)
+
+// Compression of new objects.
+type Compression string
+
+// Compression settings.
+const (
+	CompressionZstd Compression = "zstd"
+	CompressionNone Compression = "none"
+)
+
+type repoConfig struct {
+	Version     int         `json:"version"`
+	ID          string      `json:"id"`
+	ChunkSize   int         `json:"chunk_size"`
+	PageEntries int         `json:"page_entries"`
+	Compression Compression `json:"compression"`
+	Encryption  *struct {
+		Cipher   string `json:"cipher"`
+		KeyCheck string `json:"key_check"`
+	} `json:"encryption"`
+}
+
+// InitOptions configure a new repository.
+type InitOptions struct {
+	Compression Compression // default zstd
+	Key         *Key        // nil: not encrypted
+	ChunkSize   int         // default DefaultChunkSize; a power of two from 64 KiB to 4 MiB
+}
+
+// ErrNotRepository means the backend holds no repository config.
+var ErrNotRepository = errors.New("no virtkeep repository here")
+
+// ErrExists means Init found a repository already.
+var ErrExists = errors.New("a repository exists here already")
+
+// Init creates a repository in an empty backend.
+func Init(ctx context.Context, b Backend, o InitOptions) error {
+	if _, err := b.Stat(ctx, "config"); err == nil {
+		return fmt.Errorf("init %s: %w", b.Properties().Name, ErrExists)
+	} else if !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("init %s: %w", b.Properties().Name, err)
+	}
+	if o.Compression == "" {
+		o.Compression = CompressionZstd
+	}
+	if o.Compression != CompressionZstd && o.Compression != CompressionNone {
+		return fmt.Errorf("init: compression %q: want zstd or none", o.Compression)
+	}
+	if o.ChunkSize == 0 {
+		o.ChunkSize = DefaultChunkSize
+	}
+	if o.ChunkSize < 64<<10 || o.ChunkSize > 4<<20 || o.ChunkSize&(o.ChunkSize-1) != 0 {
+		return fmt.Errorf("init: chunk size %d: want a power of two from 64 KiB to 4 MiB", o.ChunkSize)
+	}
+	var rid [16]byte
+	if _, err := rand.Read(rid[:]); err != nil {
+		return err
+	}
+	cfg := repoConfig{Version: FormatVersion, ID: hex.EncodeToString(rid[:]), ChunkSize: o.ChunkSize, PageEntries: pageEntries, Compression: o.Compression}
+	if o.Key != nil {
+		sk, err := o.Key.derive(cfg.ID)
+		if err != nil {
+			return err
+		}
+		cfg.Encryption = &struct {
+			Cipher   string `json:"cipher"`
+			KeyCheck string `json:"key_check"`
+		}{"aes-256-gcm", sk.keyCheck()}
+	}
+	data, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := b.Put(ctx, "config", append(data, '\n')); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	return b.Sync(ctx)
+}
+
+// OpenOptions configure an open repository.
+type OpenOptions struct {
+	Key *Key // required for encrypted repositories
+	// Compression overrides the repository's setting for new objects
+	// ("" keeps it).
+	Compression Compression
+	// Workers is how many chunks are hashed, compressed and stored at once
+	// (default GOMAXPROCS).
+	Workers int
+	Logger  *slog.Logger
+	// Now is the clock (tests inject one).
+	Now func() time.Time
+	// Host names this host in manifests and locks.
+	Host string
+}
+
+// Repository is an open repository. It is safe for concurrent use.
+type Repository struct {
+	b      Backend
+	cfg    repoConfig
+	codec  *codec
+	log    *slog.Logger
+	now    func() time.Time
+	host   string
+	worker int
+}
+
+// Open opens the repository in b.
+func Open(ctx context.Context, b Backend, o OpenOptions) (*Repository, error) {
+	name := b.Properties().Name
+	raw, err := b.Get(ctx, "config", 0, 1<<20)
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("open %s: %w", name, ErrNotRepository)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", name, err)
+	}
+	cfg, err := parseConfig(raw)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", name, err)
+	}
+	var sk *subkeys
+	switch {
+	case cfg.Encryption != nil && o.Key == nil:
+		return nil, fmt.Errorf("open %s: the repository is encrypted: a key is needed", name)
+	case cfg.Encryption == nil && o.Key != nil:
+		return nil, fmt.Errorf("open %s: a key was given but the repository is not encrypted", name)
+	case cfg.Encryption != nil:
+		if sk, err = o.Key.derive(cfg.ID); err != nil {
+			return nil, err
+		}
+		if sk.keyCheck() != cfg.Encryption.KeyCheck {
+			return nil, fmt.Errorf("open %s: %w", name, ErrWrongKey)
+		}
+	}
+	comp := cfg.Compression
+	if o.Compression != "" {
+		comp = o.Compression
+	}
+	c, err := newCodec(comp == CompressionZstd, cfg.ChunkSize, sk)
+	if err != nil {
+		return nil, err
+	}
+	r := &Repository{b: b, cfg: cfg, codec: c, log: o.Logger, now: o.Now, host: o.Host, worker: o.Workers}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	if r.now == nil {
+		r.now = time.Now
+	}
+	if r.worker <= 0 {
+		r.worker = runtime.GOMAXPROCS(0)
+	}
+	return r, nil
+}
+
+func parseConfig(raw []byte) (repoConfig, error) {
+	var cfg repoConfig
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return cfg, fmt.Errorf("%w: config: %v", ErrCorrupt, err)
+	}
+	if cfg.Version > FormatVersion {
+		return cfg, fmt.Errorf("config: format version %d is newer than this virtkeep (%d): upgrade virtkeep", cfg.Version, FormatVersion)
+	}
+	if cfg.Version < 1 || cfg.ChunkSize < 64<<10 || cfg.ChunkSize > 4<<20 || cfg.ChunkSize&(cfg.ChunkSize-1) != 0 ||
+		cfg.PageEntries != pageEntries || len(cfg.ID) != 32 ||
+		(cfg.Compression != CompressionZstd && cfg.Compression != CompressionNone) ||
+		(cfg.Encryption != nil && cfg.Encryption.Cipher != "aes-256-gcm") {
+		return cfg, fmt.Errorf("%w: config: unsupported or malformed parameters", ErrCorrupt)
+	}
+	return cfg, nil
+}
+
+// Backend returns the repository's backend.
+func (r *Repository) Backend() Backend { return r.b }
+
+// ChunkSize is the repository's chunk size.
+func (r *Repository) ChunkSize() int { return r.cfg.ChunkSize }
+
+// Encrypted reports whether the repository is encrypted.
+func (r *Repository) Encrypted() bool { return r.cfg.Encryption != nil }
+
+func objectKey(typ byte, id ID) string {
+	h := id.String()
+	switch typ {
+	case typeChunk:
+		return "chunks/" + h[:2] + "/" + h
+	case typeBlob:
+		return "blobs/" + h[:2] + "/" + h
+	default:
+		return "index/" + h[:2] + "/" + h
+	}
+}
+
+// putObject seals plain and stores it content-addressed unless it is there.
+// It returns the ID and the bytes written (0 when it existed).
+func (r *Repository) putObject(ctx context.Context, typ byte, plain []byte) (ID, int64, error) {
+	id := r.codec.id(plain)
+	n, err := r.putWithID(ctx, typ, id, plain)
+	return id, n, err
+}
+
+// putWithID is putObject for a plaintext whose ID is known.
+func (r *Repository) putWithID(ctx context.Context, typ byte, id ID, plain []byte) (int64, error) {
+	key := objectKey(typ, id)
+	if fi, err := r.b.Stat(ctx, key); err == nil && fi.Size > headerLen {
+		return 0, nil
+	} else if err != nil && !errors.Is(err, ErrNotFound) {
+		return 0, fmt.Errorf("stat %s: %w", key, err)
+	}
+	obj := r.codec.seal(typ, plain)
+	if err := r.b.Put(ctx, key, obj); err != nil {
+		return 0, fmt.Errorf("store %s: %w", key, err)
+	}
+	return int64(len(obj)), nil
+}
+
+// getObject loads, opens and verifies a content-addressed object.
+func (r *Repository) getObject(ctx context.Context, typ byte, id ID) ([]byte, error) {
+	key := objectKey(typ, id)
+	obj, err := r.b.Get(ctx, key, 0, -1)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", key, err)
+	}
+	plain, err := r.codec.open(typ, obj)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	if got := r.codec.id(plain); got != id {
+		return nil, fmt.Errorf("%s: %w", key, corrupt("content hashes to %s", got))
+	}
+	return plain, nil
+}

@@ -1,0 +1,595 @@
+package target
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// PointSpec describes a point about to be written.
+type PointSpec struct {
+	Domain, DomainUUID string
+	Level              string // LevelFull, LevelInc, LevelDiff, LevelCopy
+	Consistency        string // crash, fs, app
+	FreezeMS           int64
+	Parent             string    // point this one is incremental to, if any
+	Time               time.Time // default now
+	DomainXML          string
+	DomainXMLInactive  string
+	Tags               map[string]string
+}
+
+// DiskSpec describes a disk of a point.
+type DiskSpec struct {
+	Name             string
+	Format           string
+	VirtualSize      int64
+	Checkpoint       string
+	ParentCheckpoint string
+	FormatDetails    map[string]any
+	// Base is the point whose copy of this disk supplies every chunk the
+	// writer is not given (an incremental). Empty: such chunks are zero.
+	Base string
+	// BaseDisk is the disk's name in Base (default Name).
+	BaseDisk string
+}
+
+// DiskStats counts what writing a disk did.
+type DiskStats struct {
+	BytesRead   int64 // data handed to WriteChunk
+	BytesStored int64 // bytes of new objects written
+	ChunksNew   int64 // chunks stored
+	ChunksDedup int64 // chunks found already stored
+	ChunksZero  int64 // all-zero chunks (never stored)
+}
+
+// PointWriter writes one point: disks, then Commit. It holds a shared lock
+// from NewPoint until Commit or Abort. Disks may be written concurrently.
+type PointWriter struct {
+	r    *Repository
+	m    Manifest
+	lock *Lock
+	jobs chan job
+	wg   sync.WaitGroup
+
+	mu     sync.Mutex
+	disks  []*DiskWriter
+	closed bool
+}
+
+type job struct {
+	dw  *DiskWriter
+	idx int64
+	buf *[]byte
+	n   int
+}
+
+// NewPoint starts a point. The caller must Commit or Abort it.
+func (r *Repository) NewPoint(ctx context.Context, s PointSpec) (*PointWriter, error) {
+	switch s.Level {
+	case LevelFull, LevelInc, LevelDiff, LevelCopy:
+	default:
+		return nil, fmt.Errorf("new point: level %q: want full, inc, diff or copy", s.Level)
+	}
+	if s.Domain == "" {
+		return nil, errors.New("new point: no domain name")
+	}
+	if s.Time.IsZero() {
+		s.Time = r.now()
+	}
+	lock, err := r.Lock(ctx, false)
+	if err != nil {
+		return nil, fmt.Errorf("new point: %w", err)
+	}
+	host := r.host
+	if host == "" {
+		host = lock.info.Host
+	}
+	pw := &PointWriter{
+		r:    r,
+		lock: lock,
+		jobs: make(chan job, 2*r.worker),
+		m: Manifest{Version: FormatVersion, ID: NewPointID(s.Time), Domain: s.Domain, DomainUUID: s.DomainUUID,
+			Host: host, Time: s.Time.UTC().Truncate(time.Second), Level: s.Level, Consistency: s.Consistency, FreezeMS: s.FreezeMS,
+			Parent: s.Parent, DomainXML: s.DomainXML, DomainXMLInactive: s.DomainXMLInactive, Tags: s.Tags},
+	}
+	for i := 0; i < r.worker; i++ {
+		pw.wg.Add(1)
+		go pw.work()
+	}
+	return pw, nil
+}
+
+// ID is the ID the point will have.
+func (pw *PointWriter) ID() string { return pw.m.ID }
+
+var chunkBufs sync.Map // chunk size -> *sync.Pool
+
+func bufPool(size int) *sync.Pool {
+	if p, ok := chunkBufs.Load(size); ok {
+		return p.(*sync.Pool)
+	}
+	p, _ := chunkBufs.LoadOrStore(size, &sync.Pool{New: func() any { b := make([]byte, size); return &b }})
+	return p.(*sync.Pool)
+}
+
+func (pw *PointWriter) work() {
+	defer pw.wg.Done()
+	pool := bufPool(pw.r.cfg.ChunkSize)
+	for j := range pw.jobs {
+		data := (*j.buf)[:j.n]
+		id := pw.r.codec.id(data)
+		var n int64
+		var err error
+		if j.dw.failed() == nil {
+			n, err = pw.r.putWithID(j.dw.ctx, typeChunk, id, data)
+		}
+		pool.Put(j.buf)
+		j.dw.chunkDone(j.idx, id, n, err)
+	}
+}
+
+// AddBlob stores a small file with the point (firmware variables, TPM state).
+func (pw *PointWriter) AddBlob(ctx context.Context, name string, data []byte) error {
+	id, _, err := pw.r.putObject(ctx, typeBlob, data)
+	if err != nil {
+		return fmt.Errorf("point %s: blob %s: %w", pw.m.ID, name, err)
+	}
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	if pw.m.Blobs == nil {
+		pw.m.Blobs = map[string]string{}
+	}
+	pw.m.Blobs[name] = id.String()
+	return nil
+}
+
+// AddDisk starts writing a disk of the point.
+func (pw *PointWriter) AddDisk(ctx context.Context, s DiskSpec) (*DiskWriter, error) {
+	if s.Name == "" || s.VirtualSize <= 0 {
+		return nil, fmt.Errorf("point %s: disk %q of %d bytes: need a name and a size", pw.m.ID, s.Name, s.VirtualSize)
+	}
+	pw.mu.Lock()
+	for _, d := range pw.disks {
+		if d.spec.Name == s.Name {
+			pw.mu.Unlock()
+			return nil, fmt.Errorf("point %s: disk %s added twice", pw.m.ID, s.Name)
+		}
+	}
+	pw.mu.Unlock()
+	cs := int64(pw.r.cfg.ChunkSize)
+	rt := &root{size: s.VirtualSize, chunkSize: int(cs)}
+	rt.pages = make([]ID, numPages(rt.chunks()))
+	dw := &DiskWriter{pw: pw, spec: s, rt: rt, ctx: ctx, open: map[int64]*openPage{}}
+	if s.Base != "" {
+		bm, err := pw.r.Point(ctx, s.Base)
+		if err != nil {
+			return nil, fmt.Errorf("disk %s: base: %w", s.Name, err)
+		}
+		name := s.BaseDisk
+		if name == "" {
+			name = s.Name
+		}
+		bd, err := bm.Disk(name)
+		if err != nil {
+			return nil, fmt.Errorf("disk %s: base: %w", s.Name, err)
+		}
+		if dw.base, err = pw.r.loadRoot(ctx, bd.Root); err != nil {
+			return nil, fmt.Errorf("disk %s: base point %s: %w", s.Name, s.Base, err)
+		}
+		dw.basePage = -1
+	}
+	pw.mu.Lock()
+	pw.disks = append(pw.disks, dw)
+	pw.mu.Unlock()
+	return dw, nil
+}
+
+func (r *Repository) loadRoot(ctx context.Context, hexID string) (*root, error) {
+	id, err := ParseID(hexID)
+	if err != nil {
+		return nil, corrupt("%v", err)
+	}
+	b, err := r.getObject(ctx, typeRoot, id)
+	if err != nil {
+		return nil, err
+	}
+	return decodeRoot(b, r.cfg.ChunkSize)
+}
+
+func (r *Repository) loadPage(ctx context.Context, rt *root, p int64) ([]ID, error) {
+	n := pageLen(p, rt.chunks())
+	if rt.pages[p].IsZero() {
+		return make([]ID, n), nil
+	}
+	b, err := r.getObject(ctx, typePage, rt.pages[p])
+	if err != nil {
+		return nil, err
+	}
+	return decodePage(b, n)
+}
+
+// Commit makes the point durable and visible: it waits for every disk (each
+// must be Closed), syncs the backend, writes the manifest and the journal
+// entry, and releases the lock. It returns the manifest.
+func (pw *PointWriter) Commit(ctx context.Context) (*Manifest, error) {
+	pw.shutdown()
+	defer pw.lock.Unlock(ctx)
+	pw.mu.Lock()
+	disks := pw.disks
+	pw.mu.Unlock()
+	if len(disks) == 0 {
+		return nil, fmt.Errorf("point %s: no disks", pw.m.ID)
+	}
+	for _, d := range disks {
+		if !d.closed {
+			return nil, fmt.Errorf("point %s: disk %s was not closed", pw.m.ID, d.spec.Name)
+		}
+		if d.err != nil {
+			return nil, d.err
+		}
+		pw.m.Disks = append(pw.m.Disks, d.manifest)
+	}
+	// Data and index durable before the manifest names them.
+	if err := pw.r.b.Sync(ctx); err != nil {
+		return nil, fmt.Errorf("point %s: sync: %w", pw.m.ID, err)
+	}
+	if err := pw.r.putManifest(ctx, &pw.m); err != nil {
+		return nil, err
+	}
+	m := pw.m
+	return &m, nil
+}
+
+// Abort gives the point up: nothing becomes visible; objects already
+// written are left for GC. It runs on a context of its own.
+func (pw *PointWriter) Abort(ctx context.Context) {
+	pw.shutdown()
+	_ = pw.lock.Unlock(ctx)
+}
+
+func (pw *PointWriter) shutdown() {
+	pw.mu.Lock()
+	if !pw.closed {
+		pw.closed = true
+		close(pw.jobs)
+	}
+	pw.mu.Unlock()
+	pw.wg.Wait()
+}
+
+// DiskWriter writes one disk of a point, chunk by chunk in increasing
+// order. A chunk it is not given is kept from the base point (an
+// incremental), or is zero when there is no base.
+type DiskWriter struct {
+	pw   *PointWriter
+	spec DiskSpec
+	rt   *root
+	ctx  context.Context
+
+	base     *root
+	basePage int64
+	baseIDs  []ID
+
+	next     int64 // next chunk index expected
+	inflight sync.WaitGroup
+
+	mu       sync.Mutex
+	open     map[int64]*openPage
+	stats    DiskStats
+	err      error
+	closed   bool
+	manifest DiskManifest
+}
+
+type openPage struct {
+	ids     []ID
+	pending int
+	sealed  bool // no more chunks will be added
+	done    bool
+}
+
+func (dw *DiskWriter) failed() error {
+	dw.mu.Lock()
+	defer dw.mu.Unlock()
+	return dw.err
+}
+
+func (dw *DiskWriter) fail(err error) {
+	dw.mu.Lock()
+	if dw.err == nil {
+		dw.err = fmt.Errorf("disk %s: %w", dw.spec.Name, err)
+	}
+	dw.mu.Unlock()
+}
+
+// Chunks is the number of chunks of the disk.
+func (dw *DiskWriter) Chunks() int64 { return dw.rt.chunks() }
+
+// ChunkSize is the repository's chunk size.
+func (dw *DiskWriter) ChunkSize() int { return dw.rt.chunkSize }
+
+func (dw *DiskWriter) chunkLen(idx int64) int {
+	return int(min(int64(dw.rt.chunkSize), dw.rt.size-idx*int64(dw.rt.chunkSize)))
+}
+
+// advance moves to chunk idx, filling the gap with the default, and checks
+// order.
+func (dw *DiskWriter) advance(ctx context.Context, idx int64) error {
+	if err := dw.failed(); err != nil {
+		return err
+	}
+	if dw.closed {
+		return fmt.Errorf("disk %s: closed", dw.spec.Name)
+	}
+	if idx < dw.next || idx > dw.rt.chunks() {
+		return fmt.Errorf("disk %s: chunk %d out of order (next is %d of %d)", dw.spec.Name, idx, dw.next, dw.rt.chunks())
+	}
+	if gap := idx - dw.next; gap > 0 {
+		if dw.base != nil {
+			return dw.keep(ctx, gap)
+		}
+		return dw.zero(gap)
+	}
+	return nil
+}
+
+// WriteChunk stores chunk idx. data must be the chunk's full length (the
+// chunk size, or what remains of the disk for the last chunk); it is copied.
+func (dw *DiskWriter) WriteChunk(ctx context.Context, idx int64, data []byte) error {
+	if err := dw.advance(ctx, idx); err != nil {
+		return err
+	}
+	if idx >= dw.rt.chunks() || len(data) != dw.chunkLen(idx) {
+		return fmt.Errorf("disk %s: chunk %d of %d bytes, want %d", dw.spec.Name, idx, len(data), dw.chunkLen(max(0, min(idx, dw.rt.chunks()-1))))
+	}
+	dw.mu.Lock()
+	dw.stats.BytesRead += int64(len(data))
+	dw.mu.Unlock()
+	dw.next = idx + 1
+	if isZero(data) {
+		dw.mu.Lock()
+		dw.stats.ChunksZero++
+		dw.mu.Unlock()
+		dw.set(idx, ZeroID)
+		return nil
+	}
+	pool := bufPool(dw.pw.r.cfg.ChunkSize)
+	buf := pool.Get().(*[]byte)
+	copy(*buf, data)
+	dw.mu.Lock()
+	op := dw.page(idx / pageEntries)
+	op.pending++
+	dw.mu.Unlock()
+	dw.inflight.Add(1)
+	select {
+	case dw.pw.jobs <- job{dw: dw, idx: idx, buf: buf, n: len(data)}:
+	case <-ctx.Done():
+		pool.Put(buf)
+		dw.chunkDone(idx, ZeroID, 0, ctx.Err())
+		return ctx.Err()
+	}
+	return dw.sealBefore(idx / pageEntries)
+}
+
+// Zero records n all-zero chunks from idx.
+func (dw *DiskWriter) Zero(ctx context.Context, idx, n int64) error {
+	if err := dw.advance(ctx, idx); err != nil {
+		return err
+	}
+	return dw.zero(n)
+}
+
+// Keep takes n chunks from idx from the base point unchanged.
+func (dw *DiskWriter) Keep(ctx context.Context, idx, n int64) error {
+	if dw.base == nil {
+		return fmt.Errorf("disk %s: keep without a base point", dw.spec.Name)
+	}
+	if err := dw.advance(ctx, idx); err != nil {
+		return err
+	}
+	return dw.keep(ctx, n)
+}
+
+func (dw *DiskWriter) zero(n int64) error {
+	if dw.next+n > dw.rt.chunks() {
+		return fmt.Errorf("disk %s: zero chunks [%d, +%d) past the end (%d)", dw.spec.Name, dw.next, n, dw.rt.chunks())
+	}
+	for end := dw.next + n; dw.next < end; {
+		p := dw.next / pageEntries
+		pl := int64(pageLen(p, dw.rt.chunks()))
+		if dw.next%pageEntries == 0 && end-dw.next >= pl && !dw.isOpen(p) {
+			dw.rt.pages[p] = ZeroID // a whole zero page costs nothing
+			dw.next += pl
+			continue
+		}
+		dw.set(dw.next, ZeroID)
+		dw.next++
+	}
+	return dw.sealBefore(dw.next / pageEntries)
+}
+
+func (dw *DiskWriter) keep(ctx context.Context, n int64) error {
+	if dw.next+n > dw.base.chunks() || dw.next+n > dw.rt.chunks() {
+		return fmt.Errorf("disk %s: keep chunks [%d, +%d) past the end of the base disk (%d chunks)", dw.spec.Name, dw.next, n, dw.base.chunks())
+	}
+	for end := dw.next + n; dw.next < end; {
+		p := dw.next / pageEntries
+		pl := int64(pageLen(p, dw.rt.chunks()))
+		if dw.next%pageEntries == 0 && end-dw.next >= pl && !dw.isOpen(p) && int64(pageLen(p, dw.base.chunks())) == pl {
+			dw.rt.pages[p] = dw.base.pages[p] // whole page unchanged: reuse it
+			dw.next += pl
+			continue
+		}
+		if dw.basePage != p {
+			ids, err := dw.pw.r.loadPage(ctx, dw.base, p)
+			if err != nil {
+				dw.fail(fmt.Errorf("base page %d: %w", p, err))
+				return dw.failed()
+			}
+			dw.basePage, dw.baseIDs = p, ids
+		}
+		dw.set(dw.next, dw.baseIDs[dw.next%pageEntries])
+		dw.next++
+	}
+	return dw.sealBefore(dw.next / pageEntries)
+}
+
+func (dw *DiskWriter) isOpen(p int64) bool {
+	dw.mu.Lock()
+	defer dw.mu.Unlock()
+	_, ok := dw.open[p]
+	return ok
+}
+
+// page returns open page p, creating it (dw.mu held).
+func (dw *DiskWriter) page(p int64) *openPage {
+	op, ok := dw.open[p]
+	if !ok {
+		op = &openPage{ids: make([]ID, pageLen(p, dw.rt.chunks()))}
+		dw.open[p] = op
+	}
+	return op
+}
+
+func (dw *DiskWriter) set(idx int64, id ID) {
+	dw.mu.Lock()
+	dw.page(idx / pageEntries).ids[idx%pageEntries] = id
+	dw.mu.Unlock()
+}
+
+func (dw *DiskWriter) chunkDone(idx int64, id ID, stored int64, err error) {
+	defer dw.inflight.Done()
+	dw.mu.Lock()
+	op := dw.open[idx/pageEntries]
+	op.pending--
+	if err != nil {
+		if dw.err == nil {
+			dw.err = fmt.Errorf("disk %s: chunk %d: %w", dw.spec.Name, idx, err)
+		}
+	} else {
+		op.ids[idx%pageEntries] = id
+		dw.stats.BytesStored += stored
+		if stored > 0 {
+			dw.stats.ChunksNew++
+		} else {
+			dw.stats.ChunksDedup++
+		}
+	}
+	ready := op.sealed && op.pending == 0 && !op.done
+	if ready {
+		op.done = true
+	}
+	dw.mu.Unlock()
+	if ready {
+		dw.storePage(idx / pageEntries)
+	}
+}
+
+// sealBefore marks the pages before p complete and stores those with no
+// chunk in flight.
+func (dw *DiskWriter) sealBefore(p int64) error {
+	dw.mu.Lock()
+	var ready []int64
+	for q, op := range dw.open {
+		if q < p && !op.sealed {
+			op.sealed = true
+			if op.pending == 0 && !op.done {
+				op.done = true
+				ready = append(ready, q)
+			}
+		}
+	}
+	dw.mu.Unlock()
+	for _, q := range ready {
+		dw.storePage(q)
+	}
+	return dw.failed()
+}
+
+// storePage writes a completed page and drops it from memory.
+func (dw *DiskWriter) storePage(p int64) {
+	dw.mu.Lock()
+	op := dw.open[p]
+	delete(dw.open, p)
+	failed := dw.err != nil
+	dw.mu.Unlock()
+	if failed {
+		return
+	}
+	if allZero(op.ids) {
+		dw.rt.pages[p] = ZeroID
+		return
+	}
+	id, n, err := dw.pw.r.putObject(dw.ctx, typePage, encodePage(op.ids))
+	if err != nil {
+		dw.fail(fmt.Errorf("index page %d: %w", p, err))
+		return
+	}
+	dw.mu.Lock()
+	dw.rt.pages[p] = id
+	dw.stats.BytesStored += n
+	dw.mu.Unlock()
+}
+
+// Close finishes the disk: chunks not given are kept or zero, the index is
+// stored. It returns the first error any chunk met.
+func (dw *DiskWriter) Close(ctx context.Context) error {
+	if dw.closed {
+		return dw.failed()
+	}
+	err := dw.advance(ctx, dw.rt.chunks())
+	dw.closed = true
+	if err == nil {
+		err = dw.sealBefore(dw.rt.chunks()/pageEntries + 1)
+	}
+	dw.inflight.Wait()
+	if err = dw.failed(); err != nil {
+		return err
+	}
+	dw.mu.Lock()
+	left := len(dw.open)
+	dw.mu.Unlock()
+	if left != 0 {
+		return fmt.Errorf("disk %s: %d index pages left unwritten", dw.spec.Name, left)
+	}
+	id, n, err := dw.pw.r.putObject(ctx, typeRoot, dw.rt.encode())
+	if err != nil {
+		dw.fail(fmt.Errorf("index root: %w", err))
+		return dw.failed()
+	}
+	dw.mu.Lock()
+	dw.stats.BytesStored += n
+	s := dw.spec
+	dw.manifest = DiskManifest{Name: s.Name, Format: s.Format, VirtualSize: s.VirtualSize, Root: id.String(),
+		Checkpoint: s.Checkpoint, ParentCheckpoint: s.ParentCheckpoint, BytesRead: dw.stats.BytesRead,
+		BytesStored: dw.stats.BytesStored, FormatDetails: s.FormatDetails}
+	dw.mu.Unlock()
+	return nil
+}
+
+// Stats returns the counts so far.
+func (dw *DiskWriter) Stats() DiskStats {
+	dw.mu.Lock()
+	defer dw.mu.Unlock()
+	return dw.stats
+}
+
+func isZero(b []byte) bool {
+	for len(b) >= 32 {
+		if binary.LittleEndian.Uint64(b)|binary.LittleEndian.Uint64(b[8:])|
+			binary.LittleEndian.Uint64(b[16:])|binary.LittleEndian.Uint64(b[24:]) != 0 {
+			return false
+		}
+		b = b[32:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
