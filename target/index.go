@@ -82,4 +82,6 @@ func allZero(ids []ID) bool {
 	return true
 }
 
-func (rt *root) String() string { return fmt.Sprintf("root(%d bytes, %d pages)", rt.size, len(rt.pages)) }
+func (rt *root) String() string {
+	return fmt.Sprintf("root(%d bytes, %d pages)", rt.size, len(rt.pages))
+}

@@ -117,7 +117,9 @@ func Decide(points []*Manifest, p Retention, protected map[string]bool, now time
 	var out []Decision
 	for _, d := range domains {
 		ms := byDomain[d]
-		sort.Slice(ms, func(i, j int) bool { return ms[i].Time.After(ms[j].Time) || ms[i].Time.Equal(ms[j].Time) && ms[i].ID > ms[j].ID })
+		sort.Slice(ms, func(i, j int) bool {
+			return ms[i].Time.After(ms[j].Time) || ms[i].Time.Equal(ms[j].Time) && ms[i].ID > ms[j].ID
+		})
 		type bucket struct {
 			name  string
 			n     int
