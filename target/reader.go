@@ -228,3 +228,12 @@ func (c *lru) put(id ID, b []byte) {
 		delete(c.m, e.Value.(*lruEntry).id)
 	}
 }
+
+// PageIDs returns the page IDs of the index root rootID (for tools and tests).
+func PageIDs(ctx context.Context, r *Repository, rootID string) ([]ID, error) {
+	rt, err := r.loadRoot(ctx, rootID)
+	if err != nil {
+		return nil, err
+	}
+	return rt.pages, nil
+}

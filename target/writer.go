@@ -58,6 +58,7 @@ type PointWriter struct {
 	mu     sync.Mutex
 	disks  []*DiskWriter
 	closed bool
+	sendMu sync.RWMutex // held shared while sending jobs, exclusively to close them
 }
 
 type job struct {
@@ -252,12 +253,12 @@ func (pw *PointWriter) Abort(ctx context.Context) {
 }
 
 func (pw *PointWriter) shutdown() {
-	pw.mu.Lock()
+	pw.sendMu.Lock()
 	if !pw.closed {
 		pw.closed = true
 		close(pw.jobs)
 	}
-	pw.mu.Unlock()
+	pw.sendMu.Unlock()
 	pw.wg.Wait()
 }
 
@@ -365,13 +366,23 @@ func (dw *DiskWriter) WriteChunk(ctx context.Context, idx int64, data []byte) er
 	op.pending++
 	dw.mu.Unlock()
 	dw.inflight.Add(1)
+	dw.pw.sendMu.RLock()
+	if dw.pw.closed {
+		dw.pw.sendMu.RUnlock()
+		pool.Put(buf)
+		err := fmt.Errorf("point %s was committed or aborted", dw.pw.m.ID)
+		dw.chunkDone(idx, ZeroID, 0, err)
+		return err
+	}
 	select {
 	case dw.pw.jobs <- job{dw: dw, idx: idx, buf: buf, n: len(data)}:
 	case <-ctx.Done():
+		dw.pw.sendMu.RUnlock()
 		pool.Put(buf)
 		dw.chunkDone(idx, ZeroID, 0, ctx.Err())
 		return ctx.Err()
 	}
+	dw.pw.sendMu.RUnlock()
 	return dw.sealBefore(idx / pageEntries)
 }
 

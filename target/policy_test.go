@@ -1,0 +1,305 @@
+package target_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/target/mem"
+	"github.com/virtkeep/virtkeep/testenv"
+)
+
+func TestRetentionDecide(t *testing.T) {
+	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	var ms []*target.Manifest
+	// One point every 6 hours for 60 days, for two domains.
+	for _, dom := range []string{"a", "b"} {
+		for i := 0; i < 240; i++ {
+			tm := now.Add(-time.Duration(i) * 6 * time.Hour)
+			ms = append(ms, &target.Manifest{ID: target.NewPointID(tm), Domain: dom, Time: tm})
+		}
+	}
+	protected := map[string]bool{ms[239].ID: true} // oldest of a
+	decs := target.Decide(ms, target.Retention{KeepLast: 3, KeepDaily: 7, KeepWeekly: 4, KeepMonthly: 2}, protected, now)
+	kept := map[string]int{}
+	for _, d := range decs {
+		if d.Keep {
+			kept[d.Domain]++
+		}
+	}
+	// last 3 (2 of them also today's daily) + 7 dailies + 4 weeklies (1-2
+	// overlap the dailies) + 2 monthlies: a's count includes the protected.
+	if kept["b"] < 10 || kept["b"] > 16 || kept["a"] != kept["b"]+1 {
+		t.Fatalf("kept %v", kept)
+	}
+	for _, d := range decs {
+		if d.ID == ms[239].ID && (!d.Keep || d.Reasons[0] != "protected") {
+			t.Fatalf("protected point decision %+v", d)
+		}
+		if d.Keep && len(d.Reasons) == 0 {
+			t.Fatalf("kept without a reason: %+v", d)
+		}
+	}
+	// keep-within keeps everything in the window.
+	decs = target.Decide(ms[:240], target.Retention{KeepWithin: 48 * time.Hour}, nil, now)
+	n := 0
+	for _, d := range decs {
+		if d.Keep {
+			n++
+		}
+	}
+	if n != 9 { // 0h, 6h, ..., 48h
+		t.Fatalf("keep-within 48h kept %d", n)
+	}
+}
+
+func TestPruneDryRunProtectAndGC(t *testing.T) {
+	b := mem.New()
+	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	b.SetClock(func() time.Time { return clock })
+	ctx := context.Background()
+	if err := target.Init(ctx, b, target.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := target.Open(ctx, b, target.OpenOptions{Now: func() time.Time { return clock }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := testenv.NewContent(4<<20, 1, testenv.Fill{Random: 1})
+	var ids []string
+	for i := 0; i < 5; i++ {
+		_ = c.Record(testenv.Write{Off: int64(i) * 300000, Len: 1000, Pattern: byte(i + 1)})
+		m, _ := backup(t, r, c, target.LevelFull, "", nil)
+		ids = append(ids, m.ID)
+		clock = clock.Add(25 * time.Hour)
+	}
+	if err := r.Protect(ctx, ids[0], true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Prune(ctx, "", target.Retention{}, false); err == nil {
+		t.Fatal("prune without rules accepted")
+	}
+	decs, err := r.Prune(ctx, "vm1", target.Retention{KeepLast: 2}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pts, _ := r.Points(ctx, nil); len(pts) != 5 {
+		t.Fatalf("dry run deleted points: %d left", len(pts))
+	}
+	drop := 0
+	for _, d := range decs {
+		if !d.Keep {
+			drop++
+		}
+	}
+	if drop != 2 {
+		t.Fatalf("dry run would drop %d, want 2 (3 kept: 2 last + protected)", drop)
+	}
+	if _, err := r.Prune(ctx, "vm1", target.Retention{KeepLast: 2}, false); err != nil {
+		t.Fatal(err)
+	}
+	pts, _ := r.Points(ctx, nil)
+	if len(pts) != 3 || pts[0].ID != ids[0] {
+		t.Fatalf("after prune: %d points", len(pts))
+	}
+	if err := r.DeletePoint(ctx, ids[0]); !errors.Is(err, target.ErrProtected) {
+		t.Fatalf("delete protected: %v", err)
+	}
+	// A backup that is still being written has stored a chunk no manifest
+	// names yet (here: one that was aborted).
+	pw, err := r.NewPoint(ctx, target.PointSpec{Domain: "vm1", Level: target.LevelFull})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dw, _ := pw.AddDisk(ctx, target.DiskSpec{Name: "vda", VirtualSize: 1 << 20})
+	if err := dw.WriteChunk(ctx, 0, bytes.Repeat([]byte{42}, dw.ChunkSize())); err != nil {
+		t.Fatal(err)
+	}
+	_ = dw.Close(ctx)
+	pw.Abort(ctx)
+	// GC with grace keeps young unreferenced objects, without grace frees them.
+	st, err := r.GC(ctx, target.GCOptions{Grace: 48 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Deleted == 0 || st.KeptYoung == 0 {
+		t.Fatalf("gc with grace: %+v", st)
+	}
+	st2, err := r.GC(ctx, target.GCOptions{Grace: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st2.Deleted != st.KeptYoung {
+		t.Fatalf("gc without grace deleted %d, expected the %d young ones", st2.Deleted, st.KeptYoung)
+	}
+	for i, id := range []string{ids[0], ids[3], ids[4]} {
+		_ = i
+		if _, err := r.OpenDisk(ctx, id, "vda"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rep, err := r.Check(ctx, target.CheckOptions{ReadData: true}); err != nil || !rep.OK() {
+		t.Fatalf("check after gc: %v %v", err, rep)
+	}
+}
+
+func TestLocks(t *testing.T) {
+	b := mem.New()
+	r := newRepo(t, b, nil)
+	ctx := context.Background()
+	s1, err := r.Lock(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := r.Lock(ctx, false)
+	if err != nil {
+		t.Fatalf("two shared locks: %v", err)
+	}
+	if _, err := r.Lock(ctx, true); !errors.Is(err, target.ErrLocked) || !strings.Contains(err.Error(), "testhost") {
+		t.Fatalf("exclusive over shared: %v", err)
+	}
+	// A prune or GC cannot run under a backup's lock.
+	if _, err := r.GC(ctx, target.GCOptions{}); !errors.Is(err, target.ErrLocked) {
+		t.Fatalf("gc under a shared lock: %v", err)
+	}
+	s1.Unlock(ctx)
+	s2.Unlock(ctx)
+	x, err := r.Lock(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.NewPoint(ctx, target.PointSpec{Domain: "d", Level: target.LevelFull}); !errors.Is(err, target.ErrLocked) {
+		t.Fatalf("backup under an exclusive lock: %v", err)
+	}
+	x.Unlock(ctx)
+	// A stale lock (30 min without refresh) is ignored.
+	later := time.Now().Add(time.Hour)
+	stale, _ := r.Lock(ctx, true)
+	_ = stale // never unlocked: its holder "crashed"
+	r2, err := target.Open(ctx, b, target.OpenOptions{Now: func() time.Time { return later }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := r2.Lock(ctx, false)
+	if err != nil {
+		t.Fatalf("stale lock not ignored: %v", err)
+	}
+	l.Unlock(ctx)
+}
+
+func TestKeysAndEncryption(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	k, _ := target.NewKey()
+	if s := k.String(); strings.Contains(s, "=") || !strings.Contains(s, "redacted") {
+		t.Fatalf("key prints as %q", s)
+	}
+	for _, pass := range []string{"", "correct horse"} {
+		path := filepath.Join(dir, "key"+pass[:min(len(pass), 3)])
+		if err := target.WriteKeyFile(path, k, []byte(pass), target.KDFParams{Time: 1, MemoryKiB: 1024, Threads: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+			t.Fatalf("key file mode %v", fi.Mode())
+		}
+		if err := target.WriteKeyFile(path, k, nil, target.DefaultKDF); err == nil {
+			t.Fatal("key file overwritten")
+		}
+		got, err := target.ReadKeyFile(path, []byte(pass))
+		if err != nil || got != k {
+			t.Fatalf("read back: %v", err)
+		}
+		if pass != "" {
+			if _, err := target.ReadKeyFile(path, []byte("wrong")); !errors.Is(err, target.ErrWrongKey) {
+				t.Fatalf("wrong passphrase: %v", err)
+			}
+		}
+		_ = os.Chmod(path, 0o644)
+		if _, err := target.ReadKeyFile(path, []byte(pass)); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+			t.Fatalf("world-readable key file: %v", err)
+		}
+	}
+	b := mem.New()
+	if err := target.Init(ctx, b, target.InitOptions{Key: &k}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := target.Open(ctx, b, target.OpenOptions{}); err == nil || !strings.Contains(err.Error(), "encrypted") {
+		t.Fatalf("open without key: %v", err)
+	}
+	other, _ := target.NewKey()
+	if _, err := target.Open(ctx, b, target.OpenOptions{Key: &other}); !errors.Is(err, target.ErrWrongKey) {
+		t.Fatalf("open with another key: %v", err)
+	}
+	r, err := target.Open(ctx, b, target.OpenOptions{Key: &k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := testenv.NewContent(2<<20, 1, testenv.Fill{Text: 1})
+	m, _ := backup(t, r, c, target.LevelFull, "", nil)
+	// Nothing stored reveals the content: no chunk name is the plain SHA-256,
+	// and no plaintext text appears in any object.
+	plain := make([]byte, 256<<10)
+	_, _ = c.ReadAt(plain, 0)
+	err = b.List(ctx, "", func(fi target.ObjectInfo) error {
+		data, _ := b.Get(ctx, fi.Key, 0, -1)
+		if strings.Contains(string(data), "virtual machine") || strings.Contains(string(data), `"domain":"vm1"`) {
+			t.Errorf("%s holds plaintext", fi.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restoreEquals(t, r, m.ID, c)
+	// Same data, different key: different chunk IDs (never collide).
+	b2 := mem.New()
+	r2 := newRepo(t, b2, &other)
+	backup(t, r2, c, target.LevelFull, "", nil)
+	names := func(b *mem.Mem) map[string]bool {
+		out := map[string]bool{}
+		_ = b.List(ctx, "chunks/", func(fi target.ObjectInfo) error { out[filepath.Base(fi.Key)] = true; return nil })
+		return out
+	}
+	n1, n2 := names(b), names(b2)
+	for k := range n1 {
+		if n2[k] {
+			t.Fatalf("chunk %s has the same ID under two keys", k)
+		}
+	}
+}
+
+func TestClonesDedup(t *testing.T) {
+	r := newRepo(t, mem.New(), nil)
+	template, _ := testenv.NewContent(32<<20, 99, testenv.Fill{Random: 1, Text: 1, Hole: 1})
+	vm1, vm2 := template.Snapshot(), template.Snapshot()
+	_ = vm1.Record(testenv.Write{Off: 1 << 20, Len: 100000, Pattern: 1})
+	_ = vm2.Record(testenv.Write{Off: 20 << 20, Len: 100000, Pattern: 2})
+	_, s1 := backup(t, r, vm1, target.LevelFull, "", nil)
+	ctx := context.Background()
+	pw, _ := r.NewPoint(ctx, target.PointSpec{Domain: "vm2", Level: target.LevelFull})
+	dw, _ := pw.AddDisk(ctx, target.DiskSpec{Name: "vda", VirtualSize: vm2.Size()})
+	buf := make([]byte, dw.ChunkSize())
+	for i := int64(0); i < dw.Chunks(); i++ {
+		_, _ = vm2.ReadAt(buf, i*int64(len(buf)))
+		if err := dw.WriteChunk(ctx, i, buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := dw.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s2 := dw.Stats()
+	if _, err := pw.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// vm2 shares all but the chunks its own write touched (and vm1's).
+	if s2.ChunksNew > 2 || s2.BytesStored*10 > s1.BytesStored {
+		t.Fatalf("clone stored %+v, first VM %+v", s2, s1)
+	}
+}
