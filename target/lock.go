@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -68,6 +69,12 @@ func (r *Repository) Lock(ctx context.Context, exclusive bool) (*Lock, error) {
 			return nil // a torn or foreign file is not a lock
 		}
 		if r.now().Sub(o.Time) > lockStale {
+			return nil
+		}
+		if o.Host == host && !processAlive(o.PID) {
+			// Our own host's holder is gone (killed, crashed): its lock is dead.
+			r.log.Info("removing the lock of a process that no longer runs", "lock", fi.Key, "pid", o.PID)
+			_ = r.b.Delete(ctx, fi.Key)
 			return nil
 		}
 		if exclusive || o.Exclusive {
@@ -147,4 +154,13 @@ func (r *Repository) Locks(ctx context.Context) ([]string, error) {
 		return nil
 	})
 	return out, err
+}
+
+// processAlive reports whether a process with pid runs on this host.
+func processAlive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }

@@ -105,7 +105,7 @@ type OpenOptions struct {
 	// ("" keeps it).
 	Compression Compression
 	// Workers is how many chunks are hashed, compressed and stored at once
-	// (default GOMAXPROCS).
+	// (default twice GOMAXPROCS, at least 4: storing overlaps hashing).
 	Workers int
 	Logger  *slog.Logger
 	// Now is the clock (tests inject one).
@@ -169,7 +169,7 @@ func Open(ctx context.Context, b Backend, o OpenOptions) (*Repository, error) {
 		r.now = time.Now
 	}
 	if r.worker <= 0 {
-		r.worker = runtime.GOMAXPROCS(0)
+		r.worker = max(4, 2*runtime.GOMAXPROCS(0))
 	}
 	return r, nil
 }
