@@ -28,7 +28,7 @@ func BenchmarkReadAllocatedVsNbdcopy(b *testing.B) {
 	if err := testenv.WriteImage(ctx, content, img, "qcow2"); err != nil {
 		b.Fatal(err)
 	}
-	sock := testenv.QemuNBD(b, img, "qcow2")
+	sock, _ := testenv.QemuNBD(b, img, "qcow2")
 	uri := "nbd+unix:///?socket=" + sock
 	allocated := content.Allocated()
 

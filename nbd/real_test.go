@@ -109,7 +109,7 @@ func TestQemuNBDBitmapAndExtents(t *testing.T) {
 	}
 	qemuIO(t, img, "qcow2", cmds...)
 
-	sock := testenv.QemuNBD(t, img, "qcow2", "--bitmap=bm0", "-A", "-x", "vda")
+	sock, _ := testenv.QemuNBD(t, img, "qcow2", "--bitmap=bm0", "-A", "-x", "vda")
 	c, err := nbd.Dial(ctx, "unix", sock, nbd.Options{Export: "vda", MetaContexts: []string{
 		nbd.ContextBaseAllocation, nbd.ContextDirtyBitmapPrefix + "bm0", nbd.ContextAllocationDepth}})
 	if err != nil {
@@ -168,7 +168,7 @@ func TestQemuNBDHugeSparseMap(t *testing.T) {
 		t.Fatalf("%v: %s", err, out)
 	}
 	qemuIO(t, img, "qcow2", "write -P 1 0 1M", "write -P 2 300G 64k", "write -P 3 1023G 2M")
-	sock := testenv.QemuNBD(t, img, "qcow2")
+	sock, _ := testenv.QemuNBD(t, img, "qcow2")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	c, err := nbd.Dial(ctx, "unix", sock, nbd.Options{MetaContexts: []string{nbd.ContextBaseAllocation}})

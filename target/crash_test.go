@@ -1,6 +1,8 @@
 package target_test
 
 import (
+	"bufio"
+	"io"
 	"context"
 	"math/rand/v2"
 	"os"
@@ -48,12 +50,25 @@ func TestCrashWriter(t *testing.T) {
 	for i := 0; i < crashIterations(); i++ {
 		cmd := exec.Command(exe, "-test.run=^$")
 		cmd.Env = append(os.Environ(), "VIRTKEEP_TARGET_CHILD=crash-writer", "VIRTKEEP_REPO="+dir)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Duration(20+rng.IntN(400)) * time.Millisecond)
+		// Let the writer commit 0-2 points (speed varies with -race and
+		// load), then kill it at a random moment of the next one.
+		lines := bufio.NewScanner(out)
+		for n := rng.IntN(3); n > 0; n-- {
+			if !lines.Scan() {
+				break
+			}
+		}
+		time.Sleep(time.Duration(rng.IntN(250)) * time.Millisecond)
 		_ = cmd.Process.Kill()
-		err := cmd.Wait()
+		_, _ = io.Copy(io.Discard, out) // EOF once the writer is dead
+		err = cmd.Wait()
 		if ps := cmd.ProcessState; ps != nil && ps.Exited() {
 			t.Fatalf("writer exited on its own: %v", err)
 		}

@@ -12,12 +12,13 @@ import (
 // QemuNBD serves image read-only with qemu-nbd on a unix socket for the rest
 // of the test and returns the socket path. extra are more qemu-nbd arguments
 // (e.g. "--bitmap=NAME", "-A", "-x", "name"). The export is shared by up to
-// four clients.
-func QemuNBD(t testing.TB, image, format string, extra ...string) string {
+// four clients. stop ends it early (it is idempotent), so the image can be
+// written again.
+func QemuNBD(t testing.TB, image, format string, extra ...string) (sock string, stop func()) {
 	t.Helper()
 	Integration(t)
 	RequireCommands(t, "qemu-nbd")
-	sock := filepath.Join(TempDir(t), "nbd.sock")
+	sock = filepath.Join(TempDir(t), "nbd.sock")
 	args := append([]string{"-r", "-f", format, "-k", sock, "-e", "4", "--persistent"}, extra...)
 	args = append(args, image)
 	cmd := exec.Command("qemu-nbd", args...)
@@ -28,9 +29,12 @@ func QemuNBD(t testing.TB, image, format string, extra ...string) string {
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
+	stop = func() {
 		_ = cmd.Process.Kill()
 		<-exited
+	}
+	t.Cleanup(func() {
+		stop()
 		if t.Failed() {
 			t.Logf("testenv: qemu-nbd %v:\n%s", args, out.String())
 		}
@@ -38,7 +42,7 @@ func QemuNBD(t testing.TB, image, format string, extra ...string) string {
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		if c, err := net.Dial("unix", sock); err == nil {
 			c.Close()
-			return sock
+			return sock, stop
 		}
 		select {
 		case <-exited:
