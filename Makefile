@@ -8,7 +8,7 @@ PREFIX ?= /usr/local
 GOTEST_TIMEOUT ?= 25m
 ITEST_LOG := $(CURDIR)/.itest.log
 
-.PHONY: help deps build test unit lint bench install clean
+.PHONY: help deps build test unit lint bench reliability install clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -35,6 +35,12 @@ lint: ## go vet and staticcheck
 
 bench: deps ## benchmarks (numbers for the closing notes)
 	set -o pipefail; go test -run '^$$' -bench . -benchtime 1x -count=1 -timeout 60m ./... 2>&1 | tee bench.out
+
+FUZZ_TIME ?= 60s
+reliability: deps ## long runs: 200 writer kills, every fuzz target for FUZZ_TIME
+	VIRTKEEP_CRASH_ITERATIONS=200 go test -count=1 -run CrashWriter -v -timeout 60m ./target/
+	for f in FuzzReplies FuzzHandshake; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./nbd/ || exit 1; done
+	for f in FuzzEnvelope FuzzIndex FuzzManifest; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./target/ || exit 1; done
 
 install: build ## install the binaries under $(PREFIX)/bin
 	install -D -m 0755 bin/virtkeep $(DESTDIR)$(PREFIX)/bin/virtkeep

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/target/faulty"
 	"github.com/virtkeep/virtkeep/target/local"
 	"github.com/virtkeep/virtkeep/target/mem"
 	"github.com/virtkeep/virtkeep/target/targettest"
@@ -31,4 +32,8 @@ func TestConformanceLocalFsyncEach(t *testing.T) {
 		}
 		return b
 	})
+}
+
+func TestConformanceFaultyPassThrough(t *testing.T) {
+	targettest.Run(t, func(t *testing.T) target.Backend { return faulty.Wrap(mem.New()) })
 }

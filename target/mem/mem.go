@@ -1,4 +1,3 @@
-// Package mem is an in-memory repository backend for tests.
 package mem
 
 import (

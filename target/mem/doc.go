@@ -1,0 +1,2 @@
+// Package mem is an in-memory repository backend for tests.
+package mem
