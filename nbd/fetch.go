@@ -114,6 +114,9 @@ func Fetch(ctx context.Context, r Reader, ranges []Extent, o FetchOptions, fn fu
 type Pool struct {
 	clients []*Client
 	next    atomic.Uint64
+
+	mu      sync.Mutex
+	onClose []func()
 }
 
 // DialPool opens up to n connections to the export with options o. It opens
@@ -158,5 +161,20 @@ func (p *Pool) Close() error {
 		go func() { defer wg.Done(); c.Close() }()
 	}
 	wg.Wait()
+	p.mu.Lock()
+	fns := p.onClose
+	p.onClose = nil
+	p.mu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
 	return nil
+}
+
+// OnClose registers fn to run after the pool's connections are closed (to
+// stop the server process that serves them, say).
+func (p *Pool) OnClose(fn func()) {
+	p.mu.Lock()
+	p.onClose = append(p.onClose, fn)
+	p.mu.Unlock()
 }

@@ -120,10 +120,14 @@ func NewContent(size int64, seed uint64, fill Fill) (*Content, error) {
 }
 
 // Size is the disk's virtual size in bytes.
-func (c *Content) Size() int64 { return c.size }
+func (c *Content) Size() int64 { return c.sizeNow() }
 
 // Segments returns the generated layout (without later writes).
-func (c *Content) Segments() []Segment { return append([]Segment(nil), c.segs...) }
+func (c *Content) Segments() []Segment {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]Segment(nil), c.segs...)
+}
 
 // Writes returns the writes recorded so far, in order.
 func (c *Content) Writes() []Write {
@@ -135,12 +139,28 @@ func (c *Content) Writes() []Write {
 // Record adds a write to the model. Callers record a write only after the disk
 // acknowledged it.
 func (c *Content) Record(w Write) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if w.Off < 0 || w.Len <= 0 || w.Off+w.Len > c.size {
 		return fmt.Errorf("testenv: write [%d, +%d) is outside the disk of %d bytes", w.Off, w.Len, c.size)
 	}
-	c.mu.Lock()
 	c.writes = append(c.writes, w)
-	c.mu.Unlock()
+	return nil
+}
+
+// Grow extends the disk to size bytes (rounded up to SegmentAlign); the new
+// part reads as zeroes, as after a resize.
+func (c *Content) Grow(size int64) error {
+	size = (size + SegmentAlign - 1) / SegmentAlign * SegmentAlign
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if size < c.size {
+		return fmt.Errorf("testenv: shrinking %d to %d is not supported", c.size, size)
+	}
+	if size > c.size {
+		c.segs = append(append([]Segment(nil), c.segs...), Segment{Off: c.size, Len: size - c.size, Kind: KindHole})
+		c.size = size
+	}
 	return nil
 }
 
@@ -151,24 +171,30 @@ func (c *Content) Snapshot() *Content {
 	return &Content{size: c.size, seed: c.seed, segs: c.segs, writes: append([]Write(nil), c.writes...)}
 }
 
+func (c *Content) sizeNow() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.size
+}
+
 // ReadAt fills p with the expected content at off. It implements io.ReaderAt.
 func (c *Content) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("testenv: negative offset %d", off)
 	}
-	if off >= c.size {
+	c.mu.Lock()
+	size, segs, writes := c.size, c.segs, c.writes
+	c.mu.Unlock()
+	if off >= size {
 		return 0, io.EOF
 	}
 	n := len(p)
 	var err error
-	if int64(n) > c.size-off {
-		n = int(c.size - off)
+	if int64(n) > size-off {
+		n = int(size - off)
 		err = io.EOF
 	}
-	c.readBase(p[:n], off)
-	c.mu.Lock()
-	writes := c.writes
-	c.mu.Unlock()
+	c.readBase(segs, p[:n], off)
 	end := off + int64(n)
 	for _, w := range writes {
 		lo, hi := max(w.Off, off), min(w.Off+w.Len, end)
@@ -184,11 +210,11 @@ func (c *Content) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // readBase fills p with the generated content at off.
-func (c *Content) readBase(p []byte, off int64) {
-	i := sort.Search(len(c.segs), func(i int) bool { return c.segs[i].Off+c.segs[i].Len > off })
+func (c *Content) readBase(segs []Segment, p []byte, off int64) {
+	i := sort.Search(len(segs), func(i int) bool { return segs[i].Off+segs[i].Len > off })
 	var block [SegmentAlign]byte
 	for len(p) > 0 {
-		s := c.segs[i]
+		s := segs[i]
 		bi := off / SegmentAlign
 		inBlock := off - bi*SegmentAlign
 		n := min(int64(len(p)), SegmentAlign-inBlock, s.Off+s.Len-off)
@@ -247,7 +273,7 @@ var textCorpus = sync.OnceValue(func() []byte {
 })
 
 // SHA256 is the hex SHA-256 of the whole expected content.
-func (c *Content) SHA256() string { return c.RangeSHA256(0, c.size) }
+func (c *Content) SHA256() string { return c.RangeSHA256(0, c.Size()) }
 
 // RangeSHA256 is the hex SHA-256 of the expected content of [off, off+n).
 func (c *Content) RangeSHA256(off, n int64) string {
@@ -260,7 +286,7 @@ func (c *Content) RangeSHA256(off, n int64) string {
 // (everything but holes), before later writes.
 func (c *Content) Allocated() int64 {
 	var n int64
-	for _, s := range c.segs {
+	for _, s := range c.Segments() {
 		if s.Kind != KindHole {
 			n += s.Len
 		}

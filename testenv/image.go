@@ -32,7 +32,7 @@ func WriteImage(ctx context.Context, c *Content, path, format string) error {
 		return fmt.Errorf("testenv: qemu-img convert to %s: %w: %s", path, err, out)
 	}
 	var script bytes.Buffer
-	for _, s := range c.segs {
+	for _, s := range c.Segments() {
 		if s.Kind == KindZero {
 			fmt.Fprintf(&script, "write -z %d %d\n", s.Off, s.Len)
 		}
@@ -60,17 +60,17 @@ func writeRaw(c *Content, path string, withZeros bool) (err error) {
 			err = fmt.Errorf("testenv: close %s: %w", path, cerr)
 		}
 	}()
-	if err := f.Truncate(c.size); err != nil {
+	if err := f.Truncate(c.Size()); err != nil {
 		return fmt.Errorf("testenv: size %s: %w", path, err)
 	}
 	buf := make([]byte, 1<<20)
-	for _, s := range c.segs {
+	for _, s := range c.Segments() {
 		if s.Kind == KindHole || (s.Kind == KindZero && !withZeros) {
 			continue
 		}
 		for off := s.Off; off < s.Off+s.Len; {
 			n := min(int64(len(buf)), s.Off+s.Len-off)
-			c.readBase(buf[:n], off)
+			c.readBase(c.segs, buf[:n], off)
 			if _, err := f.WriteAt(buf[:n], off); err != nil {
 				return fmt.Errorf("testenv: write %s: %w", path, err)
 			}

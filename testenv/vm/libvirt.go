@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -285,4 +286,73 @@ func (d *Domain) dump(t testing.TB) {
 		t.Logf("testenv: %s:\n%s", logPath, b)
 	}
 	t.Logf("testenv: dumped at %s", time.Now().Format(time.RFC3339))
+}
+
+// Kill kills the domain's QEMU with SIGKILL, as a host crash would: dirty
+// bitmaps are not saved. It waits until libvirt sees the domain shut off.
+func (d *Domain) Kill() error {
+	b, err := os.ReadFile("/run/libvirt/qemu/" + d.Name + ".pid")
+	if err != nil {
+		return fmt.Errorf("testenv: domain %s pid: %w", d.Name, err)
+	}
+	var pid int
+	if _, err := fmt.Sscan(string(b), &pid); err != nil || pid <= 1 {
+		return fmt.Errorf("testenv: domain %s pid file %q", d.Name, b)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("testenv: kill domain %s: %w", d.Name, err)
+	}
+	for _, disk := range d.Disks {
+		disk.qdev = ""
+	}
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if active, err := d.Dom.IsActive(); err == nil && !active {
+			return nil
+		}
+	}
+	return fmt.Errorf("testenv: domain %s still active after SIGKILL", d.Name)
+}
+
+// AttachDisk creates a disk and attaches it to the domain, live when it
+// runs and in its persistent definition.
+func (d *Domain) AttachDisk(ctx context.Context, spec DiskSpec) (*Disk, error) {
+	if spec.Target == "" {
+		return nil, fmt.Errorf("testenv: AttachDisk needs a target name")
+	}
+	if _, err := d.Disk(spec.Target); err == nil {
+		return nil, fmt.Errorf("testenv: domain %s already has disk %s", d.Name, spec.Target)
+	}
+	disks, err := createDisks(ctx, d.Dir, []DiskSpec{spec})
+	if err != nil {
+		return nil, err
+	}
+	nd := disks[0]
+	xml := fmt.Sprintf("<disk type='file' device='disk'><driver name='qemu' type='%s'/><source file='%s'/><target dev='%s' bus='virtio'/></disk>",
+		nd.Format, html.EscapeString(nd.Path), nd.Target)
+	flags := libvirt.DOMAIN_DEVICE_MODIFY_CONFIG
+	if active, _ := d.Dom.IsActive(); active {
+		flags |= libvirt.DOMAIN_DEVICE_MODIFY_LIVE
+	}
+	if err := d.Dom.AttachDeviceFlags(xml, flags); err != nil {
+		return nil, fmt.Errorf("testenv: attach %s to %s: %w", nd.Target, d.Name, err)
+	}
+	d.Disks = append(d.Disks, nd)
+	if active, _ := d.Dom.IsActive(); active {
+		if err := d.learnAliases(); err != nil {
+			return nil, err
+		}
+	}
+	return nd, nil
+}
+
+// Resize grows disk target to size bytes (live, through libvirt).
+func (d *Domain) Resize(target string, size int64) error {
+	disk, err := d.Disk(target)
+	if err != nil {
+		return err
+	}
+	if err := d.Dom.BlockResize(target, uint64(size), libvirt.DOMAIN_BLOCK_RESIZE_BYTES); err != nil {
+		return fmt.Errorf("testenv: resize %s of %s: %w", target, d.Name, err)
+	}
+	return disk.Content.Grow(size)
 }

@@ -1,0 +1,442 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"libvirt.org/go/libvirt"
+
+	"github.com/virtkeep/virtkeep/nbd"
+	"github.com/virtkeep/virtkeep/qmp"
+	"github.com/virtkeep/virtkeep/target"
+)
+
+// newCheckpointName names the checkpoint a backup into targetName creates.
+func newCheckpointName(targetName string, t time.Time) string {
+	return checkpointPrefix(targetName) + t.UTC().Format("20060102T150405.000000000Z")
+}
+
+// online backs up a running or paused domain with a libvirt pull-mode
+// backup job.
+func (b *run) online(ctx context.Context) error {
+	q := qmp.NewClient(qmp.NewLibvirtMonitor(b.dom))
+	b.newCheckpoint = newCheckpointName(b.req.Target.Name, time.Now())
+	nodes, err := b.nodes(ctx, q)
+	if err != nil {
+		return err
+	}
+	if err := b.planOnline(ctx, q, nodes); err != nil {
+		return err
+	}
+	if err := b.repairOnline(ctx, q, nodes); err != nil {
+		return err
+	}
+	dir, err := b.runDir()
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "nbd.sock")
+
+	backupXML, cpXML := b.jobXML(sock, dir)
+	b.consistency = ConsistencyCrash
+	thaw, err := b.freeze(ctx)
+	if err != nil {
+		return err
+	}
+	err = b.dom.BackupBegin(backupXML, cpXML, 0)
+	thaw()
+	if err != nil {
+		return fmt.Errorf("domain %s: start backup job: %w", b.name, err)
+	}
+	b.log.Info("backup job started", "level", b.level, "checkpoint", b.newCheckpoint, "freeze_ms", b.freezeMS)
+	ok := false
+	defer func() {
+		if ok {
+			return
+		}
+		cctx, cancel := b.e.cleanupCtx(ctx)
+		defer cancel()
+		b.undoOnline(cctx, q)
+	}()
+	if b.req.afterBegin != nil {
+		if err := b.req.afterBegin(ctx); err != nil {
+			return err
+		}
+	}
+	dial := func(ctx context.Context, d diskInfo, contexts []string) (*nbd.Pool, error) {
+		return nbd.DialPool(ctx, 2, "unix", sock, nbd.Options{Export: d.Target, MetaContexts: contexts})
+	}
+	if _, err := b.copyDisks(ctx, dial); err != nil {
+		return err
+	}
+	// The point is durable: end the job, keep the new checkpoint.
+	ok = true
+	if err := b.dom.AbortJob(); err != nil {
+		b.log.Warn("ending the backup job failed", "err", err)
+	}
+	b.retire(ctx)
+	return nil
+}
+
+// nodes maps each disk to its top block node in QEMU.
+func (b *run) nodes(ctx context.Context, q *qmp.Client) (map[string]qmp.BlockNode, error) {
+	all, err := q.QueryBlockNodes(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("domain %s: query block nodes: %w", b.name, err)
+	}
+	out := map[string]qmp.BlockNode{}
+	for _, d := range b.disks {
+		name, err := q.DeviceNode(ctx, d.Alias)
+		if err != nil {
+			return nil, fmt.Errorf("domain %s disk %s: %w", b.name, d.Target, err)
+		}
+		for _, n := range all {
+			if n.NodeName == name {
+				out[d.Target] = n
+			}
+		}
+		if _, ok := out[d.Target]; !ok {
+			return nil, fmt.Errorf("domain %s disk %s: node %q: %w", b.name, d.Target, name, qmp.ErrNodeNotFound)
+		}
+	}
+	return out, nil
+}
+
+// planOnline decides, per disk, whether it can be read incrementally, and
+// why not when it cannot.
+func (b *run) planOnline(ctx context.Context, q *qmp.Client, nodes map[string]qmp.BlockNode) error {
+	b.incr, b.fullReason = map[string]string{}, map[string]string{}
+	if b.level == LevelFull {
+		return nil
+	}
+	for _, d := range b.disks {
+		n := nodes[d.Target]
+		cp, reason := b.baseCheckpoint(d, n.Image.VirtualSize)
+		if reason == "" {
+			var bm *qmp.DirtyBitmap
+			for i := range n.DirtyBitmaps {
+				if n.DirtyBitmaps[i].Name == cp {
+					bm = &n.DirtyBitmaps[i]
+				}
+			}
+			switch {
+			case bm == nil:
+				reason = fmt.Sprintf("bitmap %s is missing on %s (QEMU stopped without saving it, or it was removed)", cp, n.NodeName)
+			case bm.Inconsistent:
+				reason = fmt.Sprintf("bitmap %s is inconsistent (QEMU was killed while it was in use)", cp)
+			case !bm.Recording:
+				reason = fmt.Sprintf("bitmap %s is not recording", cp)
+			}
+		}
+		if reason == "" {
+			if err := b.ensureCheckpointMetadata(cp); err != nil {
+				reason = fmt.Sprintf("checkpoint %s: libvirt metadata missing and could not be redefined: %v", cp, err)
+			}
+		}
+		if reason != "" {
+			b.fullReason[d.Target] = reason
+			b.log.Warn("disk read in full", "disk", d.Target, "reason", reason)
+			continue
+		}
+		b.incr[d.Target] = cp
+	}
+	return nil
+}
+
+// baseCheckpoint returns the checkpoint disk d can be read incrementally
+// from, or why it cannot.
+func (b *run) baseCheckpoint(d diskInfo, size int64) (string, string) {
+	if d.Format != "qcow2" {
+		return "", fmt.Sprintf("%s disks have no dirty bitmaps: read in full, holes and zeroes skipped", d.Format)
+	}
+	bd, err := b.base.Disk(d.Target)
+	if err != nil {
+		return "", fmt.Sprintf("disk added since point %s", b.base.ID)
+	}
+	if bd.VirtualSize != size {
+		return "", fmt.Sprintf("disk resized from %d to %d bytes since point %s", bd.VirtualSize, size, b.base.ID)
+	}
+	if bd.Checkpoint == "" || !strings.HasPrefix(bd.Checkpoint, checkpointPrefix(b.req.Target.Name)) {
+		return "", fmt.Sprintf("point %s has no checkpoint of this target for the disk", b.base.ID)
+	}
+	return bd.Checkpoint, ""
+}
+
+// ensureCheckpointMetadata redefines lost libvirt checkpoint metadata from
+// what the repository knows, when the bitmaps themselves are fine.
+func (b *run) ensureCheckpointMetadata(cp string) error {
+	c, err := b.dom.CheckpointLookupByName(cp, 0)
+	if err == nil {
+		c.Free()
+		return nil
+	}
+	if !errors.Is(err, libvirt.ERR_NO_DOMAIN_CHECKPOINT) {
+		return err
+	}
+	var disks strings.Builder
+	for _, d := range b.dx.Devices.Disks {
+		if d.Target == nil {
+			continue
+		}
+		if _, ok := b.incr[d.Target.Dev]; ok || b.usesCheckpoint(d.Target.Dev, cp) {
+			fmt.Fprintf(&disks, "<disk name='%s' checkpoint='bitmap' bitmap='%s'/>", html.EscapeString(d.Target.Dev), html.EscapeString(cp))
+		} else {
+			fmt.Fprintf(&disks, "<disk name='%s' checkpoint='no'/>", html.EscapeString(d.Target.Dev))
+		}
+	}
+	xml := fmt.Sprintf("<domaincheckpoint><name>%s</name><creationTime>%d</creationTime><disks>%s</disks></domaincheckpoint>",
+		html.EscapeString(cp), b.base.Time.Unix(), disks.String())
+	nc, err := b.dom.CreateCheckpointXML(xml, libvirt.DOMAIN_CHECKPOINT_CREATE_REDEFINE)
+	if err != nil {
+		return err
+	}
+	nc.Free()
+	b.res.Repairs = append(b.res.Repairs, "redefined lost libvirt metadata of checkpoint "+cp)
+	b.log.Warn("redefined lost checkpoint metadata", "checkpoint", cp)
+	return nil
+}
+
+func (b *run) usesCheckpoint(disk, cp string) bool {
+	if b.base == nil {
+		return false
+	}
+	bd, err := b.base.Disk(disk)
+	return err == nil && bd.Checkpoint == cp
+}
+
+// repairOnline removes what earlier runs or crashes left behind in this
+// target's lineage: checkpoints no point refers to (a failed run's), broken
+// checkpoints, and bitmaps of ours that libvirt does not know.
+func (b *run) repairOnline(ctx context.Context, q *qmp.Client, nodes map[string]qmp.BlockNode) error {
+	prefix := checkpointPrefix(b.req.Target.Name)
+	keep := b.keepSet()
+	cps, err := b.dom.ListAllCheckpoints(0)
+	if err != nil {
+		return fmt.Errorf("domain %s: list checkpoints: %w", b.name, err)
+	}
+	known := map[string]bool{}
+	for i := range cps {
+		c := &cps[i]
+		n, _ := c.GetName()
+		known[n] = true
+		if strings.HasPrefix(n, prefix) && !keep[n] {
+			b.deleteCheckpoint(c, n, q, "not needed by this target's chain (left by a failed or superseded run)")
+			known[n] = false
+		}
+		c.Free()
+	}
+	for disk, n := range nodes {
+		for _, bm := range n.DirtyBitmaps {
+			if strings.HasPrefix(bm.Name, prefix) && !known[bm.Name] && b.incr[disk] != bm.Name {
+				err := q.Transaction(ctx, qmp.RemoveBitmap(n.NodeName, bm.Name))
+				if err != nil {
+					b.log.Warn("removing orphan bitmap failed", "disk", disk, "bitmap", bm.Name, "err", err)
+					continue
+				}
+				b.res.Repairs = append(b.res.Repairs, fmt.Sprintf("removed orphan bitmap %s from disk %s", bm.Name, disk))
+				b.log.Warn("removed orphan bitmap", "disk", disk, "bitmap", bm.Name)
+			}
+		}
+	}
+	return nil
+}
+
+// keepSet is the checkpoints of this target that must survive: those the
+// chain's points still need for incrementals and differentials.
+func (b *run) keepSet() map[string]bool {
+	keep := map[string]bool{}
+	for _, cp := range b.incr {
+		keep[cp] = true
+	}
+	for _, m := range []*target.Manifest{b.chain.last, b.chain.lastFull} {
+		if m == nil {
+			continue
+		}
+		for _, d := range m.Disks {
+			if d.Checkpoint != "" && !b.brokenCheckpoint(d.Checkpoint) {
+				keep[d.Checkpoint] = true
+			}
+		}
+	}
+	return keep
+}
+
+// brokenCheckpoint reports whether planning found cp unusable on some disk.
+func (b *run) brokenCheckpoint(cp string) bool {
+	for disk, r := range b.fullReason {
+		if b.usesCheckpoint(disk, cp) && strings.Contains(r, cp) {
+			return true
+		}
+	}
+	return false
+}
+
+// deleteCheckpoint removes a checkpoint and its bitmaps; when libvirt
+// cannot (its bitmap is already gone), it drops the metadata only.
+func (b *run) deleteCheckpoint(c *libvirt.DomainCheckpoint, name string, q *qmp.Client, why string) {
+	if err := c.Delete(0); err != nil {
+		if err2 := c.Delete(libvirt.DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY); err2 != nil {
+			b.log.Warn("deleting checkpoint failed", "checkpoint", name, "err", err, "metadata_err", err2)
+			return
+		}
+	}
+	b.res.Repairs = append(b.res.Repairs, fmt.Sprintf("deleted checkpoint %s: %s", name, why))
+	b.log.Info("deleted checkpoint", "checkpoint", name, "why", why)
+}
+
+// jobXML builds the pull-mode backup XML and the new checkpoint's XML.
+func (b *run) jobXML(sock, dir string) (string, string) {
+	var bx, cx strings.Builder
+	fmt.Fprintf(&bx, "<domainbackup mode='pull'><server transport='unix' socket='%s'/><disks>", html.EscapeString(sock))
+	fmt.Fprintf(&cx, "<domaincheckpoint><name>%s</name><disks>", html.EscapeString(b.newCheckpoint))
+	chosen := map[string]diskInfo{}
+	for _, d := range b.disks {
+		chosen[d.Target] = d
+	}
+	for _, xd := range b.dx.Devices.Disks {
+		if xd.Target == nil {
+			continue
+		}
+		name := html.EscapeString(xd.Target.Dev)
+		d, ok := chosen[xd.Target.Dev]
+		if !ok {
+			fmt.Fprintf(&bx, "<disk name='%s' backup='no'/>", name)
+			if xd.Device == "" || xd.Device == "disk" {
+				fmt.Fprintf(&cx, "<disk name='%s' checkpoint='no'/>", name)
+			}
+			continue
+		}
+		mode := "backupmode='full'"
+		if cp := b.incr[d.Target]; cp != "" {
+			mode = fmt.Sprintf("backupmode='incremental' incremental='%s'", html.EscapeString(cp))
+		}
+		fmt.Fprintf(&bx, "<disk name='%s' backup='yes' type='file' %s><scratch file='%s'/></disk>",
+			name, mode, html.EscapeString(filepath.Join(dir, d.Target+".scratch")))
+		cpMode := "no"
+		if d.Format == "qcow2" {
+			cpMode = "bitmap"
+		}
+		fmt.Fprintf(&cx, "<disk name='%s' checkpoint='%s'/>", name, cpMode)
+	}
+	bx.WriteString("</disks></domainbackup>")
+	cx.WriteString("</disks></domaincheckpoint>")
+	return bx.String(), cx.String()
+}
+
+func (b *run) dirtyContext(d diskInfo, since string) string {
+	if b.newCheckpoint != "" && b.offlineExport {
+		return nbd.ContextDirtyBitmapPrefix + since
+	}
+	return nbd.ContextDirtyBitmapPrefix + "backup-" + d.Target
+}
+
+// freeze quiesces the guest's filesystems through the agent when asked; the
+// returned thaw must be called right after the backup job starts.
+func (b *run) freeze(ctx context.Context) (func(), error) {
+	if b.req.Consistency == ConsistencyCrash {
+		return func() {}, nil
+	}
+	_ = b.dom.AgentSetResponseTimeout(5, 0)
+	start := time.Now()
+	err := b.dom.FSFreeze(nil, 0)
+	if err != nil {
+		if b.req.RequireConsistency {
+			return nil, fmt.Errorf("domain %s: %w: freeze through the guest agent: %v", b.name, ErrConsistency, err)
+		}
+		b.log.Warn("guest freeze failed: the backup is crash-consistent", "err", err)
+		return func() {}, nil
+	}
+	frozen := time.Now()
+	b.consistency = b.req.Consistency
+	if b.req.Consistency == ConsistencyApp {
+		b.consistency = ConsistencyFS // application hooks: not yet
+	}
+	return func() {
+		cctx, cancel := b.e.cleanupCtx(ctx)
+		defer cancel()
+		for i := 0; ; i++ {
+			err := b.dom.FSThaw(nil, 0)
+			if err == nil || i == 3 || cctx.Err() != nil {
+				if err != nil {
+					b.log.Error("THAW FAILED: the guest may still be frozen", "err", err)
+				}
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		b.freezeMS = time.Since(frozen).Milliseconds()
+		b.log.Info("guest thawed", "freeze_ms", b.freezeMS, "freeze_call_ms", frozen.Sub(start).Milliseconds())
+	}, nil
+}
+
+// undoOnline ends a failed backup: abort the job, drop the new checkpoint.
+func (b *run) undoOnline(ctx context.Context, q *qmp.Client) {
+	if err := b.dom.AbortJob(); err != nil {
+		b.log.Warn("aborting the backup job failed", "err", err)
+	}
+	c, err := b.dom.CheckpointLookupByName(b.newCheckpoint, 0)
+	if err != nil {
+		return
+	}
+	defer c.Free()
+	b.deleteCheckpoint(c, b.newCheckpoint, q, "the backup failed")
+}
+
+// retire deletes this target's checkpoints the chain no longer needs: all
+// but the new one and, for differentials, the last full's.
+func (b *run) retire(ctx context.Context) {
+	keep := map[string]bool{b.newCheckpoint: true}
+	if b.level != LevelFull && b.chain.lastFull != nil {
+		for _, d := range b.chain.lastFull.Disks {
+			keep[d.Checkpoint] = true
+		}
+	}
+	prefix := checkpointPrefix(b.req.Target.Name)
+	cps, err := b.dom.ListAllCheckpoints(0)
+	if err != nil {
+		b.log.Warn("listing checkpoints failed", "err", err)
+		return
+	}
+	for i := range cps {
+		c := &cps[i]
+		n, _ := c.GetName()
+		if strings.HasPrefix(n, prefix) && !keep[n] {
+			b.deleteCheckpoint(c, n, nil, "superseded")
+		}
+		c.Free()
+	}
+}
+
+// qcow2Details records what a restore needs to recreate the image.
+func qcow2Details(path string) map[string]any {
+	out, err := exec.Command("qemu-img", "info", "-U", "--output=json", path).Output()
+	if err != nil {
+		return nil
+	}
+	var info struct {
+		ClusterSize    int64 `json:"cluster-size"`
+		FormatSpecific struct {
+			Data struct {
+				Compat          string `json:"compat"`
+				CompressionType string `json:"compression-type"`
+				LazyRefcounts   bool   `json:"lazy-refcounts"`
+				ExtendedL2      bool   `json:"extended-l2"`
+			} `json:"data"`
+		} `json:"format-specific"`
+	}
+	if json.Unmarshal(out, &info) != nil {
+		return nil
+	}
+	d := info.FormatSpecific.Data
+	return map[string]any{"cluster_size": info.ClusterSize, "compat": d.Compat, "compression_type": d.CompressionType,
+		"lazy_refcounts": d.LazyRefcounts, "extended_l2": d.ExtendedL2}
+}
