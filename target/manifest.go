@@ -150,7 +150,7 @@ func (r *Repository) Point(ctx context.Context, id string) (*Manifest, error) {
 	return m, nil
 }
 
-// Points lists every point's manifest, oldest first. A manifest that cannot
+// Points lists every point's manifest, oldest first (by time). A manifest that cannot
 // be read is reported to bad (if not nil) and left out.
 func (r *Repository) Points(ctx context.Context, bad func(id string, err error)) ([]*Manifest, error) {
 	var ids []string
@@ -173,6 +173,8 @@ func (r *Repository) Points(ctx context.Context, bad func(id string, err error))
 		}
 		out = append(out, m)
 	}
+	// IDs sort by second; times are finer.
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
 	return out, nil
 }
 

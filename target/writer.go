@@ -94,7 +94,7 @@ func (r *Repository) NewPoint(ctx context.Context, s PointSpec) (*PointWriter, e
 		lock: lock,
 		jobs: make(chan job, 2*r.worker),
 		m: Manifest{Version: FormatVersion, ID: NewPointID(s.Time), Domain: s.Domain, DomainUUID: s.DomainUUID,
-			Host: host, Time: s.Time.UTC().Truncate(time.Second), Level: s.Level, Consistency: s.Consistency, FreezeMS: s.FreezeMS,
+			Host: host, Time: s.Time.UTC(), Level: s.Level, Consistency: s.Consistency, FreezeMS: s.FreezeMS,
 			Parent: s.Parent, DomainXML: s.DomainXML, DomainXMLInactive: s.DomainXMLInactive, Tags: s.Tags},
 	}
 	for i := 0; i < r.worker; i++ {

@@ -223,14 +223,13 @@ func (b *run) repairOnline(ctx context.Context, q *qmp.Client, nodes map[string]
 	if err != nil {
 		return fmt.Errorf("domain %s: list checkpoints: %w", b.name, err)
 	}
-	known := map[string]bool{}
+	known := map[string]bool{} // checkpoints libvirt has, or had until we deleted them
 	for i := range cps {
 		c := &cps[i]
 		n, _ := c.GetName()
 		known[n] = true
 		if strings.HasPrefix(n, prefix) && !keep[n] {
 			b.deleteCheckpoint(c, n, q, "not needed by this target's chain (left by a failed or superseded run)")
-			known[n] = false
 		}
 		c.Free()
 	}
