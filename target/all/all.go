@@ -1,0 +1,77 @@
+package all
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+
+	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/target/local"
+)
+
+// Config describes one target, as the configuration file does.
+type Config struct {
+	Name        string
+	Kind        string // local
+	Path        string // local: the repository directory
+	Compression target.Compression
+	// KeyFile turns on encryption: the repository key, created with the
+	// repository when the file does not exist yet.
+	KeyFile    string
+	Passphrase []byte // for a passphrase-protected key file
+}
+
+// Open opens the target's repository. With create set, an empty location
+// gets a new repository (and a new key file, when one is configured and
+// missing).
+func Open(ctx context.Context, cfg Config, create bool, log *slog.Logger) (*target.Repository, error) {
+	var b target.Backend
+	switch cfg.Kind {
+	case "local", "":
+		if cfg.Path == "" {
+			return nil, fmt.Errorf("target %s: kind local needs a path", cfg.Name)
+		}
+		lb, err := local.Open(local.Config{Path: cfg.Path})
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", cfg.Name, err)
+		}
+		b = lb
+	default:
+		return nil, fmt.Errorf("target %s: kind %q is not supported (local)", cfg.Name, cfg.Kind)
+	}
+	var key *target.Key
+	if cfg.KeyFile != "" {
+		k, err := target.ReadKeyFile(cfg.KeyFile, cfg.Passphrase)
+		if err != nil {
+			if !create || !errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("target %s: %w", cfg.Name, err)
+			}
+			if k, err = target.NewKey(); err != nil {
+				return nil, err
+			}
+			if err := target.WriteKeyFile(cfg.KeyFile, k, cfg.Passphrase, target.DefaultKDF); err != nil {
+				return nil, fmt.Errorf("target %s: %w", cfg.Name, err)
+			}
+			if log != nil {
+				log.Warn("created a new repository key: keep a copy of it away from this host, backups cannot be read without it", "target", cfg.Name, "key_file", cfg.KeyFile)
+			}
+		}
+		key = &k
+	}
+	r, err := target.Open(ctx, b, target.OpenOptions{Key: key, Compression: cfg.Compression, Logger: log})
+	if errors.Is(err, target.ErrNotRepository) && create {
+		if err := target.Init(ctx, b, target.InitOptions{Compression: cfg.Compression, Key: key}); err != nil {
+			return nil, fmt.Errorf("target %s: %w", cfg.Name, err)
+		}
+		if log != nil {
+			log.Info("initialised a new repository", "target", cfg.Name, "location", b.Properties().Name)
+		}
+		r, err = target.Open(ctx, b, target.OpenOptions{Key: key, Compression: cfg.Compression, Logger: log})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("target %s: %w", cfg.Name, err)
+	}
+	return r, nil
+}
