@@ -2,8 +2,8 @@ package target_test
 
 import (
 	"bufio"
-	"io"
 	"context"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"

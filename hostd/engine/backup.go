@@ -274,7 +274,7 @@ type run struct {
 	fullReason    map[string]string
 	freezeMS      int64
 	consistency   string
-	offlineExport bool // reading through qemu-nbd: bitmaps keep their names
+	namedBitmaps  bool // exports name dirty bitmaps after themselves (qemu-nbd, plain QEMU)
 }
 
 func (b *run) runDir() (string, error) {
@@ -420,7 +420,7 @@ func (b *run) copyOne(ctx context.Context, pw *target.PointWriter, d diskInfo, d
 
 // saveFirmware stores the domain's NVRAM (UEFI variables) with the point.
 func (b *run) saveFirmware(ctx context.Context, pw *target.PointWriter) error {
-	if b.dx.OS == nil || b.dx.OS.NVRam == nil || b.dx.OS.NVRam.NVRam == "" {
+	if b.dx == nil || b.dx.OS == nil || b.dx.OS.NVRam == nil || b.dx.OS.NVRam.NVRam == "" {
 		return nil
 	}
 	data, err := os.ReadFile(b.dx.OS.NVRam.NVRam)

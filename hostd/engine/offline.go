@@ -60,7 +60,7 @@ func qemuImg(ctx context.Context, args ...string) error {
 // qemu-nbd, with the base checkpoint's bitmap for incrementals; a new
 // persistent bitmap is added first for the next backup.
 func (b *run) offline(ctx context.Context) error {
-	b.offlineExport = true
+	b.namedBitmaps = true
 	b.consistency = ConsistencyCrash
 	b.newCheckpoint = newCheckpointName(b.req.Target.Name, time.Now())
 	b.incr, b.fullReason = map[string]string{}, map[string]string{}

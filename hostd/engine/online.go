@@ -332,7 +332,7 @@ func (b *run) jobXML(sock, dir string) (string, string) {
 }
 
 func (b *run) dirtyContext(d diskInfo, since string) string {
-	if b.newCheckpoint != "" && b.offlineExport {
+	if b.namedBitmaps {
 		return nbd.ContextDirtyBitmapPrefix + since
 	}
 	return nbd.ContextDirtyBitmapPrefix + "backup-" + d.Target

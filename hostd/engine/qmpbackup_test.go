@@ -1,0 +1,105 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/virtkeep/virtkeep/qmp"
+	"github.com/virtkeep/virtkeep/testenv"
+	"github.com/virtkeep/virtkeep/testenv/vm"
+)
+
+func TestBackupPlainQEMU(t *testing.T) {
+	qv := vm.StartQEMU(t, vm.QEMUSpec{Disks: []vm.DiskSpec{{Size: 24 << 20}, {Format: "raw", Size: 8 << 20}}, Running: true})
+	mon := qmp.NewSocketMonitor("unix", qv.QMPPath, 5*time.Second)
+	if err := mon.Connect(); err != nil {
+		t.Fatal(err)
+	}
+	defer mon.Disconnect()
+	q := qmp.NewClient(mon)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f := &fixture{t: t, ctx: ctx, e: &Engine{StateDir: t.TempDir()}, dom: &vm.Domain{Dir: qv.Dir}}
+	tg := f.target("t")
+	snap := func() map[string]*testenv.Content {
+		m := map[string]*testenv.Content{}
+		for _, d := range qv.Disks {
+			m[d.Target] = d.Content.Snapshot()
+		}
+		return m
+	}
+	backup := func(level string, hook func(context.Context) error) (*Result, error) {
+		want := snap()
+		res, err := f.e.BackupQMP(ctx, QMPRequest{Monitor: q, Name: "plainvm", Target: tg, Level: level, afterBegin: hook})
+		if err == nil {
+			f.verify(tg, res.Manifest, want)
+		}
+		return res, err
+	}
+	if _, err := backup(LevelFull, nil); err != nil {
+		t.Fatal(err)
+	}
+	write := func(disk string, off, n int64, p byte) {
+		t.Helper()
+		if err := qv.Write(ctx, disk, off, n, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("vda", 1<<20, 256<<10, 1)
+	write("vdb", 0, 4096, 2)
+	// Writes during the backup: the point must hold the disk as it was.
+	res, err := backup(LevelInc, func(ctx context.Context) error {
+		if err := qv.Write(ctx, "vda", 1<<20, 256<<10, 0xee); err != nil {
+			return err
+		}
+		return qv.Write(ctx, "vda", 20<<20, 64<<10, 0xef)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := diskReport(t, res, "vda"); !r.Incremental || r.Copy.BytesRead > 1<<20 {
+		t.Fatalf("inc vda: %+v", r)
+	}
+	// The writes made during the backup are in the next incremental.
+	res, err = backup(LevelInc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := diskReport(t, res, "vda"); !r.Incremental || r.Copy.BytesRead == 0 {
+		t.Fatalf("next inc vda: %+v", r)
+	}
+	// A failed run leaves nothing behind and the chain intact.
+	boom := errors.New("injected")
+	write("vda", 5<<20, 4096, 3)
+	if _, err := backup(LevelInc, func(context.Context) error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("failed run: %v", err)
+	}
+	nodes, _ := q.QueryBlockNodes(ctx)
+	for _, n := range nodes {
+		if strings.HasPrefix(n.NodeName, "vk-") {
+			t.Fatalf("node %s left after a failed run", n.NodeName)
+		}
+		for _, bm := range n.DirtyBitmaps {
+			if !bm.Recording {
+				t.Fatalf("bitmap %s left disabled", bm.Name)
+			}
+		}
+	}
+	var jobs []any
+	if err := q.Execute(ctx, "query-block-jobs", nil, &jobs); err != nil || len(jobs) != 0 {
+		t.Fatalf("jobs left: %v %v", jobs, err)
+	}
+	res, err = backup(LevelDiff, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := diskReport(t, res, "vda"); !r.Incremental {
+		t.Fatalf("diff vda: %+v", r)
+	}
+	if bms, _ := q.Bitmaps(ctx, "vda"); len(bms) != 2 {
+		t.Fatalf("bitmaps after diff: %+v (want the full's anchor and the newest)", bms)
+	}
+}
