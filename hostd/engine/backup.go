@@ -418,14 +418,29 @@ func (b *run) copyOne(ctx context.Context, pw *target.PointWriter, d diskInfo, d
 	return rep, nil
 }
 
-// saveFirmware stores the domain's NVRAM (UEFI variables) with the point.
+// saveFirmware stores the domain's NVRAM (UEFI variables) and software TPM
+// state with the point.
 func (b *run) saveFirmware(ctx context.Context, pw *target.PointWriter) error {
-	if b.dx == nil || b.dx.OS == nil || b.dx.OS.NVRam == nil || b.dx.OS.NVRam.NVRam == "" {
+	if b.dx == nil {
 		return nil
 	}
-	data, err := os.ReadFile(b.dx.OS.NVRam.NVRam)
-	if err != nil {
-		return fmt.Errorf("read NVRAM %s: %w", b.dx.OS.NVRam.NVRam, err)
+	if b.dx.OS != nil && b.dx.OS.NVRam != nil && b.dx.OS.NVRam.NVRam != "" {
+		data, err := os.ReadFile(b.dx.OS.NVRam.NVRam)
+		if err != nil {
+			return fmt.Errorf("read NVRAM %s: %w", b.dx.OS.NVRam.NVRam, err)
+		}
+		if err := pw.AddBlob(ctx, "nvram", data); err != nil {
+			return err
+		}
 	}
-	return pw.AddBlob(ctx, "nvram", data)
+	if b.dx.Devices != nil && len(b.dx.Devices.TPMs) > 0 {
+		p := filepath.Join("/var/lib/libvirt/swtpm", b.uuid, "tpm2", "tpm2-00.permall")
+		data, err := os.ReadFile(p)
+		if err != nil {
+			b.log.Warn("TPM state not saved", "path", p, "err", err)
+			return nil
+		}
+		return pw.AddBlob(ctx, "tpm", data)
+	}
+	return nil
 }

@@ -439,3 +439,46 @@ func runCmd(t *testing.T, name string, args ...string) {
 		t.Fatalf("%s %v: %v: %s", name, args, err, out)
 	}
 }
+
+// TestRecoveryLeftovers: a killed run left its backup job running, its
+// checkpoint, and a bitmap of ours that libvirt does not know; the next
+// backup clears all three and stays incremental.
+func TestRecoveryLeftovers(t *testing.T) {
+	f := newFixture(t, vm.DomainSpec{Disks: []vm.DiskSpec{{Size: 16 << 20}}, Start: true})
+	tg := f.target("t")
+	f.backup(tg, LevelFull)
+	run := filepath.Join(f.e.StateDir, "run", "b-dead")
+	if err := os.MkdirAll(run, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(run, 0o777)
+	leftover := checkpointPrefix("t") + "leftover"
+	bx := "<domainbackup mode='pull'><server transport='unix' socket='" + run + "/nbd.sock'/><disks><disk name='vda' backup='yes' type='file'><scratch file='" + run + "/s'/></disk></disks></domainbackup>"
+	cx := "<domaincheckpoint><name>" + leftover + "</name><disks><disk name='vda' checkpoint='bitmap'/></disks></domaincheckpoint>"
+	q := qmpClient(f)
+	node, err := q.DeviceNode(f.ctx, "virtio-disk0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Transaction(f.ctx, qmpAddBitmap(node, checkpointPrefix("t")+"orphan")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.dom.Dom.BackupBegin(bx, cx, 0); err != nil {
+		t.Fatal(err)
+	}
+	f.write("vda", 0, 4096, 1)
+	res := f.backup(tg, LevelInc)
+	all := strings.Join(res.Repairs, "; ")
+	for _, want := range []string{"stale backup job", leftover, "orphan"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("repairs %q do not mention %q", all, want)
+		}
+	}
+	if !diskReport(t, res, "vda").Incremental {
+		t.Fatal("not incremental after clearing leftovers")
+	}
+	// The full's checkpoint (anchor for differentials) and the new one.
+	if cps := f.checkpoints(); len(cps) != 2 || contains(cps, leftover) || !contains(cps, cpOf(res.Manifest, "vda")) {
+		t.Fatalf("checkpoints: %v", cps)
+	}
+}

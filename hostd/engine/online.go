@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"libvirt.org/go/libvirt"
+	"libvirt.org/go/libvirtxml"
 
 	"github.com/virtkeep/virtkeep/nbd"
 	"github.com/virtkeep/virtkeep/qmp"
@@ -29,6 +30,9 @@ func newCheckpointName(targetName string, t time.Time) string {
 func (b *run) online(ctx context.Context) error {
 	q := qmp.NewClient(qmp.NewLibvirtMonitor(b.dom))
 	b.newCheckpoint = newCheckpointName(b.req.Target.Name, time.Now())
+	if err := b.staleJob(); err != nil {
+		return err
+	}
 	nodes, err := b.nodes(ctx, q)
 	if err != nil {
 		return err
@@ -438,4 +442,28 @@ func qcow2Details(path string) map[string]any {
 	d := info.FormatSpecific.Data
 	return map[string]any{"cluster_size": info.ClusterSize, "compat": d.Compat, "compression_type": d.CompressionType,
 		"lazy_refcounts": d.LazyRefcounts, "extended_l2": d.ExtendedL2}
+}
+
+// staleJob ends a backup job a killed virtkeep left running (its NBD socket
+// is under our runtime directory); another tool's job is an error.
+func (b *run) staleJob() error {
+	x, err := b.dom.BackupGetXMLDesc(0)
+	if err != nil {
+		return nil // no job
+	}
+	var bx libvirtxml.DomainBackup
+	ours := false
+	if bx.Unmarshal(x) == nil && bx.Pull != nil && bx.Pull.Server != nil && bx.Pull.Server.UNIX != nil {
+		ours = strings.HasPrefix(bx.Pull.Server.UNIX.Socket, filepath.Join(b.e.StateDir, "run")+string(filepath.Separator))
+	}
+	if !ours {
+		return fmt.Errorf("domain %s: another backup job is running (not started by virtkeep with this state_dir)", b.name)
+	}
+	if err := b.dom.AbortJob(); err != nil {
+		return fmt.Errorf("domain %s: ending a stale backup job: %w", b.name, err)
+	}
+	_ = os.RemoveAll(filepath.Dir(bx.Pull.Server.UNIX.Socket))
+	b.res.Repairs = append(b.res.Repairs, "ended a stale backup job left by an interrupted run")
+	b.log.Warn("ended a stale backup job left by an interrupted run")
+	return nil
 }
