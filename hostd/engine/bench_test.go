@@ -68,7 +68,9 @@ func BenchmarkVsVirtnbdbackup(b *testing.B) {
 	}
 	cfg := filepath.Join(dir, "virtkeep.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf("version: 1\nstate_dir: %s/st\nlibvirt_uri: %s\ntargets:\n  - {name: plain, kind: local, path: %s/r-plain, compression: none}\n  - {name: zstd, kind: local, path: %s/r-zstd}\n", dir, vm.URI(), dir, dir)), 0o600)
-	vk := func(args ...string) *exec.Cmd { return exec.Command(bin, append([]string{"--config", cfg}, args...)...) }
+	vk := func(args ...string) *exec.Cmd {
+		return exec.Command(bin, append([]string{"--config", cfg}, args...)...)
+	}
 	vnb := func(args ...string) *exec.Cmd {
 		return exec.Command("virtnbdbackup", append([]string{"-d", theirs.Name, "-n", "-U", vm.URI()}, args...)...)
 	}
