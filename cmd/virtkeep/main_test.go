@@ -128,7 +128,7 @@ targets:
 	}
 	code, _, errw = runCLI(t, "--config", cfg, "backup", dom.Name, "--target", "offsite")
 	if code != 0 {
-		t.Fatalf("offsite backup: %d %s", code, errw)
+		t.Fatalf("offsite backup: %d %q", code, errw)
 	}
 	if fi, err := os.Stat(filepath.Join(dir, "offsite.key")); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("key file: %v %v", fi, err)
@@ -162,7 +162,7 @@ targets:
 	}
 	firstRec := recs[0]
 	tm, _ := time.Parse(time.RFC3339Nano, firstRec["time"].(string))
-	code, out, _ = runCLI(t, "--config", cfg, "--json", "info", dom.Name+"@"+tm.Add(500*time.Millisecond).Format(time.RFC3339), "--target", "local")
+	code, out, _ = runCLI(t, "--config", cfg, "--json", "info", dom.Name+"@"+tm.Truncate(time.Second).Add(time.Second).Format(time.RFC3339), "--target", "local")
 	var at pointRecord
 	if code != 0 || json.Unmarshal([]byte(out), &at) != nil || at.ID != first {
 		t.Fatalf("info @time: %d %s (want %s)", code, out, first)

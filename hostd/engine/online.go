@@ -87,6 +87,7 @@ func (b *run) online(ctx context.Context) error {
 	if err := b.dom.AbortJob(); err != nil {
 		b.log.Warn("ending the backup job failed", "err", err)
 	}
+	b.waitJobEnded()
 	b.retire(ctx)
 	return nil
 }
@@ -386,6 +387,7 @@ func (b *run) undoOnline(ctx context.Context, q *qmp.Client) {
 	if err := b.dom.AbortJob(); err != nil {
 		b.log.Warn("aborting the backup job failed", "err", err)
 	}
+	b.waitJobEnded()
 	c, err := b.dom.CheckpointLookupByName(b.newCheckpoint, 0)
 	if err != nil {
 		return
@@ -460,10 +462,26 @@ func (b *run) staleJob() error {
 		return fmt.Errorf("domain %s: another backup job is running (not started by virtkeep with this state_dir)", b.name)
 	}
 	if err := b.dom.AbortJob(); err != nil {
-		return fmt.Errorf("domain %s: ending a stale backup job: %w", b.name, err)
+		if !errors.Is(err, libvirt.ERR_OPERATION_INVALID) {
+			return fmt.Errorf("domain %s: ending a stale backup job: %w", b.name, err)
+		}
+		// "no job is active": a job that was ending as we looked.
+		b.waitJobEnded()
+		return nil
 	}
+	b.waitJobEnded()
 	_ = os.RemoveAll(filepath.Dir(bx.Pull.Server.UNIX.Socket))
 	b.res.Repairs = append(b.res.Repairs, "ended a stale backup job left by an interrupted run")
 	b.log.Warn("ended a stale backup job left by an interrupted run")
 	return nil
+}
+
+// waitJobEnded waits (up to 10 s) until libvirt no longer reports a backup
+// job: ending one is asynchronous.
+func (b *run) waitJobEnded() {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err := b.dom.BackupGetXMLDesc(0); err != nil {
+			return
+		}
+	}
 }
