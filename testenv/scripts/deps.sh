@@ -10,7 +10,7 @@ PACKAGES=(
   qemu-system-x86 qemu-utils
   libnbd-bin nbdkit fuse3
   qemu-guest-agent virtnbdbackup
-  zstd e2fsprogs procps
+  zstd e2fsprogs procps busybox-static
 )
 
 say() { echo "deps: $*"; }
@@ -59,4 +59,7 @@ done
 virsh -c qemu:///system version >/dev/null || { say "libvirtd does not answer"; exit 1; }
 
 install -d -m 0755 /var/tmp/virtkeep-testenv /var/lib/virtkeep 2>/dev/null || true
+
+# The tiny test guest (kernel + initramfs with qemu-ga), built once and cached.
+bash "$(dirname "$0")/../guest/build.sh"
 say "ready ($(virsh -c qemu:///system version | sed -n 's/^Running hypervisor: //p'))"
