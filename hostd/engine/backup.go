@@ -19,6 +19,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/virtkeep/virtkeep/bitmap"
+	"github.com/virtkeep/virtkeep/guestagent"
 	"github.com/virtkeep/virtkeep/nbd"
 	"github.com/virtkeep/virtkeep/target"
 )
@@ -63,6 +64,10 @@ type BackupRequest struct {
 	Level              string // full, inc, diff, auto (default auto)
 	Consistency        string // crash, fs, app (default crash)
 	RequireConsistency bool
+	Mountpoints        []string          // freeze only these (default all)
+	PreFreeze          []guestagent.Hook // app: run in the guest before the freeze
+	PostThaw           []guestagent.Hook // app: run in the guest after the thaw
+	FreezeTimeout      time.Duration     // default 10 s
 	Disks              []string // only these disks (default all)
 	Exclude            []string
 	// Progress, if set, is called with per-disk progress from the copying
@@ -94,11 +99,33 @@ type Result struct {
 	Skipped  []Skipped
 	// Repairs lists the checkpoint and bitmap repairs made before the backup.
 	Repairs []string
+	// Warnings lists what went less well than asked (a consistency fallback).
+	Warnings []string
 }
 
 // ErrConsistency is returned when the requested consistency could not be
 // reached and the request required it.
-var ErrConsistency = errors.New("requested consistency not reached")
+var ErrConsistency = guestagent.ErrNotReached
+
+func (e *Engine) freezeJournal() guestagent.Journal {
+	return guestagent.Journal{Dir: filepath.Join(e.StateDir, "freeze")}
+}
+
+// RecoverFrozen thaws every guest a killed run left frozen (the freeze
+// journal under StateDir names them). The daemon calls it when it starts;
+// virtkeepd --cleanup runs it alone.
+func (e *Engine) RecoverFrozen(ctx context.Context) error {
+	return guestagent.Recover(ctx, e.freezeJournal(), func(in guestagent.Intent) (guestagent.Agent, error) {
+		if in.Kind != "libvirt" {
+			return nil, fmt.Errorf("intent of kind %q: not a libvirt domain", in.Kind)
+		}
+		dom, err := e.Conn.LookupDomainByUUIDString(in.Target)
+		if err != nil {
+			return nil, err
+		}
+		return guestagent.LibvirtAgent{Dom: dom}, nil
+	}, e.log())
+}
 
 var targetNameRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
 

@@ -15,6 +15,7 @@ import (
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
+	"github.com/virtkeep/virtkeep/guestagent"
 	"github.com/virtkeep/virtkeep/nbd"
 	"github.com/virtkeep/virtkeep/qmp"
 	"github.com/virtkeep/virtkeep/target"
@@ -343,42 +344,34 @@ func (b *run) dirtyContext(d diskInfo, since string) string {
 	return nbd.ContextDirtyBitmapPrefix + "backup-" + d.Target
 }
 
-// freeze quiesces the guest's filesystems through the agent when asked; the
-// returned thaw must be called right after the backup job starts.
+// freeze quiesces the guest's filesystems through the agent when asked;
+// the returned thaw must be called right after the backup job starts.
 func (b *run) freeze(ctx context.Context) (func(), error) {
-	if b.req.Consistency == ConsistencyCrash {
-		return func() {}, nil
+	uri, _ := b.e.Conn.GetURI()
+	fr := &guestagent.Freezer{
+		Agent:   guestagent.LibvirtAgent{Dom: b.dom},
+		Journal: b.e.freezeJournal(),
+		Intent:  guestagent.Intent{Kind: "libvirt", URI: uri, Target: b.uuid, Name: b.name},
+		Log:     b.log,
 	}
-	_ = b.dom.AgentSetResponseTimeout(5, 0)
-	start := time.Now()
-	err := b.dom.FSFreeze(nil, 0)
+	fz, err := fr.Freeze(ctx, guestagent.Policy{Level: b.req.Consistency, Require: b.req.RequireConsistency,
+		Mountpoints: b.req.Mountpoints, PreFreeze: b.req.PreFreeze, PostThaw: b.req.PostThaw, FreezeTimeout: b.req.FreezeTimeout})
 	if err != nil {
-		if b.req.RequireConsistency {
-			return nil, fmt.Errorf("domain %s: %w: freeze through the guest agent: %v", b.name, ErrConsistency, err)
-		}
-		b.log.Warn("guest freeze failed: the backup is crash-consistent", "err", err)
-		return func() {}, nil
+		return nil, fmt.Errorf("domain %s: %w", b.name, err)
 	}
-	frozen := time.Now()
-	b.consistency = b.req.Consistency
-	if b.req.Consistency == ConsistencyApp {
-		b.consistency = ConsistencyFS // application hooks: not yet
+	b.consistency = fz.Level
+	if fz.Reason != "" {
+		b.res.Warnings = append(b.res.Warnings, "crash-consistent: "+fz.Reason)
 	}
 	return func() {
-		cctx, cancel := b.e.cleanupCtx(ctx)
-		defer cancel()
-		for i := 0; ; i++ {
-			err := b.dom.FSThaw(nil, 0)
-			if err == nil || i == 3 || cctx.Err() != nil {
-				if err != nil {
-					b.log.Error("THAW FAILED: the guest may still be frozen", "err", err)
-				}
-				break
-			}
-			time.Sleep(200 * time.Millisecond)
+		d, err := fz.Thaw(ctx)
+		b.freezeMS = d.Milliseconds()
+		if err != nil {
+			b.log.Error("THAW FAILED: the guest may still be frozen; virtkeepd --cleanup retries", "err", err)
+			b.res.Warnings = append(b.res.Warnings, "thaw failed: "+err.Error())
+		} else if fz.Level != guestagent.Crash {
+			b.log.Info("guest thawed", "freeze_ms", b.freezeMS)
 		}
-		b.freezeMS = time.Since(frozen).Milliseconds()
-		b.log.Info("guest thawed", "freeze_ms", b.freezeMS, "freeze_call_ms", frozen.Sub(start).Milliseconds())
 	}, nil
 }
 
