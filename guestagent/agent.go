@@ -30,7 +30,9 @@ type Error struct {
 	Desc    string
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("guest agent %s: %s (%s)", e.Command, e.Desc, e.Class) }
+func (e *Error) Error() string {
+	return fmt.Sprintf("guest agent %s: %s (%s)", e.Command, e.Desc, e.Class)
+}
 
 type request struct {
 	Execute string `json:"execute"`

@@ -68,7 +68,7 @@ type BackupRequest struct {
 	PreFreeze          []guestagent.Hook // app: run in the guest before the freeze
 	PostThaw           []guestagent.Hook // app: run in the guest after the thaw
 	FreezeTimeout      time.Duration     // default 10 s
-	Disks              []string // only these disks (default all)
+	Disks              []string          // only these disks (default all)
 	Exclude            []string
 	// Progress, if set, is called with per-disk progress from the copying
 	// goroutines (one disk's calls never overlap each other).
