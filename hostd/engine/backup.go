@@ -116,8 +116,12 @@ func (e *Engine) freezeJournal() guestagent.Journal {
 // virtkeepd --cleanup runs it alone.
 func (e *Engine) RecoverFrozen(ctx context.Context) error {
 	return guestagent.Recover(ctx, e.freezeJournal(), func(in guestagent.Intent) (guestagent.Agent, error) {
-		if in.Kind != "libvirt" {
-			return nil, fmt.Errorf("intent of kind %q: not a libvirt domain", in.Kind)
+		switch in.Kind {
+		case "socket":
+			return &guestagent.SocketAgent{Path: in.Target}, nil
+		case "libvirt":
+		default:
+			return nil, fmt.Errorf("intent of unknown kind %q", in.Kind)
 		}
 		dom, err := e.Conn.LookupDomainByUUIDString(in.Target)
 		if err != nil {
@@ -301,7 +305,8 @@ type run struct {
 	fullReason    map[string]string
 	freezeMS      int64
 	consistency   string
-	namedBitmaps  bool // exports name dirty bitmaps after themselves (qemu-nbd, plain QEMU)
+	namedBitmaps  bool   // exports name dirty bitmaps after themselves (qemu-nbd, plain QEMU)
+	agentSocket   string // plain QEMU: the guest agent's socket
 }
 
 func (b *run) runDir() (string, error) {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/virtkeep/virtkeep/guestagent"
 	"github.com/virtkeep/virtkeep/nbd"
 	"github.com/virtkeep/virtkeep/qmp"
 	"github.com/virtkeep/virtkeep/target"
@@ -25,6 +26,12 @@ type QMPRequest struct {
 	Target Target
 	Level  string // full, inc, diff, auto
 	Disks  []string
+	// AgentSocket is the host side of the guest agent's virtio-serial port,
+	// for fs and app consistency.
+	AgentSocket        string
+	Consistency        string // crash (default), fs, app
+	RequireConsistency bool
+	FreezeTimeout      time.Duration
 	// Progress, afterBegin: as in BackupRequest.
 	Progress   func(Progress)
 	afterBegin func(ctx context.Context) error
@@ -95,7 +102,9 @@ func (e *Engine) BackupQMP(ctx context.Context, req QMPRequest) (*Result, error)
 	}
 	b := &run{e: e, name: name, uuid: uuid, log: log, disks: disks, level: level, base: base, chain: ch,
 		res: &Result{}, namedBitmaps: true, consistency: ConsistencyCrash,
-		req: BackupRequest{Target: req.Target, Progress: req.Progress, afterBegin: req.afterBegin}}
+		req: BackupRequest{Target: req.Target, Progress: req.Progress, afterBegin: req.afterBegin,
+			Consistency: req.Consistency, RequireConsistency: req.RequireConsistency, FreezeTimeout: req.FreezeTimeout}}
+	b.agentSocket = req.AgentSocket
 	b.newCheckpoint = newCheckpointName(req.Target.Name, time.Now())
 	b.incr, b.fullReason = map[string]string{}, map[string]string{}
 	if level != LevelFull {
@@ -247,7 +256,13 @@ func (b *run) qmpBackup(ctx context.Context, q *qmp.Client, nodes map[string]qmp
 		actions = append(actions, qmp.Action{Type: "blockdev-backup", Data: map[string]any{
 			"job-id": job(d), "device": n.NodeName, "target": fleece(d), "sync": "none", "auto-finalize": true, "auto-dismiss": true}})
 	}
-	if err := q.Transaction(ctx, actions...); err != nil {
+	thaw, err := b.freezeSocket(ctx)
+	if err != nil {
+		return err
+	}
+	err = q.Transaction(ctx, actions...)
+	thaw()
+	if err != nil {
 		return fmt.Errorf("start fleecing: %w", err)
 	}
 	b.log.Info("fleecing started", "tag", tag, "level", b.level)
@@ -350,4 +365,39 @@ func (b *run) waitJobGone(ctx context.Context, q *qmp.Client, id string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// freezeSocket freezes a plain QEMU guest through its agent socket.
+func (b *run) freezeSocket(ctx context.Context) (func(), error) {
+	if b.req.Consistency == "" || b.req.Consistency == ConsistencyCrash {
+		return func() {}, nil
+	}
+	var agent guestagent.Agent = &guestagent.SocketAgent{Path: b.agentSocket}
+	if b.agentSocket == "" {
+		agent = noAgent{}
+	}
+	fr := &guestagent.Freezer{Agent: agent, Journal: b.e.freezeJournal(),
+		Intent: guestagent.Intent{Kind: "socket", Target: b.agentSocket, Name: b.name}, Log: b.log}
+	fz, err := fr.Freeze(ctx, guestagent.Policy{Level: b.req.Consistency, Require: b.req.RequireConsistency, FreezeTimeout: b.req.FreezeTimeout})
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", b.name, err)
+	}
+	b.consistency = fz.Level
+	if fz.Reason != "" {
+		b.res.Warnings = append(b.res.Warnings, "crash-consistent: "+fz.Reason)
+	}
+	return func() {
+		d, err := fz.Thaw(ctx)
+		b.freezeMS = d.Milliseconds()
+		if err != nil {
+			b.log.Error("THAW FAILED: the guest may still be frozen; virtkeepd --cleanup retries", "err", err)
+		}
+	}, nil
+}
+
+// noAgent stands for a guest with no agent socket configured.
+type noAgent struct{}
+
+func (noAgent) Command(_ context.Context, cmd string, _, _ any) error {
+	return fmt.Errorf("guest agent %s: %w: no agent socket given", cmd, guestagent.ErrUnavailable)
 }

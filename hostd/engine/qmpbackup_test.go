@@ -3,10 +3,12 @@ package engine
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/virtkeep/virtkeep/guestagent"
 	"github.com/virtkeep/virtkeep/qmp"
 	"github.com/virtkeep/virtkeep/testenv"
 	"github.com/virtkeep/virtkeep/testenv/vm"
@@ -101,5 +103,54 @@ func TestBackupPlainQEMU(t *testing.T) {
 	}
 	if bms, _ := q.Bitmaps(ctx, "vda"); len(bms) != 2 {
 		t.Fatalf("bitmaps after diff: %+v (want the full's anchor and the newest)", bms)
+	}
+}
+
+// TestBackupPlainQEMUGuestFS: the test guest in a plain QEMU process; an
+// fs-consistent backup through the agent's socket, restored clean.
+func TestBackupPlainQEMUGuestFS(t *testing.T) {
+	qv := vm.StartQEMU(t, vm.QEMUSpec{Guest: true})
+	mon := qmp.NewSocketMonitor("unix", qv.QMPPath, 5*time.Second)
+	if err := mon.Connect(); err != nil {
+		t.Fatal(err)
+	}
+	defer mon.Disconnect()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	agent := &guestagent.SocketAgent{Path: qv.AgentPath}
+	for start := time.Now(); ; time.Sleep(200 * time.Millisecond) {
+		pctx, c := context.WithTimeout(ctx, 2*time.Second)
+		err := agent.Command(pctx, "guest-ping", nil, nil)
+		c()
+		if err == nil {
+			break
+		}
+		if time.Since(start) > time.Minute {
+			t.Fatalf("agent on %s: %v", qv.AgentPath, err)
+		}
+	}
+	if err := agent.Command(ctx, "guest-exec", map[string]any{"path": "/bin/sh", "arg": []string{"-c",
+		`i=0; while true; do i=$((i+1)); echo "record $i" >> /data/log; sync -d /data/log; done`}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	f := &fixture{t: t, ctx: ctx, e: &Engine{StateDir: t.TempDir()}, dom: &vm.Domain{Dir: qv.Dir}}
+	tg := f.target("t")
+	res, err := f.e.BackupQMP(ctx, QMPRequest{Monitor: qmp.NewClient(mon), Name: "plainguest", Target: tg,
+		AgentSocket: qv.AgentPath, Consistency: ConsistencyFS, RequireConsistency: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Manifest.Consistency != "fs" {
+		t.Fatalf("consistency %q", res.Manifest.Consistency)
+	}
+	t.Logf("plain QEMU freeze window %d ms", res.Manifest.FreezeMS)
+	img := filepath.Join(t.TempDir(), "vda.raw")
+	restoreRaw(t, ctx, tg, res.Manifest, "vda", img)
+	if n := records(t, img, true); n == 0 {
+		t.Fatal("no records in the backup")
+	}
+	if st, err := (&guestagent.Freezer{Agent: agent}).Status(ctx); err != nil || st != "thawed" {
+		t.Fatalf("guest after backup: %q %v", st, err)
 	}
 }

@@ -58,35 +58,10 @@ func (e *Env) NewGuest(t testing.TB, spec GuestSpec) *Guest {
 	}
 	dir := testenv.TempDir(t)
 	name := "vk-" + filepath.Base(dir)
-	raw := filepath.Join(dir, "data.raw")
-	files := filepath.Join(dir, "files")
-	if err := os.MkdirAll(files, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for p, c := range spec.Files {
-		fp := filepath.Join(files, p)
-		_ = os.MkdirAll(filepath.Dir(fp), 0o755)
-		if err := os.WriteFile(fp, []byte(c), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Truncate(raw, 0); err != nil && !os.IsNotExist(err) {
-		t.Fatal(err)
-	}
-	f, err := os.Create(raw)
+	img, err := guestImage(ctx, dir, spec.DataSize, spec.Files)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = f.Truncate(spec.DataSize)
-	f.Close()
-	if out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-d", files, raw).CombinedOutput(); err != nil {
-		t.Fatalf("testenv: mkfs.ext4: %v: %s", err, out)
-	}
-	img := filepath.Join(dir, "vda.qcow2")
-	if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, img).CombinedOutput(); err != nil {
-		t.Fatalf("testenv: qemu-img convert: %v: %s", err, out)
-	}
-	os.Remove(raw)
 	console := filepath.Join(dir, "console.log")
 	agent := "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
 	if spec.NoAgent {
@@ -135,6 +110,38 @@ func (e *Env) NewGuest(t testing.TB, spec GuestSpec) *Guest {
 		}
 	}
 	return g
+}
+
+// guestImage makes the guest's data disk: an ext4 filesystem holding files,
+// as a qcow2 image in dir.
+func guestImage(ctx context.Context, dir string, size int64, files map[string]string) (string, error) {
+	raw := filepath.Join(dir, "data.raw")
+	tree := filepath.Join(dir, "files")
+	if err := os.MkdirAll(tree, 0o755); err != nil {
+		return "", err
+	}
+	for p, c := range files {
+		fp := filepath.Join(tree, p)
+		_ = os.MkdirAll(filepath.Dir(fp), 0o755)
+		if err := os.WriteFile(fp, []byte(c), 0o644); err != nil {
+			return "", err
+		}
+	}
+	f, err := os.Create(raw)
+	if err != nil {
+		return "", err
+	}
+	_ = f.Truncate(size)
+	f.Close()
+	defer os.Remove(raw)
+	if out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-d", tree, raw).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("testenv: mkfs.ext4: %v: %s", err, out)
+	}
+	img := filepath.Join(dir, "vda.qcow2")
+	if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, img).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("testenv: qemu-img convert: %v: %s", err, out)
+	}
+	return img, nil
 }
 
 // RequireGuest skips (fails in CI) when the test guest has not been built.

@@ -21,6 +21,10 @@ type QEMUSpec struct {
 	MemoryMiB uint // default 64
 	// Running lets the vCPUs run; by default QEMU starts with -S (paused).
 	Running bool
+	// Guest boots the test guest (kernel and initramfs from GuestDir) with
+	// its agent on a unix socket (QEMU.AgentPath), under TCG. Disks[0] must
+	// then be an ext4 image made by GuestImage.
+	Guest bool
 }
 
 // QEMU is a qemu-system-x86_64 process started by a test, with two QMP
@@ -29,8 +33,11 @@ type QEMUSpec struct {
 // <target>-file, and its virtio-blk device <target>.
 type QEMU struct {
 	QMPPath string
-	Disks   []*Disk
-	Dir     string
+	// AgentPath is the host side of the guest agent's virtio-serial port
+	// (Guest only).
+	AgentPath string
+	Disks     []*Disk
+	Dir       string
 
 	cmd     *exec.Cmd
 	stderr  *bytes.Buffer
@@ -45,13 +52,21 @@ func StartQEMU(t testing.TB, spec QEMUSpec) *QEMU {
 	t.Helper()
 	testenv.Integration(t)
 	testenv.RequireCommands(t, "qemu-system-x86_64", "qemu-img", "qemu-io", "qemu-nbd", "nbdcopy")
-	if len(spec.Disks) == 0 {
+	if len(spec.Disks) == 0 && !spec.Guest {
 		t.Fatalf("testenv: QEMU needs at least one disk")
 	}
 	ctx := context.Background()
 	dir := testenv.TempDir(t)
-	disks, err := createDisks(ctx, dir, spec.Disks)
-	if err != nil {
+	var disks []*Disk
+	var err error
+	if spec.Guest {
+		RequireGuest(t)
+		img, err := guestImage(ctx, dir, 64<<20, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		disks = []*Disk{{Target: "vda", Path: img, Format: "qcow2"}}
+	} else if disks, err = createDisks(ctx, dir, spec.Disks); err != nil {
 		t.Fatal(err)
 	}
 	mem := spec.MemoryMiB
@@ -66,8 +81,20 @@ func StartQEMU(t testing.TB, spec QEMUSpec) *QEMU {
 		"-qmp", "unix:" + own + ",server=on,wait=off",
 		"-qmp", "unix:" + q.QMPPath + ",server=on,wait=off",
 	}
-	if !spec.Running {
+	if !spec.Running && !spec.Guest {
 		args = append(args, "-S")
+	}
+	if spec.Guest {
+		q.AgentPath = filepath.Join(dir, "agent.sock")
+		args[5] = "q35,accel=tcg"
+		if mem < 256 {
+			args[7] = "256"
+		}
+		args = append(args, "-cpu", "qemu64", "-kernel", filepath.Join(GuestDir(), "vmlinuz"), "-initrd", filepath.Join(GuestDir(), "initrd"),
+			"-append", "console=ttyS0 quiet panic=-1", "-serial", "file:"+filepath.Join(dir, "console.log"),
+			"-device", "virtio-serial-pci,id=vser0",
+			"-chardev", "socket,id=ga0,path="+q.AgentPath+",server=on,wait=off",
+			"-device", "virtserialport,chardev=ga0,name=org.qemu.guest_agent.0")
 	}
 	for _, d := range disks {
 		args = append(args,
