@@ -110,3 +110,21 @@ func TempDir(t testing.TB) string {
 	})
 	return dir
 }
+
+// Report records a measurement for the summary make test prints after the
+// run (go test shows a passing test's output only with -v).
+func Report(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	t.Log(msg)
+	path := os.Getenv("VIRTKEEP_ITEST_LOG")
+	if path == "" {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "NOTE %s: %s\n", t.Name(), msg)
+}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/virtkeep/virtkeep/guestagent"
 	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/testenv"
 	"github.com/virtkeep/virtkeep/testenv/vm"
 )
 
@@ -135,8 +136,7 @@ func TestGuestFSConsistentBackups(t *testing.T) {
 	}
 	sort.Slice(windows, func(i, j int) bool { return windows[i] < windows[j] })
 	med, p99 := windows[len(windows)/2], windows[len(windows)-1]
-	t.Logf("freeze window over %d fs backups: median %v, p99 (max of 20) %v, min %v", len(windows), med, p99, windows[0])
-	fmt.Fprintf(os.Stderr, "freeze window: median %v, p99 %v over %d backups\n", med, p99, len(windows))
+	testenv.Report(t, "freeze window over %d fs backups: median %v, p99 (max of %d) %v, min %v", len(windows), med, len(windows), p99, windows[0])
 	if prev == 0 {
 		t.Fatal("the writer wrote nothing")
 	}

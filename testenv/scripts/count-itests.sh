@@ -10,6 +10,7 @@ pass=$(grep -c '^PASS ' "$log")
 fail=$(grep -c '^FAIL ' "$log")
 skip=$(grep -c '^SKIP ' "$log")
 echo "integration tests against real libvirt/QEMU: $((pass + fail)) ran ($pass passed, $fail failed), $skip skipped"
+grep '^NOTE ' "$log" | sed 's/^NOTE /  /'
 if [ "$skip" -gt 0 ]; then
   grep '^SKIP ' "$log" | sed 's/^/  /'
 fi
