@@ -32,27 +32,11 @@ func guestFixture(t *testing.T, spec vm.GuestSpec) (*fixture, *vm.Guest) {
 	return &fixture{t: t, env: env, dom: g.Domain, ctx: ctx, e: &Engine{Conn: env.Conn, StateDir: state, Log: log}}, g
 }
 
-// restoreRaw writes a point's disk to a raw file for host tools.
-func restoreRaw(t *testing.T, ctx context.Context, tg Target, m *target.Manifest, disk, path string) {
+// restoreToRaw writes a point's disk to a raw file for host tools.
+func restoreToRaw(t *testing.T, ctx context.Context, tg Target, m *target.Manifest, disk, path string) {
 	t.Helper()
-	d, err := tg.Repo.OpenDisk(ctx, m.ID, disk)
-	if err != nil {
+	if err := RestoreDisk(ctx, tg.Repo, m.ID, disk, path, RestoreOptions{Format: "raw", Force: true}); err != nil {
 		t.Fatal(err)
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 4<<20)
-	for off := int64(0); off < d.Size(); off += int64(len(buf)) {
-		n := min(int64(len(buf)), d.Size()-off)
-		if err := d.ReadAt(ctx, buf[:n], off); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.WriteAt(buf[:n], off); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 
@@ -131,7 +115,7 @@ func TestGuestFSConsistentBackups(t *testing.T) {
 		last = m
 		if i%5 == 0 || i == 19 {
 			img := filepath.Join(dir, fmt.Sprintf("p%d.raw", i))
-			restoreRaw(t, f.ctx, tg, m, "vda", img)
+			restoreToRaw(t, f.ctx, tg, m, "vda", img)
 			n := records(t, img, true)
 			if n < prev {
 				t.Fatalf("backup %d holds %d records, an earlier one %d", i, n, prev)
@@ -158,7 +142,7 @@ func TestGuestFSConsistentBackups(t *testing.T) {
 		t.Fatalf("crash backup: %+v", res.Manifest)
 	}
 	img := filepath.Join(dir, "crash.raw")
-	restoreRaw(t, f.ctx, tg, res.Manifest, "vda", img)
+	restoreToRaw(t, f.ctx, tg, res.Manifest, "vda", img)
 	if n := records(t, img, false); n < prev {
 		t.Fatalf("crash backup holds %d records, fewer than %d", n, prev)
 	}

@@ -146,7 +146,7 @@ func TestBackupPlainQEMUGuestFS(t *testing.T) {
 	}
 	t.Logf("plain QEMU freeze window %d ms", res.Manifest.FreezeMS)
 	img := filepath.Join(t.TempDir(), "vda.raw")
-	restoreRaw(t, ctx, tg, res.Manifest, "vda", img)
+	restoreToRaw(t, ctx, tg, res.Manifest, "vda", img)
 	if n := records(t, img, true); n == 0 {
 		t.Fatal("no records in the backup")
 	}

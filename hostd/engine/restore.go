@@ -1,0 +1,353 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/virtkeep/virtkeep/nbd"
+	"github.com/virtkeep/virtkeep/target"
+)
+
+// PointSource serves one disk of a point: an nbd.Source whose Extents
+// report zero chunks as holes, so NBD clients skip them.
+type PointSource struct{ *target.DiskReader }
+
+var _ nbd.Mapper = PointSource{}
+
+// Extents reports [off, off+length) with base:allocation flags.
+func (s PointSource) Extents(ctx context.Context, off, length int64, fn func(nbd.Extent) error) error {
+	return s.Allocated(ctx, off, length, func(o, n int64, zero bool) error {
+		var fl uint32
+		if zero {
+			fl = nbd.StateHole | nbd.StateZero
+		}
+		return fn(nbd.Extent{Off: o, Len: n, Flags: fl})
+	})
+}
+
+// RestoreOptions tune RestoreDisk.
+type RestoreOptions struct {
+	Format string // raw or qcow2 (default: the disk's format in the point)
+	// Force allows replacing an existing file or writing to a device.
+	Force bool
+	// Verify re-reads what was written and compares it with the point.
+	Verify   bool
+	Progress func(Progress)
+}
+
+// ErrExists is returned when a restore would overwrite something without
+// Force.
+var ErrExists = errors.New("destination exists (use --force to overwrite)")
+
+var diskNameRe = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+
+// safeDiskName refuses disk names that could lead a path out of the
+// destination directory, whatever a manifest holds.
+func safeDiskName(name string) error {
+	if !diskNameRe.MatchString(name) || name == "." || name == ".." {
+		return fmt.Errorf("disk name %q in the point is not a safe file name", name)
+	}
+	return nil
+}
+
+// RestorePath is where RestoreDisks puts a disk: DIR/<disk>.<format>.
+func RestorePath(dir, disk, format string) (string, error) {
+	if err := safeDiskName(disk); err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, disk+"."+format), nil
+}
+
+// RestoreDisk writes disk of a point to dst (a file, or a block device when
+// dst is one and Force is set). Files come out sparse: zero chunks are not
+// written. A failed restore removes the file it created.
+func RestoreDisk(ctx context.Context, repo *target.Repository, point, disk, dst string, o RestoreOptions) (err error) {
+	d, err := repo.OpenDisk(ctx, point, disk)
+	if err != nil {
+		return err
+	}
+	dm, _ := d.Manifest().Disk(disk)
+	format := o.Format
+	if format == "" {
+		format = dm.Format
+	}
+	if format != "raw" && format != "qcow2" {
+		return fmt.Errorf("restore %s: format %q: want raw or qcow2", disk, format)
+	}
+	fi, statErr := os.Stat(dst)
+	isDev := statErr == nil && fi.Mode()&fs.ModeDevice != 0
+	switch {
+	case statErr == nil && !o.Force:
+		return fmt.Errorf("restore %s to %s: %w", disk, dst, ErrExists)
+	case statErr != nil && !errors.Is(statErr, fs.ErrNotExist):
+		return fmt.Errorf("restore %s: %w", disk, statErr)
+	case isDev && format != "raw":
+		return fmt.Errorf("restore %s to device %s: only raw can go to a device", disk, dst)
+	}
+	created := !isDev
+	defer func() {
+		if err != nil && created {
+			os.Remove(dst)
+		}
+	}()
+	progress := func(done int64) {
+		if o.Progress != nil {
+			o.Progress(Progress{Disk: disk, Done: done, Total: d.Size()})
+		}
+	}
+	if format == "raw" {
+		err = restoreRaw(ctx, d, dst, isDev, progress)
+	} else {
+		err = restoreQcow2(ctx, d, dst, dm.FormatDetails, progress)
+	}
+	if err != nil {
+		return fmt.Errorf("restore %s: %w", disk, err)
+	}
+	if o.Verify {
+		if err = verifyRestore(ctx, d, dst, format); err != nil {
+			return fmt.Errorf("restore %s: verify: %w", disk, err)
+		}
+	}
+	return nil
+}
+
+// dataRuns lists the runs of the point's disk that hold data.
+func dataRuns(ctx context.Context, d *target.DiskReader) ([]nbd.Extent, error) {
+	var runs []nbd.Extent
+	err := d.Allocated(ctx, 0, d.Size(), func(off, n int64, zero bool) error {
+		if !zero {
+			runs = append(runs, nbd.Extent{Off: off, Len: n})
+		}
+		return nil
+	})
+	return runs, err
+}
+
+// copyRuns reads the data runs from d several pieces at a time and hands
+// them to write in order.
+func copyRuns(ctx context.Context, d *target.DiskReader, runs []nbd.Extent, write func(off int64, b []byte) error, progress func(int64)) error {
+	return nbd.Fetch(ctx, diskReader{d}, runs, nbd.FetchOptions{PieceSize: 4 << 20, InFlight: 4}, func(off int64, b []byte) error {
+		if err := write(off, b); err != nil {
+			return err
+		}
+		progress(off + int64(len(b)))
+		return nil
+	})
+}
+
+// diskReader adapts a DiskReader to nbd.Reader.
+type diskReader struct{ d *target.DiskReader }
+
+func (r diskReader) Read(ctx context.Context, p []byte, off int64) error { return r.d.ReadAt(ctx, p, off) }
+
+func restoreRaw(ctx context.Context, d *target.DiskReader, dst string, isDev bool, progress func(int64)) error {
+	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	if isDev {
+		flags = os.O_WRONLY
+	}
+	f, err := os.OpenFile(dst, flags, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if isDev {
+		// A device holds old data: zero it where the point is zero.
+		size, err := f.Seek(0, 2)
+		if err != nil {
+			return err
+		}
+		if size < d.Size() {
+			return fmt.Errorf("device %s has %d bytes, the disk needs %d", dst, size, d.Size())
+		}
+		err = d.Allocated(ctx, 0, d.Size(), func(off, n int64, zero bool) error {
+			if !zero {
+				return nil
+			}
+			if unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, n) == nil {
+				return nil
+			}
+			z := make([]byte, min(n, 1<<20))
+			for at := off; at < off+n; at += int64(len(z)) {
+				if _, err := f.WriteAt(z[:min(int64(len(z)), off+n-at)], at); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	} else if err := f.Truncate(d.Size()); err != nil {
+		return err
+	}
+	runs, err := dataRuns(ctx, d)
+	if err != nil {
+		return err
+	}
+	if err := copyRuns(ctx, d, runs, func(off int64, b []byte) error {
+		_, err := f.WriteAt(b, off)
+		return err
+	}, progress); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// restoreQcow2 creates a qcow2 with the point's saved details and writes
+// the data through a writable qemu-nbd.
+func restoreQcow2(ctx context.Context, d *target.DiskReader, dst string, details map[string]any, progress func(int64)) error {
+	opts := []string{}
+	if v, ok := details["cluster_size"].(float64); ok && v > 0 {
+		opts = append(opts, fmt.Sprintf("cluster_size=%d", int64(v)))
+	}
+	if v, ok := details["compat"].(string); ok && v != "" {
+		opts = append(opts, "compat="+v)
+	}
+	if v, ok := details["compression_type"].(string); ok && v != "" {
+		opts = append(opts, "compression_type="+v)
+	}
+	args := []string{"create", "-q", "-f", "qcow2"}
+	if len(opts) > 0 {
+		args = append(args, "-o", strings.Join(opts, ","))
+	}
+	if out, err := exec.CommandContext(ctx, "qemu-img", append(args, dst, fmt.Sprint(d.Size()))...).CombinedOutput(); err != nil {
+		return fmt.Errorf("qemu-img create: %v: %s", err, bytes.TrimSpace(out))
+	}
+	c, stop, err := qemuNBD(ctx, dst, "qcow2", false)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	runs, err := dataRuns(ctx, d)
+	if err != nil {
+		return err
+	}
+	if err := copyRuns(ctx, d, runs, func(off int64, b []byte) error {
+		return c.Write(ctx, b, off, false)
+	}, progress); err != nil {
+		return err
+	}
+	if err := c.Flush(ctx); err != nil {
+		return err
+	}
+	return stop()
+}
+
+// qemuNBD serves an image with qemu-nbd on a private socket and returns a
+// client; stop disconnects and waits for qemu-nbd to exit cleanly (it exits
+// when its only client leaves, after writing its metadata).
+func qemuNBD(ctx context.Context, image, format string, readOnly bool) (*nbd.Client, func() error, error) {
+	dir, err := os.MkdirTemp("", "vk-nbd-")
+	if err != nil {
+		return nil, nil, err
+	}
+	sock := filepath.Join(dir, "s")
+	args := []string{"-f", format, "-k", sock, "--cache=writeback"}
+	if readOnly {
+		args = append(args, "-r")
+	}
+	cmd := exec.Command("qemu-nbd", append(args, image)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, fmt.Errorf("qemu-nbd: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	fail := func(err error) (*nbd.Client, func() error, error) {
+		_ = cmd.Process.Kill()
+		<-exited
+		os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		if conn, err := net.Dial("unix", sock); err == nil {
+			conn.Close()
+			break
+		}
+		select {
+		case err := <-exited:
+			exited <- err
+			return fail(fmt.Errorf("qemu-nbd exited: %s", bytes.TrimSpace(out.Bytes())))
+		default:
+		}
+		if time.Since(start) > 30*time.Second {
+			return fail(errors.New("qemu-nbd did not listen in 30 s"))
+		}
+	}
+	c, err := nbd.Dial(ctx, "unix", sock, nbd.Options{})
+	if err != nil {
+		return fail(err)
+	}
+	var once sync.Once
+	var stopErr error
+	stop := func() error {
+		once.Do(func() {
+			c.Close()
+			select {
+			case err := <-exited:
+				if err != nil {
+					stopErr = fmt.Errorf("qemu-nbd: %v: %s", err, bytes.TrimSpace(out.Bytes()))
+				}
+			case <-time.After(30 * time.Second):
+				_ = cmd.Process.Kill()
+				<-exited
+				stopErr = errors.New("qemu-nbd did not exit after its client left")
+			}
+			os.RemoveAll(dir)
+		})
+		return stopErr
+	}
+	return c, stop, nil
+}
+
+// verifyRestore re-reads the restored image and compares it with the point.
+func verifyRestore(ctx context.Context, d *target.DiskReader, dst, format string) error {
+	var read func(p []byte, off int64) error
+	if format == "raw" {
+		f, err := os.Open(dst)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		read = func(p []byte, off int64) error { _, err := f.ReadAt(p, off); return err }
+	} else {
+		c, stop, err := qemuNBD(ctx, dst, "qcow2", true)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		if c.Size() != d.Size() {
+			return fmt.Errorf("restored image has %d bytes, the point %d", c.Size(), d.Size())
+		}
+		read = func(p []byte, off int64) error { return c.Read(ctx, p, off) }
+	}
+	want, got := make([]byte, 4<<20), make([]byte, 4<<20)
+	for off := int64(0); off < d.Size(); off += int64(len(want)) {
+		n := min(int64(len(want)), d.Size()-off)
+		if err := d.ReadAt(ctx, want[:n], off); err != nil {
+			return err
+		}
+		if err := read(got[:n], off); err != nil {
+			return err
+		}
+		if !bytes.Equal(want[:n], got[:n]) {
+			return fmt.Errorf("restored data differs from the point near offset %d", off)
+		}
+	}
+	return nil
+}
