@@ -237,3 +237,12 @@ func PageIDs(ctx context.Context, r *Repository, rootID string) ([]ID, error) {
 	}
 	return rt.pages, nil
 }
+
+// Blob loads a blob saved with a point (manifest Blobs value).
+func (r *Repository) Blob(ctx context.Context, hexID string) ([]byte, error) {
+	id, err := ParseID(hexID)
+	if err != nil {
+		return nil, corrupt("%v", err)
+	}
+	return r.getObject(ctx, typeBlob, id)
+}
