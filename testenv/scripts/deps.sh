@@ -10,7 +10,7 @@ PACKAGES=(
   qemu-system-x86 qemu-utils
   libnbd-bin nbdkit fuse3
   qemu-guest-agent virtnbdbackup
-  zstd e2fsprogs procps busybox-static
+  zstd e2fsprogs procps busybox-static fdisk fuse3 util-linux
 )
 
 say() { echo "deps: $*"; }

@@ -1,0 +1,367 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// MountRequest asks for a point's disk to be mounted for file-level restore.
+type MountRequest struct {
+	Point, Disk string
+	Dir         string // created if missing; must be empty
+	// Serve is the argv of a process that serves the point's disk read-only
+	// over NBD on the unix socket given as its last argument, until killed
+	// (virtkeep serve). It outlives the caller, as does nbdfuse.
+	Serve []string
+}
+
+// MountState records a mount so umount (or a daemon restart) undoes it.
+type MountState struct {
+	Dir      string      `json:"dir"`
+	Point    string      `json:"point"`
+	Disk     string      `json:"disk"`
+	Work     string      `json:"work"` // socket, FUSE mount point, logs
+	ServePID int         `json:"serve_pid"`
+	FusePID  int         `json:"fuse_pid"`
+	Loop     string      `json:"loop"`
+	// PartLoops are loop devices over single partitions, made when the
+	// kernel cannot scan the disk's partition table itself.
+	PartLoops []string    `json:"part_loops,omitempty"`
+	Mounts    []MountedFS `json:"mounts"`
+}
+
+// MountedFS is one filesystem of the disk, mounted under Dir.
+type MountedFS struct {
+	Device string `json:"device"`
+	Type   string `json:"type"`
+	Path   string `json:"path"`
+}
+
+func (e *Engine) mountsDir() string { return filepath.Join(e.StateDir, "mounts") }
+
+func (e *Engine) statePath(dir string) string {
+	sum := sha256.Sum256([]byte(dir))
+	return filepath.Join(e.mountsDir(), hex.EncodeToString(sum[:8])+".json")
+}
+
+// Mount serves a point's disk over NBD, attaches it as a read-only block
+// device without the nbd kernel module (nbdfuse + a loop device), scans its
+// partitions, and mounts every filesystem it knows read-only, noexec,
+// nodev, nosuid and without journal replay under Dir/<partition>. Nothing
+// is written to the backup. On failure it undoes what it did.
+func (e *Engine) Mount(ctx context.Context, r MountRequest) (_ *MountState, err error) {
+	if len(r.Serve) == 0 {
+		return nil, errors.New("mount: no serve command")
+	}
+	dir, err := filepath.Abs(r.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("mount: %w", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) > 0 {
+		return nil, fmt.Errorf("mount: %s is not empty", dir)
+	}
+	if _, err := os.Stat(e.statePath(dir)); err == nil {
+		return nil, fmt.Errorf("mount: %s is already a virtkeep mount (virtkeep umount %s)", dir, dir)
+	}
+	if err := os.MkdirAll(e.mountsDir(), 0o700); err != nil {
+		return nil, err
+	}
+	work, err := os.MkdirTemp(e.mountsDir(), "m-")
+	if err != nil {
+		return nil, err
+	}
+	st := &MountState{Dir: dir, Point: r.Point, Disk: r.Disk, Work: work}
+	defer func() {
+		if err != nil {
+			e.undoMount(context.WithoutCancel(ctx), st)
+		}
+	}()
+	sock := filepath.Join(work, "nbd.sock")
+	serveLog, _ := os.Create(filepath.Join(work, "serve.log"))
+	defer serveLog.Close()
+	serve := exec.Command(r.Serve[0], append(r.Serve[1:], sock)...)
+	serve.Stdout, serve.Stderr = serveLog, serveLog
+	serve.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := serve.Start(); err != nil {
+		return nil, fmt.Errorf("mount: start server: %w", err)
+	}
+	st.ServePID = serve.Process.Pid
+	go func() { _ = serve.Wait() }()
+	if err := waitFor(ctx, 30*time.Second, func() bool {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}); err != nil {
+		log, _ := os.ReadFile(filepath.Join(work, "serve.log"))
+		return nil, fmt.Errorf("mount: NBD server did not start: %s", bytes.TrimSpace(log))
+	}
+	fuseDir := filepath.Join(work, "fuse")
+	if err := os.Mkdir(fuseDir, 0o700); err != nil {
+		return nil, err
+	}
+	fuseLog, _ := os.Create(filepath.Join(work, "nbdfuse.log"))
+	defer fuseLog.Close()
+	fuse := exec.Command("nbdfuse", "-r", fuseDir, "nbd+unix:///"+r.Disk+"?socket="+sock)
+	fuse.Stdout, fuse.Stderr = fuseLog, fuseLog
+	fuse.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := fuse.Start(); err != nil {
+		return nil, fmt.Errorf("mount: nbdfuse: %w", err)
+	}
+	st.FusePID = fuse.Process.Pid
+	go func() { _ = fuse.Wait() }()
+	image := filepath.Join(fuseDir, "nbd")
+	if err := waitFor(ctx, 30*time.Second, func() bool { _, err := os.Stat(image); return err == nil }); err != nil {
+		log, _ := os.ReadFile(filepath.Join(work, "nbdfuse.log"))
+		return nil, fmt.Errorf("mount: nbdfuse did not attach: %s", bytes.TrimSpace(log))
+	}
+	out, err := exec.CommandContext(ctx, "losetup", "--read-only", "--partscan", "--find", "--show", image).Output()
+	if err != nil {
+		return nil, fmt.Errorf("mount: losetup: %w", cmdErr(err))
+	}
+	st.Loop = strings.TrimSpace(string(out))
+	if err := e.saveMount(st); err != nil {
+		return nil, err
+	}
+	var devs []part
+	parts, _ := filepath.Glob(st.Loop + "p*")
+	// Partitions appear a moment after the scan.
+	_ = waitFor(ctx, time.Second, func() bool { parts, _ = filepath.Glob(st.Loop + "p*"); return len(parts) > 0 })
+	sort.Strings(parts)
+	for _, p := range parts {
+		devs = append(devs, part{"p" + strings.TrimPrefix(p, st.Loop+"p"), p})
+	}
+	if len(parts) == 0 {
+		// No partition support in this kernel (GPT, say): read the table
+		// ourselves and give each partition a loop device of its own.
+		pl, err := e.partitionLoops(ctx, st, image)
+		if err != nil {
+			return nil, err
+		}
+		devs = append(devs, pl...)
+	}
+	if len(devs) == 0 { // no partition table: a filesystem on the whole disk
+		devs = []part{{"disk", st.Loop}}
+	}
+	for _, pd := range devs {
+		dev := pd.dev
+		typ := blkType(ctx, dev)
+		var opts string
+		switch typ {
+		case "ext2", "ext3", "ext4":
+			opts = "ro,noexec,nodev,nosuid,noload"
+		case "xfs":
+			opts = "ro,noexec,nodev,nosuid,norecovery"
+		case "btrfs":
+			opts = "ro,noexec,nodev,nosuid,nologreplay"
+		case "vfat", "ntfs", "ntfs3", "iso9660":
+			opts = "ro,noexec,nodev,nosuid"
+		case "":
+			continue
+		default:
+			e.log().Info("filesystem type not mounted", "device", dev, "type", typ)
+			continue
+		}
+		path := filepath.Join(dir, pd.name)
+		if err := os.MkdirAll(path, 0o755); err != nil {
+			return nil, err
+		}
+		if out, err := exec.CommandContext(ctx, "mount", "-t", typ, "-o", opts, dev, path).CombinedOutput(); err != nil {
+			e.log().Warn("mount failed", "device", dev, "type", typ, "err", err, "output", string(bytes.TrimSpace(out)))
+			os.Remove(path)
+			continue
+		}
+		st.Mounts = append(st.Mounts, MountedFS{Device: dev, Type: typ, Path: path})
+		if err := e.saveMount(st); err != nil {
+			return nil, err
+		}
+	}
+	if len(st.Mounts) == 0 {
+		return nil, fmt.Errorf("mount: no filesystem found on disk %s of point %s", r.Disk, r.Point)
+	}
+	return st, nil
+}
+
+// partitionLoops reads the partition table (MBR or GPT) with sfdisk and
+// attaches one read-only loop device per partition, at its offset.
+func (e *Engine) partitionLoops(ctx context.Context, st *MountState, image string) ([]part, error) {
+	out, err := exec.CommandContext(ctx, "sfdisk", "--json", st.Loop).Output()
+	if err != nil {
+		return nil, nil // no partition table
+	}
+	var pt struct {
+		PartitionTable struct {
+			SectorSize int64 `json:"sectorsize"`
+			Partitions []struct {
+				Start int64 `json:"start"`
+				Size  int64 `json:"size"`
+			} `json:"partitions"`
+		} `json:"partitiontable"`
+	}
+	if err := json.Unmarshal(out, &pt); err != nil {
+		return nil, fmt.Errorf("mount: partition table: %w", err)
+	}
+	ss := pt.PartitionTable.SectorSize
+	if ss == 0 {
+		ss = 512
+	}
+	var devs []part
+	for i, p := range pt.PartitionTable.Partitions {
+		if p.Size == 0 {
+			continue
+		}
+		out, err := exec.CommandContext(ctx, "losetup", "--read-only", "--find", "--show",
+			"--offset", fmt.Sprint(p.Start*ss), "--sizelimit", fmt.Sprint(p.Size*ss), image).Output()
+		if err != nil {
+			return nil, fmt.Errorf("mount: loop for partition %d: %w", i+1, cmdErr(err))
+		}
+		dev := strings.TrimSpace(string(out))
+		st.PartLoops = append(st.PartLoops, dev)
+		if err := e.saveMount(st); err != nil {
+			return nil, err
+		}
+		devs = append(devs, part{fmt.Sprintf("p%d", i+1), dev})
+	}
+	return devs, nil
+}
+
+// part is a block device to look for a filesystem on, and its name under
+// the mount directory.
+type part struct{ name, dev string }
+
+func blkType(ctx context.Context, dev string) string {
+	out, err := exec.CommandContext(ctx, "blkid", "-o", "value", "-s", "TYPE", dev).Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func cmdErr(err error) error {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return fmt.Errorf("%v: %s", err, bytes.TrimSpace(ee.Stderr))
+	}
+	return err
+}
+
+func waitFor(ctx context.Context, d time.Duration, ok func() bool) error {
+	for deadline := time.Now().Add(d); ; time.Sleep(20 * time.Millisecond) {
+		if ok() {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return errors.New("timed out")
+		}
+	}
+}
+
+func (e *Engine) saveMount(st *MountState) error {
+	b, _ := json.MarshalIndent(st, "", "  ")
+	tmp := e.statePath(st.Dir) + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, e.statePath(st.Dir))
+}
+
+// Umount undoes Mount for dir: filesystems, loop device, FUSE mount,
+// server process, state.
+func (e *Engine) Umount(ctx context.Context, dir string) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(e.statePath(dir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("umount: %s is not a virtkeep mount", dir)
+	}
+	if err != nil {
+		return err
+	}
+	var st MountState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return fmt.Errorf("umount: state of %s is damaged: %w", dir, err)
+	}
+	return e.undoMount(ctx, &st)
+}
+
+// CleanupMounts undoes every mount a previous run left (daemon start).
+func (e *Engine) CleanupMounts(ctx context.Context) error {
+	files, _ := filepath.Glob(filepath.Join(e.mountsDir(), "*.json"))
+	var first error
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		var st MountState
+		if err == nil {
+			err = json.Unmarshal(b, &st)
+		}
+		if err == nil {
+			err = e.undoMount(ctx, &st)
+		}
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func (e *Engine) undoMount(ctx context.Context, st *MountState) error {
+	var errs []string
+	for i := len(st.Mounts) - 1; i >= 0; i-- {
+		m := st.Mounts[i]
+		if out, err := exec.CommandContext(ctx, "umount", m.Path).CombinedOutput(); err != nil && !strings.Contains(string(out), "not mounted") {
+			errs = append(errs, fmt.Sprintf("umount %s: %v: %s", m.Path, err, bytes.TrimSpace(out)))
+			continue
+		}
+		os.Remove(m.Path)
+	}
+	for _, l := range append(append([]string(nil), st.PartLoops...), st.Loop) {
+		if l == "" {
+			continue
+		}
+		if out, err := exec.CommandContext(ctx, "losetup", "-d", l).CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Sprintf("losetup -d %s: %v: %s", l, err, bytes.TrimSpace(out)))
+		}
+	}
+	if st.Work != "" {
+		fuseDir := filepath.Join(st.Work, "fuse")
+		_ = exec.CommandContext(ctx, "fusermount3", "-u", fuseDir).Run()
+	}
+	for _, pid := range []int{st.FusePID, st.ServePID} {
+		// Only a process that is still ours: its command line names our
+		// work directory (a recycled PID would not).
+		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); pid > 0 && err == nil && bytes.Contains(cmdline, []byte(st.Work)) {
+			_ = syscall.Kill(pid, syscall.SIGTERM)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("umount %s: %s", st.Dir, strings.Join(errs, "; "))
+	}
+	if st.Work != "" {
+		os.RemoveAll(st.Work)
+	}
+	os.Remove(e.statePath(st.Dir))
+	return nil
+}

@@ -1,0 +1,194 @@
+package engine
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/virtkeep/virtkeep/nbd"
+	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/target/local"
+	"github.com/virtkeep/virtkeep/testenv"
+	"github.com/virtkeep/virtkeep/testenv/vm"
+)
+
+// serveChild is the serve process Mount starts, played by the test binary:
+// VIRTKEEP_SERVE=repo-dir,point,disk; the socket is its last argument.
+func serveChild() {
+	parts := strings.Split(os.Getenv("VIRTKEEP_SERVE"), ",")
+	ctx := context.Background()
+	b, err := local.Open(local.Config{Path: parts[0]})
+	if err != nil {
+		panic(err)
+	}
+	r, err := target.Open(ctx, b, target.OpenOptions{})
+	if err != nil {
+		panic(err)
+	}
+	d, err := r.OpenDisk(ctx, parts[1], parts[2])
+	if err != nil {
+		panic(err)
+	}
+	ln, err := net.Listen("unix", os.Args[len(os.Args)-1])
+	if err != nil {
+		panic(err)
+	}
+	srv := &nbd.Server{Exports: []nbd.Export{{Name: parts[2], Source: PointSource{d}}}}
+	_ = srv.Serve(ln)
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv("VIRTKEEP_SERVE") != "" {
+		serveChild()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func run1(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return string(out)
+}
+
+func writeTree(t *testing.T, dir string, files map[string]string) {
+	t.Helper()
+	for p, c := range files {
+		fp := filepath.Join(dir, p)
+		os.MkdirAll(filepath.Dir(fp), 0o755)
+		if err := os.WriteFile(fp, []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func treeSHA(t *testing.T, dir string) string {
+	t.Helper()
+	h := sha256.New()
+	var files []string
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			files = append(files, p)
+		}
+		return nil
+	})
+	sort.Strings(files)
+	for _, f := range files {
+		fmt.Fprintln(h, strings.TrimPrefix(f, dir))
+		r, _ := os.Open(f)
+		io.Copy(h, r)
+		r.Close()
+	}
+	return fmt.Sprintf("%x", h.Sum(nil))
+}
+
+// TestMountPoint: a disk holding one ext4 filesystem and a disk with a GPT
+// table and two ext4 partitions are backed up, mounted from the point, and
+// read back; umount leaves no loop device, FUSE mount or process behind,
+// and the backup's chunks are unchanged.
+func TestMountPoint(t *testing.T) {
+	testenv.RequireCommands(t, "nbdfuse", "losetup", "sfdisk", "mkfs.ext4", "blkid", "fusermount3")
+	f := newFixture(t, vm.DomainSpec{Disks: []vm.DiskSpec{{Format: "raw", Size: 32 << 20}, {Format: "raw", Size: 64 << 20}}})
+	tg := f.target("t")
+	dir := t.TempDir()
+	single := map[string]string{"hello.txt": "hello\n", "etc/app.conf": "key=value\n", "big.bin": strings.Repeat("0123456789abcdef", 40000)}
+	p1 := map[string]string{"first/readme": "partition one\n"}
+	p2 := map[string]string{"second/data.csv": "a,b\n1,2\n", "second/deep/nested/file": "x"}
+	writeTree(t, filepath.Join(dir, "single"), single)
+	writeTree(t, filepath.Join(dir, "p1"), p1)
+	writeTree(t, filepath.Join(dir, "p2"), p2)
+	vda, _ := f.dom.Disk("vda")
+	vdb, _ := f.dom.Disk("vdb")
+	os.Remove(vda.Path)
+	os.Truncate(vda.Path, 0)
+	fh, _ := os.Create(vda.Path)
+	fh.Truncate(32 << 20)
+	fh.Close()
+	run1(t, "mkfs.ext4", "-q", "-F", "-d", filepath.Join(dir, "single"), vda.Path)
+	os.Remove(vdb.Path)
+	fh, _ = os.Create(vdb.Path)
+	fh.Truncate(64 << 20)
+	fh.Close()
+	sf := exec.Command("sfdisk", "-q", vdb.Path)
+	sf.Stdin = strings.NewReader("label: gpt\nstart=2048, size=57344\nstart=61440, size=65536\n")
+	if out, err := sf.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v %s", err, out)
+	}
+	run1(t, "mkfs.ext4", "-q", "-F", "-E", fmt.Sprintf("offset=%d", 2048*512), "-d", filepath.Join(dir, "p1"), vdb.Path, "28M")
+	run1(t, "mkfs.ext4", "-q", "-F", "-E", fmt.Sprintf("offset=%d", 61440*512), "-d", filepath.Join(dir, "p2"), vdb.Path, "32M")
+	res, err := f.e.Backup(f.ctx, BackupRequest{Domain: f.dom.Name, Target: tg, Level: LevelFull})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunksBefore := treeSHA(t, filepath.Join(f.dom.Dir, "repo-t", "chunks"))
+	exe, _ := os.Executable()
+	repoDir := filepath.Join(f.dom.Dir, "repo-t")
+	for _, tc := range []struct {
+		disk  string
+		trees map[string]map[string]string
+	}{
+		{"vda", map[string]map[string]string{"disk": single}},
+		{"vdb", map[string]map[string]string{"p1": p1, "p2": p2}},
+	} {
+		mnt := filepath.Join(dir, "mnt-"+tc.disk)
+		os.Setenv("VIRTKEEP_SERVE", repoDir+","+res.Manifest.ID+","+tc.disk)
+		st, err := f.e.Mount(f.ctx, MountRequest{Point: res.Manifest.ID, Disk: tc.disk, Dir: mnt, Serve: []string{exe, "-test.run=^$"}})
+		os.Unsetenv("VIRTKEEP_SERVE")
+		if err != nil {
+			t.Fatalf("mount %s: %v", tc.disk, err)
+		}
+		if len(st.Mounts) != len(tc.trees) {
+			t.Fatalf("%s: mounted %+v", tc.disk, st.Mounts)
+		}
+		for name, files := range tc.trees {
+			for p, want := range files {
+				got, err := os.ReadFile(filepath.Join(mnt, name, p))
+				if err != nil || string(got) != want {
+					t.Fatalf("%s/%s/%s: %v (%d bytes, want %d)", tc.disk, name, p, err, len(got), len(want))
+				}
+			}
+			if err := os.WriteFile(filepath.Join(mnt, name, "new"), []byte("x"), 0o644); err == nil {
+				t.Fatalf("%s/%s is writable", tc.disk, name)
+			}
+		}
+		mi, _ := os.ReadFile("/proc/self/mountinfo")
+		for _, m := range st.Mounts {
+			if !strings.Contains(string(mi), m.Path) {
+				t.Fatalf("%s not in mountinfo", m.Path)
+			}
+		}
+		if err := f.e.Umount(f.ctx, mnt); err != nil {
+			t.Fatal(err)
+		}
+		mi, _ = os.ReadFile("/proc/self/mountinfo")
+		if strings.Contains(string(mi), mnt) || strings.Contains(string(mi), st.Work) {
+			t.Fatalf("mounts left after umount:\n%s", mi)
+		}
+		if out, _ := exec.Command("losetup", "-a").Output(); strings.Contains(string(out), st.Work) {
+			t.Fatalf("loop device left: %s", out)
+		}
+		if out, _ := exec.Command("pgrep", "-f", st.Work).Output(); len(strings.TrimSpace(string(out))) > 0 {
+			t.Fatalf("processes left: %s", out)
+		}
+		if _, err := os.Stat(st.Work); !os.IsNotExist(err) {
+			t.Fatalf("work dir left: %v", err)
+		}
+	}
+	if after := treeSHA(t, filepath.Join(f.dom.Dir, "repo-t", "chunks")); after != chunksBefore {
+		t.Fatal("the backup's chunks changed")
+	}
+	if err := f.e.Umount(f.ctx, filepath.Join(dir, "mnt-vda")); err == nil {
+		t.Fatal("umount of a directory that is no mount succeeded")
+	}
+}
