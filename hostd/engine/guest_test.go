@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -285,5 +286,56 @@ func TestRestoreAsNewDomainBoots(t *testing.T) {
 	}
 	if !g.Active() {
 		t.Fatal("the original guest stopped")
+	}
+}
+
+// TestBootFromPoint: instant recovery. The test guest boots from a point
+// through NBD-backed overlays; a file written before the backup is read in
+// it through the agent; then its disks migrate to local files while it runs.
+func TestBootFromPoint(t *testing.T) {
+	f, g := guestFixture(t, vm.GuestSpec{})
+	tg := f.target("t")
+	if res, err := g.Exec(f.ctx, "echo 'booted from the backup' > /data/marker; sync"); err != nil || res.ExitCode != 0 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	bres, err := f.e.Backup(f.ctx, BackupRequest{Domain: g.Name, Target: tg, Consistency: ConsistencyFS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	os.Setenv("VIRTKEEP_SERVE", filepath.Join(g.Dir, "repo-t")+","+bres.Manifest.ID+",*")
+	defer os.Unsetenv("VIRTKEEP_SERVE")
+	dir := filepath.Join(g.Dir, "boot")
+	booted, err := f.e.Boot(f.ctx, tg.Repo, BootRequest{Point: bres.Manifest.ID, Name: g.Name + "-b", Dir: dir, Serve: []string{exe, "-test.run=^$"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dom, err := f.env.Conn.LookupDomainByUUIDString(booted.UUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dom.Free()
+	t.Cleanup(func() {
+		_ = dom.Destroy()
+		_ = syscall.Kill(booted.ServePID, syscall.SIGTERM)
+	})
+	bg := &vm.Guest{Domain: &vm.Domain{Name: g.Name + "-b", Dom: dom}, Agent: guestagent.LibvirtAgent{Dom: dom}}
+	if err := bg.WaitAgent(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	out, err := bg.Exec(f.ctx, "cat /data/marker; echo written-after-boot > /data/after; sync")
+	if err != nil || !strings.HasPrefix(out.Stdout, "booted from the backup\n") {
+		t.Fatalf("booted guest reads %q, %v", out.Stdout, err)
+	}
+	if err := f.e.Migrate(f.ctx, booted, dir); err != nil {
+		t.Fatal(err)
+	}
+	xml, _ := dom.GetXMLDesc(0)
+	if strings.Contains(xml, "nbd") {
+		t.Fatalf("domain still uses NBD after migrate:\n%s", xml)
+	}
+	out, err = bg.Exec(f.ctx, "cat /data/marker /data/after")
+	if err != nil || out.Stdout != "booted from the backup\nwritten-after-boot\n" {
+		t.Fatalf("after migrate the guest reads %q, %v", out.Stdout, err)
 	}
 }

@@ -33,15 +33,25 @@ func serveChild() {
 	if err != nil {
 		panic(err)
 	}
-	d, err := r.OpenDisk(ctx, parts[1], parts[2])
+	m, err := r.Point(ctx, parts[1])
 	if err != nil {
 		panic(err)
+	}
+	srv := &nbd.Server{}
+	for _, dm := range m.Disks {
+		if parts[2] != "*" && dm.Name != parts[2] {
+			continue
+		}
+		d, err := r.OpenDisk(ctx, parts[1], dm.Name)
+		if err != nil {
+			panic(err)
+		}
+		srv.Exports = append(srv.Exports, nbd.Export{Name: dm.Name, Source: PointSource{d}})
 	}
 	ln, err := net.Listen("unix", os.Args[len(os.Args)-1])
 	if err != nil {
 		panic(err)
 	}
-	srv := &nbd.Server{Exports: []nbd.Export{{Name: parts[2], Source: PointSource{d}}}}
 	_ = srv.Serve(ln)
 }
 

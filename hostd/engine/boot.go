@@ -1,0 +1,213 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"libvirt.org/go/libvirt"
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/virtkeep/virtkeep/target"
+)
+
+// BootRequest asks for a point to run at once as a new domain (instant
+// recovery): its disks are qcow2 overlays whose backing file is the point,
+// served over NBD; reads come from the backup, writes go to the overlays.
+type BootRequest struct {
+	Point string
+	Name  string // the new domain; it must not exist
+	Dir   string // overlays and runtime files (QEMU must reach it)
+	// Serve is the argv of a process that serves every disk of the point
+	// (export names = disk names) read-only over NBD on the unix socket
+	// given as its last argument, until killed (virtkeep serve).
+	Serve []string
+}
+
+// Booted is a domain running from a backup.
+type Booted struct {
+	UUID     string
+	Socket   string
+	ServePID int
+	Overlays map[string]string // disk -> overlay file
+}
+
+// Boot defines and starts the domain. Its disks depend on the NBD server
+// until Migrate moves them to local files.
+func (e *Engine) Boot(ctx context.Context, repo *target.Repository, r BootRequest) (_ *Booted, err error) {
+	if len(r.Serve) == 0 {
+		return nil, errors.New("boot: no serve command")
+	}
+	if d, err := e.Conn.LookupDomainByName(r.Name); err == nil {
+		d.Free()
+		return nil, fmt.Errorf("boot: a domain named %q exists already", r.Name)
+	}
+	m, err := repo.Point(ctx, r.Point)
+	if err != nil {
+		return nil, err
+	}
+	src := m.DomainXMLInactive
+	if src == "" {
+		src = m.DomainXML
+	}
+	var dx libvirtxml.Domain
+	if err := dx.Unmarshal(src); err != nil {
+		return nil, fmt.Errorf("boot: point %s: domain XML: %w", m.ID, err)
+	}
+	if err := os.MkdirAll(r.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	run := filepath.Join(r.Dir, "run")
+	if err := os.MkdirAll(run, 0o755); err != nil {
+		return nil, err
+	}
+	b := &Booted{Socket: filepath.Join(run, "nbd.sock"), Overlays: map[string]string{}}
+	defer func() {
+		if err != nil {
+			for _, p := range b.Overlays {
+				os.Remove(p)
+			}
+			if b.ServePID > 0 {
+				_ = syscall.Kill(b.ServePID, syscall.SIGTERM)
+			}
+		}
+	}()
+	logf, _ := os.Create(filepath.Join(run, "serve.log"))
+	defer logf.Close()
+	serve := exec.Command(r.Serve[0], append(r.Serve[1:], b.Socket)...)
+	serve.Stdout, serve.Stderr = logf, logf
+	serve.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := serve.Start(); err != nil {
+		return nil, fmt.Errorf("boot: start server: %w", err)
+	}
+	b.ServePID = serve.Process.Pid
+	go func() { _ = serve.Wait() }()
+	if err := waitFor(ctx, 30*time.Second, func() bool {
+		c, err := net.Dial("unix", b.Socket)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}); err != nil {
+		log, _ := os.ReadFile(filepath.Join(run, "serve.log"))
+		return nil, fmt.Errorf("boot: NBD server did not start: %s", bytes.TrimSpace(log))
+	}
+	// QEMU runs as libvirt-qemu: it must be able to connect.
+	_ = os.Chmod(b.Socket, 0o777)
+	inPoint := map[string]target.DiskManifest{}
+	for _, d := range m.Disks {
+		inPoint[d.Name] = d
+	}
+	var disks []libvirtxml.DomainDisk
+	for _, xd := range dx.Devices.Disks {
+		if xd.Target == nil {
+			continue
+		}
+		dm, ok := inPoint[xd.Target.Dev]
+		if !ok {
+			if xd.Device == "" || xd.Device == "disk" {
+				continue
+			}
+			disks = append(disks, xd)
+			continue
+		}
+		if err := safeDiskName(dm.Name); err != nil {
+			return nil, err
+		}
+		overlay := filepath.Join(r.Dir, dm.Name+".overlay.qcow2")
+		backing := fmt.Sprintf("nbd+unix:///%s?socket=%s", dm.Name, b.Socket)
+		if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "raw", overlay, fmt.Sprint(dm.VirtualSize)).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("boot: overlay for %s: %v: %s", dm.Name, err, bytes.TrimSpace(out))
+		}
+		b.Overlays[dm.Name] = overlay
+		xd.Source = &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: overlay}}
+		xd.BackingStore = &libvirtxml.DomainDiskBackingStore{
+			Format: &libvirtxml.DomainDiskFormat{Type: "raw"},
+			Source: &libvirtxml.DomainDiskSource{Network: &libvirtxml.DomainDiskSourceNetwork{
+				Protocol: "nbd", Name: dm.Name,
+				Hosts: []libvirtxml.DomainDiskSourceHost{{Transport: "unix", Socket: b.Socket}}}},
+		}
+		if xd.Driver == nil {
+			xd.Driver = &libvirtxml.DomainDiskDriver{Name: "qemu"}
+		}
+		xd.Driver.Type = "qcow2"
+		disks = append(disks, xd)
+	}
+	dx.Devices.Disks = disks
+	dx.Name, dx.UUID, dx.ID = r.Name, "", nil
+	for i := range dx.Devices.Interfaces {
+		dx.Devices.Interfaces[i].MAC = nil
+	}
+	for i := range dx.Devices.Serials {
+		if s := dx.Devices.Serials[i].Source; s != nil && s.File != nil {
+			s.File.Path = filepath.Join(r.Dir, r.Name+".serial.log")
+		}
+	}
+	if dx.OS != nil && dx.OS.NVRam != nil {
+		dx.OS.NVRam.NVRam = ""
+	}
+	xml, err := dx.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	dom, err := e.Conn.DomainCreateXML(xml, 0)
+	if err != nil {
+		return nil, fmt.Errorf("boot: start %s: %w", r.Name, err)
+	}
+	defer dom.Free()
+	b.UUID, _ = dom.GetUUIDString()
+	return b, nil
+}
+
+// Migrate moves a booted domain's disks from the backup to local qcow2
+// files while it runs (a block copy per disk, then a pivot), after which
+// the domain no longer needs the NBD server, which it stops.
+func (e *Engine) Migrate(ctx context.Context, b *Booted, dir string) error {
+	dom, err := e.Conn.LookupDomainByUUIDString(b.UUID)
+	if err != nil {
+		return err
+	}
+	defer dom.Free()
+	for disk := range b.Overlays {
+		if err := safeDiskName(disk); err != nil {
+			return err
+		}
+		dst := filepath.Join(dir, disk+".qcow2")
+		xml := fmt.Sprintf("<disk type='file'><driver type='qcow2'/><source file='%s'/></disk>", dst)
+		if err := dom.BlockCopy(disk, xml, &libvirt.DomainBlockCopyParameters{}, libvirt.DOMAIN_BLOCK_COPY_TRANSIENT_JOB); err != nil {
+			return fmt.Errorf("migrate %s: %w", disk, err)
+		}
+		if err := waitFor(ctx, 10*time.Minute, func() bool {
+			info, err := dom.GetBlockJobInfo(disk, 0)
+			return err == nil && info.End > 0 && info.Cur == info.End
+		}); err != nil {
+			_ = dom.BlockJobAbort(disk, 0)
+			return fmt.Errorf("migrate %s: copy did not converge: %w", disk, err)
+		}
+		if err := dom.BlockJobAbort(disk, libvirt.DOMAIN_BLOCK_JOB_ABORT_PIVOT); err != nil {
+			return fmt.Errorf("migrate %s: pivot: %w", disk, err)
+		}
+		if err := waitFor(ctx, time.Minute, func() bool {
+			_, err := dom.GetBlockJobInfo(disk, 0)
+			info, _ := dom.GetBlockJobInfo(disk, 0)
+			return err == nil && info.Type == 0
+		}); err != nil {
+			return fmt.Errorf("migrate %s: pivot did not finish", disk)
+		}
+	}
+	if b.ServePID > 0 {
+		_ = syscall.Kill(b.ServePID, syscall.SIGTERM)
+	}
+	for _, o := range b.Overlays {
+		os.Remove(o)
+	}
+	return nil
+}
+
