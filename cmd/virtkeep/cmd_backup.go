@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 	"libvirt.org/go/libvirt"
 
 	"github.com/virtkeep/virtkeep/hostd/engine"
@@ -46,15 +45,9 @@ func newBackupCmd(a *app) *cobra.Command {
 			eng := &engine.Engine{Conn: conn, StateDir: a.cfg.StateDir, Log: a.log}
 			req.Domain = args[0]
 			req.Target = engine.Target{Name: tc.Name, Repo: repo}
-			if !a.json {
-				if f, ok := a.errw.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-					req.Progress = progressPrinter(f)
-				}
-			}
+			req.Progress = a.progress()
 			res, err := eng.Backup(ctx, req)
-			if req.Progress != nil {
-				fmt.Fprint(a.errw, "\r\033[K")
-			}
+			a.endProgress(req.Progress)
 			if err != nil {
 				return err
 			}

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/spf13/cobra"
+	"libvirt.org/go/libvirt"
+
+	"github.com/virtkeep/virtkeep/hostd/engine"
+)
+
+func (a *app) engine() (*engine.Engine, func(), error) {
+	conn, err := libvirt.NewConnect(a.cfg.LibvirtURI)
+	if err != nil {
+		return nil, nil, fmt.Errorf("libvirt %s: %w", a.cfg.LibvirtURI, err)
+	}
+	if err := os.MkdirAll(a.cfg.StateDir, 0o755); err != nil {
+		conn.Close()
+		return nil, nil, fmt.Errorf("state_dir: %w", err)
+	}
+	return &engine.Engine{Conn: conn, StateDir: a.cfg.StateDir, Log: a.log}, func() { conn.Close() }, nil
+}
+
+// serveArgv is how engine.Mount and engine.Boot start this binary as the
+// NBD server of a point (the socket path follows).
+func (a *app) serveArgv(point string, disk string) ([]string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := filepath.Abs(a.configPath)
+	if err != nil {
+		return nil, err
+	}
+	argv := []string{exe, "--config", cfg, "serve", point}
+	if disk != "" {
+		argv = append(argv, "--disk", disk)
+	}
+	return append(argv, "--socket"), nil
+}
+
+func newRestoreCmd(a *app) *cobra.Command {
+	var targetName, to, as, format string
+	var disks []string
+	var force, verify bool
+	cmd := &cobra.Command{
+		Use:   "restore POINT (--to DIR | --as NEWNAME [--to DIR])",
+		Short: "Restore disks to DIR/<disk>.<format>, or a whole domain under a new name",
+		Args:  exactArgs(1, "POINT"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.load(); err != nil {
+				return err
+			}
+			if format != "" && format != "raw" && format != "qcow2" {
+				return usageErr("--format %q: want qcow2 or raw", format)
+			}
+			if to == "" && as == "" {
+				return usageErr("restore needs --to DIR or --as NEWNAME")
+			}
+			ctx := cmd.Context()
+			m, tp, err := a.resolvePoint(ctx, args[0], targetName)
+			if err != nil {
+				return err
+			}
+			progress := a.progress()
+			if as != "" {
+				if len(disks) > 0 {
+					return usageErr("--as restores every disk: drop --disk")
+				}
+				if to == "" {
+					to = filepath.Join(a.cfg.StateDir, "images", as)
+				}
+				e, done, err := a.engine()
+				if err != nil {
+					return err
+				}
+				defer done()
+				uuid, err := e.RestoreDomain(ctx, tp.repo, m.ID, engine.DomainRestore{Name: as, Dir: to, Format: format, Verify: verify, Progress: progress})
+				a.endProgress(progress)
+				if err != nil {
+					return err
+				}
+				if a.json {
+					return a.printJSON(map[string]string{"domain": as, "uuid": uuid, "dir": to, "point": m.ID})
+				}
+				fmt.Fprintf(a.out, "defined domain %s (%s), disks in %s\n", as, uuid, to)
+				return nil
+			}
+			if err := os.MkdirAll(to, 0o755); err != nil {
+				return err
+			}
+			var written []string
+			for _, d := range m.Disks {
+				if len(disks) > 0 && !slices.Contains(disks, d.Name) {
+					continue
+				}
+				f := format
+				if f == "" {
+					f = d.Format
+				}
+				dst, err := engine.RestorePath(to, d.Name, f)
+				if err != nil {
+					return err
+				}
+				err = engine.RestoreDisk(ctx, tp.repo, m.ID, d.Name, dst, engine.RestoreOptions{Format: f, Force: force, Verify: verify, Progress: progress})
+				a.endProgress(progress)
+				if err != nil {
+					return exitFor(err)
+				}
+				written = append(written, dst)
+			}
+			for _, n := range disks {
+				if _, err := m.Disk(n); err != nil {
+					return notFoundErr("%v", err)
+				}
+			}
+			if a.json {
+				return a.printJSON(written)
+			}
+			for _, w := range written {
+				fmt.Fprintln(a.out, w)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&targetName, "target", "", "only look in this target")
+	f.StringVar(&to, "to", "", "directory for the restored disks")
+	f.StringVar(&as, "as", "", "define a new domain with this name")
+	f.StringVar(&format, "format", "", "qcow2 or raw (default: each disk's own)")
+	f.StringSliceVar(&disks, "disk", nil, "only this disk (repeatable)")
+	f.BoolVar(&force, "force", false, "overwrite existing files")
+	f.BoolVar(&verify, "verify", false, "re-read what was written and compare it with the point")
+	return cmd
+}
+
+func newExportCmd(a *app) *cobra.Command {
+	var targetName, disk, format, out string
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "export POINT --disk NAME --format qcow2|raw -o FILE",
+		Short: "Write one disk of a point to a file (or, with --force, a block device)",
+		Args:  exactArgs(1, "POINT"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.load(); err != nil {
+				return err
+			}
+			if disk == "" || out == "" || (format != "raw" && format != "qcow2") {
+				return usageErr("export needs --disk NAME, --format qcow2|raw and -o FILE")
+			}
+			m, tp, err := a.resolvePoint(cmd.Context(), args[0], targetName)
+			if err != nil {
+				return err
+			}
+			p := a.progress()
+			err = engine.RestoreDisk(cmd.Context(), tp.repo, m.ID, disk, out, engine.RestoreOptions{Format: format, Force: force, Progress: p})
+			a.endProgress(p)
+			if err != nil {
+				return exitFor(err)
+			}
+			fmt.Fprintln(a.out, out)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&targetName, "target", "", "only look in this target")
+	f.StringVar(&disk, "disk", "", "disk to export")
+	f.StringVar(&format, "format", "", "qcow2 or raw")
+	f.StringVarP(&out, "output", "o", "", "file to write")
+	f.BoolVar(&force, "force", false, "overwrite an existing file, or write to a block device")
+	return cmd
+}
