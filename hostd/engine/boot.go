@@ -210,4 +210,3 @@ func (e *Engine) Migrate(ctx context.Context, b *Booted, dir string) error {
 	}
 	return nil
 }
-

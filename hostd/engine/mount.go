@@ -31,13 +31,13 @@ type MountRequest struct {
 
 // MountState records a mount so umount (or a daemon restart) undoes it.
 type MountState struct {
-	Dir      string      `json:"dir"`
-	Point    string      `json:"point"`
-	Disk     string      `json:"disk"`
-	Work     string      `json:"work"` // socket, FUSE mount point, logs
-	ServePID int         `json:"serve_pid"`
-	FusePID  int         `json:"fuse_pid"`
-	Loop     string      `json:"loop"`
+	Dir      string `json:"dir"`
+	Point    string `json:"point"`
+	Disk     string `json:"disk"`
+	Work     string `json:"work"` // socket, FUSE mount point, logs
+	ServePID int    `json:"serve_pid"`
+	FusePID  int    `json:"fuse_pid"`
+	Loop     string `json:"loop"`
 	// PartLoops are loop devices over single partitions, made when the
 	// kernel cannot scan the disk's partition table itself.
 	PartLoops []string    `json:"part_loops,omitempty"`

@@ -151,7 +151,9 @@ func copyRuns(ctx context.Context, d *target.DiskReader, runs []nbd.Extent, writ
 // diskReader adapts a DiskReader to nbd.Reader.
 type diskReader struct{ d *target.DiskReader }
 
-func (r diskReader) Read(ctx context.Context, p []byte, off int64) error { return r.d.ReadAt(ctx, p, off) }
+func (r diskReader) Read(ctx context.Context, p []byte, off int64) error {
+	return r.d.ReadAt(ctx, p, off)
+}
 
 func restoreRaw(ctx context.Context, d *target.DiskReader, dst string, isDev bool, progress func(int64)) error {
 	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
