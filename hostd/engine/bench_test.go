@@ -21,6 +21,7 @@ type benchRun struct {
 	dur    time.Duration
 	rssMiB int64
 	stored int64
+	out    string
 }
 
 func measure(b *testing.B, name string, cmd *exec.Cmd, outDir string) benchRun {
@@ -33,7 +34,7 @@ func measure(b *testing.B, name string, cmd *exec.Cmd, outDir string) benchRun {
 		b.Fatalf("%s: %v\n%s", name, err, out)
 	}
 	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	return benchRun{name, d, ru.Maxrss / 1024, duBytes(outDir) - before}
+	return benchRun{name, d, ru.Maxrss / 1024, duBytes(outDir) - before, string(out)}
 }
 
 // duBytes is the space a directory tree allocates.
@@ -90,6 +91,13 @@ func BenchmarkVsVirtnbdbackup(b *testing.B) {
 	}
 	runs = append(runs, measure(b, "virtkeep inc zstd", vk("backup", ours.Name, "--level", "inc", "--target", "zstd"), dir+"/r-zstd"))
 	runs = append(runs, measure(b, "virtnbdbackup inc -z", vnb("-l", "inc", "-z", "-o", dir+"/v-z"), dir+"/v-z"))
+	// Restore of the uncompressed fulls to qcow2 files.
+	fullID := strings.TrimSpace(runs[0].out)
+	runs = append(runs, measure(b, "virtkeep restore", vk("restore", fullID, "--to", dir+"/rest-vk", "--format", "qcow2"), dir+"/rest-vk"))
+	runs = append(runs, measure(b, "virtnbdrestore", exec.Command("virtnbdrestore", "-n", "-i", dir+"/v-plain", "-o", dir+"/rest-vnb"), dir+"/rest-vnb"))
+	if a, c := duBytes(dir+"/rest-vk"), duBytes(dir+"/rest-vnb"); a > c+c/4 {
+		b.Errorf("restored image allocates %d bytes, virtnbdrestore's %d", a, c)
+	}
 
 	// Memory on a large sparse disk.
 	big := env.NewDomain(b, vm.DomainSpec{Disks: []vm.DiskSpec{{Size: 64 << 30, Seed: 64, Fill: testenv.Fill{Random: 1.0 / 32, Text: 1.0 / 32, Hole: 30.0 / 32}}}, Start: true})
@@ -104,6 +112,7 @@ func BenchmarkVsVirtnbdbackup(b *testing.B) {
 	fmt.Fprintf(&sb, "full: virtkeep %.2fx faster than virtnbdbackup (target >= 2x)\n", ratio(0, 1))
 	fmt.Fprintf(&sb, "full compressed: virtkeep zstd %.2fx faster than virtnbdbackup -z (target >= 2.5x)\n", ratio(2, 3))
 	fmt.Fprintf(&sb, "incremental: virtkeep takes %.2fx virtnbdbackup's time (target <= 0.5x)\n", 1/ratio(4, 5))
+	fmt.Fprintf(&sb, "restore: virtkeep %.2fx faster than virtnbdrestore (target >= 1.5x)\n", ratio(6, 7))
 	maxRSS := int64(0)
 	for _, r := range runs {
 		if strings.HasPrefix(r.name, "virtkeep") {
@@ -115,5 +124,6 @@ func BenchmarkVsVirtnbdbackup(b *testing.B) {
 	b.ReportMetric(ratio(0, 1), "full-speedup")
 	b.ReportMetric(ratio(2, 3), "zfull-speedup")
 	b.ReportMetric(1/ratio(4, 5), "inc-time-ratio")
+	b.ReportMetric(ratio(6, 7), "restore-speedup")
 	b.ReportMetric(float64(maxRSS), "peak-RSS-MiB")
 }
