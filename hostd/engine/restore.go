@@ -148,6 +148,50 @@ func copyRuns(ctx context.Context, d *target.DiskReader, runs []nbd.Extent, writ
 	})
 }
 
+// skipZeroes wraps a writer into a fresh (all-zero) image so that it
+// leaves out 64 KiB blocks of zeroes: chunks often end in a hole of the
+// guest's disk, and writing it would allocate it.
+func skipZeroes(write func(off int64, b []byte) error) func(off int64, b []byte) error {
+	const blk = 64 << 10
+	return func(off int64, b []byte) error {
+		start := -1
+		for i := 0; i < len(b); i += blk {
+			end := min(i+blk, len(b))
+			if allZeroBytes(b[i:end]) {
+				if start >= 0 {
+					if err := write(off+int64(start), b[start:i]); err != nil {
+						return err
+					}
+					start = -1
+				}
+				continue
+			}
+			if start < 0 {
+				start = i
+			}
+		}
+		if start >= 0 {
+			return write(off+int64(start), b[start:])
+		}
+		return nil
+	}
+}
+
+func allZeroBytes(b []byte) bool {
+	for len(b) >= 8 {
+		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // diskReader adapts a DiskReader to nbd.Reader.
 type diskReader struct{ d *target.DiskReader }
 
@@ -199,10 +243,11 @@ func restoreRaw(ctx context.Context, d *target.DiskReader, dst string, isDev boo
 	if err != nil {
 		return err
 	}
-	if err := copyRuns(ctx, d, runs, func(off int64, b []byte) error {
-		_, err := f.WriteAt(b, off)
-		return err
-	}, progress); err != nil {
+	write := func(off int64, b []byte) error { _, err := f.WriteAt(b, off); return err }
+	if !isDev {
+		write = skipZeroes(write) // the file is sparse already
+	}
+	if err := copyRuns(ctx, d, runs, write, progress); err != nil {
 		return err
 	}
 	return f.Sync()
@@ -237,9 +282,9 @@ func restoreQcow2(ctx context.Context, d *target.DiskReader, dst string, details
 	if err != nil {
 		return err
 	}
-	if err := copyRuns(ctx, d, runs, func(off int64, b []byte) error {
+	if err := copyRuns(ctx, d, runs, skipZeroes(func(off int64, b []byte) error {
 		return c.Write(ctx, b, off, false)
-	}, progress); err != nil {
+	}), progress); err != nil {
 		return err
 	}
 	if err := c.Flush(ctx); err != nil {
