@@ -45,9 +45,9 @@ func (a *app) serveArgv(point string, disk string) ([]string, error) {
 func newRestoreCmd(a *app) *cobra.Command {
 	var targetName, to, as, format string
 	var disks []string
-	var force, verify bool
+	var force, verify, inPlace bool
 	cmd := &cobra.Command{
-		Use:   "restore POINT (--to DIR | --as NEWNAME [--to DIR])",
+		Use:   "restore POINT (--to DIR | --as NEWNAME [--to DIR] | --in-place --force)",
 		Short: "Restore disks to DIR/<disk>.<format>, or a whole domain under a new name",
 		Args:  exactArgs(1, "POINT"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -57,8 +57,8 @@ func newRestoreCmd(a *app) *cobra.Command {
 			if format != "" && format != "raw" && format != "qcow2" {
 				return usageErr("--format %q: want qcow2 or raw", format)
 			}
-			if to == "" && as == "" {
-				return usageErr("restore needs --to DIR or --as NEWNAME")
+			if to == "" && as == "" && !inPlace {
+				return usageErr("restore needs --to DIR, --as NEWNAME or --in-place")
 			}
 			ctx := cmd.Context()
 			m, tp, err := a.resolvePoint(ctx, args[0], targetName)
@@ -66,6 +66,20 @@ func newRestoreCmd(a *app) *cobra.Command {
 				return err
 			}
 			progress := a.progress()
+			if inPlace {
+				e, done, err := a.engine()
+				if err != nil {
+					return err
+				}
+				defer done()
+				_, err = e.RestoreDomain(ctx, tp.repo, m.ID, engine.DomainRestore{Name: m.Domain, InPlace: true, Force: force, Verify: verify, Progress: progress})
+				a.endProgress(progress)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.out, "restored %s in place from %s\n", m.Domain, m.ID)
+				return nil
+			}
 			if as != "" {
 				if len(disks) > 0 {
 					return usageErr("--as restores every disk: drop --disk")
@@ -134,6 +148,7 @@ func newRestoreCmd(a *app) *cobra.Command {
 	f.StringSliceVar(&disks, "disk", nil, "only this disk (repeatable)")
 	f.BoolVar(&force, "force", false, "overwrite existing files")
 	f.BoolVar(&verify, "verify", false, "re-read what was written and compare it with the point")
+	f.BoolVar(&inPlace, "in-place", false, "write the point back over its shut-off domain's disks (needs --force)")
 	return cmd
 }
 

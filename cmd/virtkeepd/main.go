@@ -51,7 +51,7 @@ func newRootCmd(out, errw io.Writer) *cobra.Command {
 		Use:   "virtkeepd",
 		Short: "The virtkeep backup daemon",
 		Long: `virtkeepd runs beside libvirtd. With --cleanup it only repairs what an
-interrupted run left behind (guests left frozen) and exits; the job engine,
+interrupted run left behind (guests left frozen, file-level mounts) and exits; the job engine,
 scheduler and API are not in this version yet.`,
 		Version:       version,
 		SilenceUsage:  true,
@@ -73,6 +73,9 @@ scheduler and API are not in this version yet.`,
 			log := slog.New(slog.NewTextHandler(errw, nil))
 			e := &engine.Engine{Conn: conn, StateDir: cfg.StateDir, Log: log}
 			if err := e.RecoverFrozen(cmd.Context()); err != nil {
+				return err
+			}
+			if err := e.CleanupMounts(cmd.Context()); err != nil {
 				return err
 			}
 			fmt.Fprintln(out, "cleanup done")

@@ -115,3 +115,36 @@ func TestRestoreChain(t *testing.T) {
 		t.Fatal("device restore differs (old data not zeroed?)")
 	}
 }
+
+// TestRestoreInPlace: a shut-off domain's disks are restored in place, only
+// with Force; a running domain is refused.
+func TestRestoreInPlace(t *testing.T) {
+	f := newFixture(t, vm.DomainSpec{Disks: []vm.DiskSpec{{Size: 16 << 20}}, Start: true})
+	tg := f.target("t")
+	vda, _ := f.dom.Disk("vda")
+	want := vda.Content.Snapshot()
+	res := f.backup(tg, LevelFull)
+	f.write("vda", 0, 1<<20, 0x55)
+	r := DomainRestore{Name: f.dom.Name, InPlace: true, Force: true}
+	if _, err := f.e.RestoreDomain(f.ctx, tg.Repo, res.Manifest.ID, r); err == nil || !strings.Contains(err.Error(), "running") {
+		t.Fatalf("in place on a running domain: %v", err)
+	}
+	if err := f.dom.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.e.RestoreDomain(f.ctx, tg.Repo, res.Manifest.ID, DomainRestore{Name: f.dom.Name, InPlace: true}); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("in place without force: %v", err)
+	}
+	if _, err := f.e.RestoreDomain(f.ctx, tg.Repo, res.Manifest.ID, r); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := testenv.ImageSHA256(f.ctx, vda.Path, "qcow2"); got != want.SHA256() {
+		t.Fatal("in-place restore differs from the point")
+	}
+	// The domain starts and the next backup heals the chain by itself.
+	if err := f.dom.Start(true); err != nil {
+		t.Fatal(err)
+	}
+	vda.Content = want
+	f.backup(tg, LevelInc)
+}

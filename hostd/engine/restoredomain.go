@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+
+	"libvirt.org/go/libvirt"
 
 	"libvirt.org/go/libvirtxml"
 
@@ -14,11 +17,70 @@ import (
 
 // DomainRestore asks for a point to come back as a new libvirt domain.
 type DomainRestore struct {
-	Name     string // the new domain's name; it must not exist
+	Name     string // the new domain's name; it must not exist (see InPlace)
 	Dir      string // where the disks go (DIR/<disk>.<format>)
 	Format   string // raw or qcow2 (default: each disk's own)
 	Verify   bool
 	Progress func(Progress)
+	// InPlace restores onto the disks of the existing domain Name, which
+	// must be shut off; it needs Force. The domain's definition is kept; its
+	// virtkeep checkpoints go (the restored images have no bitmaps).
+	InPlace, Force bool
+}
+
+// restoreInPlace writes a point back over the disks of its (shut off)
+// domain.
+func (e *Engine) restoreInPlace(ctx context.Context, repo *target.Repository, m *target.Manifest, r DomainRestore) (string, error) {
+	if !r.Force {
+		return "", fmt.Errorf("restore in place overwrites the disks of %s: it needs --force", r.Name)
+	}
+	dom, err := e.Conn.LookupDomainByName(r.Name)
+	if err != nil {
+		return "", fmt.Errorf("restore in place: %w", err)
+	}
+	defer dom.Free()
+	if active, _ := dom.IsActive(); active {
+		return "", fmt.Errorf("restore in place: domain %s is running: shut it off first", r.Name)
+	}
+	uuid, _ := dom.GetUUIDString()
+	if uuid != m.DomainUUID {
+		return "", fmt.Errorf("restore in place: point %s is of domain %s (%s), not %s", m.ID, m.Domain, m.DomainUUID, r.Name)
+	}
+	xml, err := dom.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
+	if err != nil {
+		return "", err
+	}
+	var dx libvirtxml.Domain
+	if err := dx.Unmarshal(xml); err != nil {
+		return "", err
+	}
+	disks, _, err := selectDisks(&dx, nil, nil)
+	if err != nil {
+		return "", err
+	}
+	for _, dm := range m.Disks {
+		var cur *diskInfo
+		for i := range disks {
+			if disks[i].Target == dm.Name {
+				cur = &disks[i]
+			}
+		}
+		if cur == nil {
+			return "", fmt.Errorf("restore in place: domain %s has no disk %s now", r.Name, dm.Name)
+		}
+		if err := RestoreDisk(ctx, repo, m.ID, dm.Name, cur.Path, RestoreOptions{Format: cur.Format, Force: true, Verify: r.Verify, Progress: r.Progress}); err != nil {
+			return "", err
+		}
+	}
+	cps, _ := dom.ListAllCheckpoints(0)
+	for i := range cps {
+		if n, _ := cps[i].GetName(); strings.HasPrefix(n, "virtkeep.") {
+			_ = cps[i].Delete(libvirt.DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+		}
+		cps[i].Free()
+	}
+	e.log().Info("restored in place", "domain", r.Name, "point", m.ID)
+	return uuid, nil
 }
 
 // RestoreDomain restores every disk of a point and defines a new domain
@@ -28,6 +90,13 @@ type DomainRestore struct {
 func (e *Engine) RestoreDomain(ctx context.Context, repo *target.Repository, point string, r DomainRestore) (uuid string, err error) {
 	if r.Name == "" {
 		return "", errors.New("restore: no name for the new domain")
+	}
+	if r.InPlace {
+		m, err := repo.Point(ctx, point)
+		if err != nil {
+			return "", err
+		}
+		return e.restoreInPlace(ctx, repo, m, r)
 	}
 	if d, err := e.Conn.LookupDomainByName(r.Name); err == nil {
 		d.Free()
