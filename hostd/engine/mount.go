@@ -352,8 +352,16 @@ func (e *Engine) undoMount(ctx context.Context, st *MountState) error {
 	for _, pid := range []int{st.FusePID, st.ServePID} {
 		// Only a process that is still ours: its command line names our
 		// work directory (a recycled PID would not).
-		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); pid > 0 && err == nil && bytes.Contains(cmdline, []byte(st.Work)) {
-			_ = syscall.Kill(pid, syscall.SIGTERM)
+		ours := func() bool {
+			cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			return pid > 0 && err == nil && bytes.Contains(cmdline, []byte(st.Work))
+		}
+		if !ours() {
+			continue
+		}
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		if waitFor(ctx, 5*time.Second, func() bool { return !ours() }) != nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
 	if len(errs) > 0 {
