@@ -132,10 +132,6 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 	// Indexes: roots and pages, once each; collect referenced chunks.
 	chunks := map[ID]bool{}
 	pageOK := map[ID]error{}
-	type ref struct {
-		m    *Manifest
-		disk string
-	}
 	for _, m := range manifests {
 		label := pointLabel(m.ID, m.Domain, m.Time)
 		for k, b := range m.Blobs {

@@ -558,6 +558,9 @@ func (dw *DiskWriter) Close(ctx context.Context) error {
 		err = dw.sealBefore(dw.rt.chunks()/pageEntries + 1)
 	}
 	dw.inflight.Wait()
+	if err != nil {
+		dw.fail(err)
+	}
 	if err = dw.failed(); err != nil {
 		return err
 	}
