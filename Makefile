@@ -8,7 +8,7 @@ PREFIX ?= /usr/local
 GOTEST_TIMEOUT ?= 25m
 ITEST_LOG := $(CURDIR)/.itest.log
 
-.PHONY: help deps build test unit lint bench reliability install clean
+.PHONY: help deps build test unit lint bench reliability demo install clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ lint: ## go vet and staticcheck
 
 bench: deps ## benchmarks (numbers for the closing notes)
 	set -o pipefail; go test -run '^$$' -bench . -benchtime 1x -count=1 -timeout 60m ./... 2>&1 | tee bench.out
+
+demo: deps build ## virtkeep's main job end to end on a throwaway domain (KEEP=1 keeps it)
+	bash testenv/scripts/demo.sh
 
 FUZZ_TIME ?= 60s
 reliability: deps ## long runs: 200 writer kills, every fuzz target for FUZZ_TIME
