@@ -106,7 +106,15 @@ func newRestoreCmd(a *app) *cobra.Command {
 			if err := os.MkdirAll(to, 0o755); err != nil {
 				return err
 			}
+			for _, n := range disks {
+				if _, err := m.Disk(n); err != nil {
+					return notFoundErr("%v", err)
+				}
+			}
+			// Disks are restored two at a time.
 			var written []string
+			type job struct{ disk, dst, format string }
+			var jobs []job
 			for _, d := range m.Disks {
 				if len(disks) > 0 && !slices.Contains(disks, d.Name) {
 					continue
@@ -119,17 +127,27 @@ func newRestoreCmd(a *app) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				err = engine.RestoreDisk(ctx, tp.repo, m.ID, d.Name, dst, engine.RestoreOptions{Format: f, Force: force, Verify: verify, Progress: progress})
-				a.endProgress(progress)
-				if err != nil {
-					return exitFor(err)
-				}
+				jobs = append(jobs, job{d.Name, dst, f})
 				written = append(written, dst)
 			}
-			for _, n := range disks {
-				if _, err := m.Disk(n); err != nil {
-					return notFoundErr("%v", err)
+			errs := make(chan error, len(jobs))
+			sem := make(chan struct{}, 2)
+			for _, j := range jobs {
+				go func() {
+					sem <- struct{}{}
+					defer func() { <-sem }()
+					errs <- engine.RestoreDisk(ctx, tp.repo, m.ID, j.disk, j.dst, engine.RestoreOptions{Format: j.format, Force: force, Verify: verify, Progress: progress})
+				}()
+			}
+			var first error
+			for range jobs {
+				if err := <-errs; err != nil && first == nil {
+					first = err
 				}
+			}
+			a.endProgress(progress)
+			if first != nil {
+				return first
 			}
 			if a.json {
 				return a.printJSON(written)
@@ -174,7 +192,7 @@ func newExportCmd(a *app) *cobra.Command {
 			err = engine.RestoreDisk(cmd.Context(), tp.repo, m.ID, disk, out, engine.RestoreOptions{Format: format, Force: force, Progress: p})
 			a.endProgress(p)
 			if err != nil {
-				return exitFor(err)
+				return err
 			}
 			fmt.Fprintln(a.out, out)
 			return nil

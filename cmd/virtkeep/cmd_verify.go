@@ -29,10 +29,6 @@ func (a *app) endProgress(p func(engine.Progress)) {
 	}
 }
 
-// exitFor keeps an error's exit code: target.ErrNotFound and the like are
-// mapped by exitCode.
-func exitFor(err error) error { return err }
-
 func newVerifyCmd(a *app) *cobra.Command {
 	var targetName string
 	var all, readData bool
