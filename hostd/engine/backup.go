@@ -170,6 +170,31 @@ type chainInfo struct {
 	last, lastFull *target.Manifest
 }
 
+// resolve turns a requested level into the level taken and its base point:
+// auto is inc when there is a point, and any level without a base is full.
+func (c chainInfo) resolve(level string, log *slog.Logger) (string, *target.Manifest) {
+	asked := level
+	var base *target.Manifest
+	switch level {
+	case LevelAuto, LevelInc:
+		base = c.last
+	case LevelDiff:
+		base = c.lastFull
+	case LevelFull:
+		return LevelFull, nil
+	}
+	if level == LevelAuto {
+		level = LevelInc
+	}
+	if base == nil {
+		if asked != LevelAuto {
+			log.Info("no earlier point of this domain in the target: taking a full backup", "asked", asked)
+		}
+		return LevelFull, nil
+	}
+	return level, base
+}
+
 func (e *Engine) chain(ctx context.Context, repo *target.Repository, uuid string) (chainInfo, error) {
 	var c chainInfo
 	pts, err := repo.Points(ctx, func(id string, err error) {
@@ -253,23 +278,7 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Result, error)
 	if err != nil {
 		return nil, fmt.Errorf("target %s: %w", req.Target.Name, err)
 	}
-	level := req.Level
-	var base *target.Manifest
-	switch level {
-	case LevelAuto:
-		level, base = LevelInc, ch.last
-		if base == nil {
-			level = LevelFull
-		}
-	case LevelInc:
-		base = ch.last
-	case LevelDiff:
-		base = ch.lastFull
-	}
-	if level != LevelFull && base == nil {
-		log.Info("no earlier point of this domain in the target: taking a full backup", "asked", req.Level)
-		level = LevelFull
-	}
+	level, base := ch.resolve(req.Level, log)
 	b := &run{e: e, req: req, dom: dom, name: name, uuid: uuid, log: log, disks: disks, level: level, base: base, chain: ch,
 		liveXML: liveXML, inactiveXML: inactiveXML, dx: &dx, res: &Result{Skipped: skipped}}
 	active := state == libvirt.DOMAIN_RUNNING || state == libvirt.DOMAIN_PAUSED || state == libvirt.DOMAIN_BLOCKED

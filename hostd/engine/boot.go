@@ -141,18 +141,7 @@ func (e *Engine) Boot(ctx context.Context, repo *target.Repository, r BootReques
 		disks = append(disks, xd)
 	}
 	dx.Devices.Disks = disks
-	dx.Name, dx.UUID, dx.ID = r.Name, "", nil
-	for i := range dx.Devices.Interfaces {
-		dx.Devices.Interfaces[i].MAC = nil
-	}
-	for i := range dx.Devices.Serials {
-		if s := dx.Devices.Serials[i].Source; s != nil && s.File != nil {
-			s.File.Path = filepath.Join(r.Dir, r.Name+".serial.log")
-		}
-	}
-	if dx.OS != nil && dx.OS.NVRam != nil {
-		dx.OS.NVRam.NVRam = ""
-	}
+	freshIdentity(&dx, r.Name, r.Dir)
 	xml, err := dx.Marshal()
 	if err != nil {
 		return nil, err

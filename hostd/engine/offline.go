@@ -17,6 +17,7 @@ import (
 	"libvirt.org/go/libvirt"
 
 	"github.com/virtkeep/virtkeep/nbd"
+	"github.com/virtkeep/virtkeep/qmp"
 )
 
 // imageInfo is what qemu-img says of an image.
@@ -76,20 +77,11 @@ func (b *run) offline(ctx context.Context) error {
 		}
 		cp, reason := b.baseCheckpoint(d, info.VirtualSize)
 		if reason == "" {
-			reason = fmt.Sprintf("bitmap %s is missing in %s", cp, d.Path)
+			var bms []qmp.DirtyBitmap
 			for _, bm := range info.FormatSpecific.Data.Bitmaps {
-				if bm.Name != cp {
-					continue
-				}
-				switch {
-				case contains(bm.Flags, "in-use"):
-					reason = fmt.Sprintf("bitmap %s is inconsistent (QEMU was killed while it was in use)", cp)
-				case !contains(bm.Flags, "auto"):
-					reason = fmt.Sprintf("bitmap %s is not recording", cp)
-				default:
-					reason = ""
-				}
+				bms = append(bms, qmp.DirtyBitmap{Name: bm.Name, Recording: contains(bm.Flags, "auto"), Inconsistent: contains(bm.Flags, "in-use")})
 			}
+			reason = bitmapReason(cp, d.Path, bms)
 		}
 		if reason != "" {
 			b.fullReason[d.Target] = reason

@@ -72,15 +72,7 @@ func (b *run) online(ctx context.Context) error {
 		defer cancel()
 		b.undoOnline(cctx, q)
 	}()
-	if b.req.afterBegin != nil {
-		if err := b.req.afterBegin(ctx); err != nil {
-			return err
-		}
-	}
-	dial := func(ctx context.Context, d diskInfo, contexts []string) (*nbd.Pool, error) {
-		return nbd.DialPool(ctx, 2, "unix", sock, nbd.Options{Export: d.Target, MetaContexts: contexts})
-	}
-	if _, err := b.copyDisks(ctx, dial); err != nil {
+	if err := b.readExport(ctx, sock); err != nil {
 		return err
 	}
 	// The point is durable: end the job, keep the new checkpoint.
@@ -91,6 +83,21 @@ func (b *run) online(ctx context.Context) error {
 	b.waitJobEnded()
 	b.retire(ctx)
 	return nil
+}
+
+// readExport writes the point from a running job's NBD export at sock
+// (export names = disk names).
+func (b *run) readExport(ctx context.Context, sock string) error {
+	if b.req.afterBegin != nil {
+		if err := b.req.afterBegin(ctx); err != nil {
+			return err
+		}
+	}
+	dial := func(ctx context.Context, d diskInfo, contexts []string) (*nbd.Pool, error) {
+		return nbd.DialPool(ctx, 2, "unix", sock, nbd.Options{Export: d.Target, MetaContexts: contexts})
+	}
+	_, err := b.copyDisks(ctx, dial)
+	return err
 }
 
 // nodes maps each disk to its top block node in QEMU.
@@ -128,20 +135,7 @@ func (b *run) planOnline(ctx context.Context, q *qmp.Client, nodes map[string]qm
 		n := nodes[d.Target]
 		cp, reason := b.baseCheckpoint(d, n.Image.VirtualSize)
 		if reason == "" {
-			var bm *qmp.DirtyBitmap
-			for i := range n.DirtyBitmaps {
-				if n.DirtyBitmaps[i].Name == cp {
-					bm = &n.DirtyBitmaps[i]
-				}
-			}
-			switch {
-			case bm == nil:
-				reason = fmt.Sprintf("bitmap %s is missing on %s (QEMU stopped without saving it, or it was removed)", cp, n.NodeName)
-			case bm.Inconsistent:
-				reason = fmt.Sprintf("bitmap %s is inconsistent (QEMU was killed while it was in use)", cp)
-			case !bm.Recording:
-				reason = fmt.Sprintf("bitmap %s is not recording", cp)
-			}
+			reason = bitmapReason(cp, "node "+n.NodeName, n.DirtyBitmaps)
 		}
 		if reason == "" {
 			if err := b.ensureCheckpointMetadata(cp); err != nil {
@@ -156,6 +150,24 @@ func (b *run) planOnline(ctx context.Context, q *qmp.Client, nodes map[string]qm
 		b.incr[d.Target] = cp
 	}
 	return nil
+}
+
+// bitmapReason says why bitmap cp among bms (on where) cannot serve an
+// incremental, or "" when it can.
+func bitmapReason(cp, where string, bms []qmp.DirtyBitmap) string {
+	for _, bm := range bms {
+		if bm.Name != cp {
+			continue
+		}
+		switch {
+		case bm.Inconsistent:
+			return fmt.Sprintf("bitmap %s is inconsistent (QEMU was killed while it was in use)", cp)
+		case !bm.Recording:
+			return fmt.Sprintf("bitmap %s is not recording", cp)
+		}
+		return ""
+	}
+	return fmt.Sprintf("bitmap %s is missing on %s (QEMU stopped without saving it, or it was removed)", cp, where)
 }
 
 // baseCheckpoint returns the checkpoint disk d can be read incrementally

@@ -11,9 +11,7 @@ import (
 	"time"
 
 	"github.com/virtkeep/virtkeep/guestagent"
-	"github.com/virtkeep/virtkeep/nbd"
 	"github.com/virtkeep/virtkeep/qmp"
-	"github.com/virtkeep/virtkeep/target"
 )
 
 // QMPRequest asks for a backup of a QEMU process that libvirt does not
@@ -69,9 +67,12 @@ func (e *Engine) BackupQMP(ctx context.Context, req QMPRequest) (*Result, error)
 	if uuid == "" || uuid == "00000000-0000-0000-0000-000000000000" {
 		uuid = "qemu:" + name // stable identity for the chain
 	}
-	level := req.Level
-	if level == "" {
-		level = LevelAuto
+	switch req.Level {
+	case "":
+		req.Level = LevelAuto
+	case LevelAuto, LevelFull, LevelInc, LevelDiff:
+	default:
+		return nil, fmt.Errorf("level %q: want full, inc, diff or auto", req.Level)
 	}
 	log := e.log().With("vm", name, "target", req.Target.Name)
 	disks, nodes, err := qmpDisks(ctx, q, req.Disks)
@@ -82,24 +83,7 @@ func (e *Engine) BackupQMP(ctx context.Context, req QMPRequest) (*Result, error)
 	if err != nil {
 		return nil, err
 	}
-	var base *target.Manifest
-	switch level {
-	case LevelAuto:
-		level, base = LevelInc, ch.last
-		if base == nil {
-			level = LevelFull
-		}
-	case LevelInc:
-		base = ch.last
-	case LevelDiff:
-		base = ch.lastFull
-	case LevelFull:
-	default:
-		return nil, fmt.Errorf("level %q: want full, inc, diff or auto", level)
-	}
-	if level != LevelFull && base == nil {
-		level = LevelFull
-	}
+	level, base := ch.resolve(req.Level, log)
 	b := &run{e: e, name: name, uuid: uuid, log: log, disks: disks, level: level, base: base, chain: ch,
 		res: &Result{}, namedBitmaps: true, consistency: ConsistencyCrash,
 		req: BackupRequest{Target: req.Target, Progress: req.Progress, afterBegin: req.afterBegin,
@@ -112,19 +96,7 @@ func (e *Engine) BackupQMP(ctx context.Context, req QMPRequest) (*Result, error)
 			n := nodes[d.Target]
 			cp, reason := b.baseCheckpoint(d, n.Image.VirtualSize)
 			if reason == "" {
-				reason = fmt.Sprintf("bitmap %s is missing on node %s", cp, n.NodeName)
-				for _, bm := range n.DirtyBitmaps {
-					if bm.Name == cp {
-						switch {
-						case bm.Inconsistent:
-							reason = fmt.Sprintf("bitmap %s is inconsistent (QEMU was killed while it was in use)", cp)
-						case !bm.Recording:
-							reason = fmt.Sprintf("bitmap %s is not recording", cp)
-						default:
-							reason = ""
-						}
-					}
-				}
+				reason = bitmapReason(cp, "node "+n.NodeName, n.DirtyBitmaps)
 			}
 			if reason != "" {
 				b.fullReason[d.Target] = reason
@@ -297,15 +269,7 @@ func (b *run) qmpBackup(ctx context.Context, q *qmp.Client, nodes map[string]qmp
 			return fmt.Errorf("disk %s: export: %w", d.Target, err)
 		}
 	}
-	if b.req.afterBegin != nil {
-		if err := b.req.afterBegin(ctx); err != nil {
-			return err
-		}
-	}
-	dial := func(ctx context.Context, d diskInfo, contexts []string) (*nbd.Pool, error) {
-		return nbd.DialPool(ctx, 2, "unix", sock, nbd.Options{Export: d.Target, MetaContexts: contexts})
-	}
-	if _, err := b.copyDisks(ctx, dial); err != nil {
+	if err := b.readExport(ctx, sock); err != nil {
 		return err
 	}
 	ok = true

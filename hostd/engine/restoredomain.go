@@ -167,17 +167,8 @@ func (e *Engine) RestoreDomain(ctx context.Context, repo *target.Repository, poi
 		disks = append(disks, xd)
 	}
 	dx.Devices.Disks = disks
-	dx.Name, dx.UUID, dx.ID = r.Name, "", nil
-	for i := range dx.Devices.Interfaces {
-		dx.Devices.Interfaces[i].MAC = nil // libvirt makes new ones
-	}
-	for i := range dx.Devices.Serials {
-		if s := dx.Devices.Serials[i].Source; s != nil && s.File != nil {
-			s.File.Path = filepath.Join(r.Dir, r.Name+".serial.log")
-		}
-	}
+	freshIdentity(&dx, r.Name, r.Dir)
 	if dx.OS != nil && dx.OS.NVRam != nil {
-		dx.OS.NVRam.NVRam = ""
 		if id, ok := m.Blobs["nvram"]; ok {
 			data, err := repo.Blob(ctx, id)
 			if err != nil {
@@ -203,4 +194,22 @@ func (e *Engine) RestoreDomain(ctx context.Context, repo *target.Repository, poi
 	uuid, _ = dom.GetUUIDString()
 	e.log().Info("restored domain defined", "domain", r.Name, "from", m.ID)
 	return uuid, nil
+}
+
+// freshIdentity makes a saved domain definition a new domain's: its name,
+// a UUID and MAC addresses libvirt generates, serial logs in dir, and no
+// NVRAM file of the original's.
+func freshIdentity(dx *libvirtxml.Domain, name, dir string) {
+	dx.Name, dx.UUID, dx.ID = name, "", nil
+	for i := range dx.Devices.Interfaces {
+		dx.Devices.Interfaces[i].MAC = nil
+	}
+	for i := range dx.Devices.Serials {
+		if s := dx.Devices.Serials[i].Source; s != nil && s.File != nil {
+			s.File.Path = filepath.Join(dir, name+".serial.log")
+		}
+	}
+	if dx.OS != nil && dx.OS.NVRam != nil {
+		dx.OS.NVRam.NVRam = ""
+	}
 }
