@@ -139,7 +139,10 @@ func (c *codec) seal(typ byte, plain []byte) []byte {
 	hdr[4] = typ
 	binary.BigEndian.PutUint32(hdr[8:], uint32(len(plain)))
 	payload := plain
-	if c.compress && len(plain) > 64 {
+	// Without compression, a chunk that is largely zeroes (where a guest
+	// disk's hole cuts through it) is still squeezed: that costs little
+	// CPU and saves writing and storing the zeroes.
+	if len(plain) > 64 && (c.compress || zeroShare(plain) >= 4) {
 		enc := c.encPool.Get().(*zstd.Encoder)
 		z := enc.EncodeAll(plain, make([]byte, 0, len(plain)/2+64))
 		c.encPool.Put(enc)
@@ -232,4 +235,20 @@ func frameContentSize(b []byte) (uint64, error) {
 		return 0, errors.New("no frame content size")
 	}
 	return h.FrameContentSize, nil
+}
+
+// zeroShare counts, in sixteenths of b, the 4 KiB blocks that are all zero.
+func zeroShare(b []byte) int {
+	const blk = 4096
+	if len(b) < blk {
+		return 0
+	}
+	zero, n := 0, 0
+	for i := 0; i+blk <= len(b); i += blk {
+		n++
+		if isZero(b[i : i+blk]) {
+			zero++
+		}
+	}
+	return zero * 16 / n
 }

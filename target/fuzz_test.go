@@ -2,6 +2,7 @@ package target
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 )
@@ -103,4 +104,32 @@ func FuzzManifest(f *testing.F) {
 		}
 		_, _ = parseKeyFile("fuzz", b, []byte("pass"))
 	})
+}
+
+func TestNoneCompressionSqueezesZeroTails(t *testing.T) {
+	c, err := newCodec(false, DefaultChunkSize, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	random := make([]byte, DefaultChunkSize)
+	for i := range random {
+		random[i] = byte(i*7919 + i>>8*31)
+	}
+	half := append([]byte(nil), random...)
+	clear(half[DefaultChunkSize/2:])
+	text := []byte(strings.Repeat("compressible text, but compression is off. ", DefaultChunkSize/44+1))[:DefaultChunkSize]
+	for _, tc := range []struct {
+		name  string
+		plain []byte
+		zstd  bool
+	}{{"random", random, false}, {"half zero", half, true}, {"text", text, false}} {
+		obj := c.seal(typeChunk, tc.plain)
+		if got := obj[5]&flagZstd != 0; got != tc.zstd {
+			t.Errorf("%s: compressed=%v, want %v", tc.name, got, tc.zstd)
+		}
+		back, err := c.open(typeChunk, obj)
+		if err != nil || string(back) != string(tc.plain) {
+			t.Fatalf("%s: round trip: %v", tc.name, err)
+		}
+	}
 }
