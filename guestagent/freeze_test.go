@@ -222,7 +222,7 @@ func TestSocketAgent(t *testing.T) {
 						Execute string         `json:"execute"`
 						Args    map[string]any `json:"arguments"`
 					}
-					_ = json.Unmarshal([]byte(strings.TrimLeft(string(line), "\xff")), &req)
+					_ = json.Unmarshal(trimFF(line), &req)
 					switch req.Execute {
 					case "guest-sync-delimited":
 						// A reply left over from a timed-out command, then ours.

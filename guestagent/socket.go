@@ -2,7 +2,6 @@ package guestagent
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -63,7 +62,7 @@ func (a *SocketAgent) Command(ctx context.Context, cmd string, args, out any) er
 			return fmt.Errorf("guest agent %s: %w: %v", cmd, ErrUnavailable, err)
 		}
 		var got int64
-		if err := decodeReply("guest-sync-delimited", bytes.TrimLeft(line, "\xff"), &got); err == nil && got == id {
+		if err := decodeReply("guest-sync-delimited", trimFF(line), &got); err == nil && got == id {
 			break
 		}
 	}
@@ -79,4 +78,12 @@ func (a *SocketAgent) Command(ctx context.Context, cmd string, args, out any) er
 		return fmt.Errorf("guest agent %s: %w: %v", cmd, ErrUnavailable, err)
 	}
 	return decodeReply(cmd, line, out)
+}
+
+// trimFF drops the 0xFF delimiter bytes the agent sends before a sync reply.
+func trimFF(b []byte) []byte {
+	for len(b) > 0 && b[0] == 0xff {
+		b = b[1:]
+	}
+	return b
 }
