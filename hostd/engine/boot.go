@@ -101,46 +101,25 @@ func (e *Engine) Boot(ctx context.Context, repo *target.Repository, r BootReques
 	}
 	// QEMU runs as libvirt-qemu: it must be able to connect.
 	_ = os.Chmod(b.Socket, 0o777)
-	inPoint := map[string]target.DiskManifest{}
-	for _, d := range m.Disks {
-		inPoint[d.Name] = d
-	}
-	var disks []libvirtxml.DomainDisk
-	for _, xd := range dx.Devices.Disks {
-		if xd.Target == nil {
-			continue
-		}
-		dm, ok := inPoint[xd.Target.Dev]
-		if !ok {
-			if xd.Device == "" || xd.Device == "disk" {
-				continue
-			}
-			disks = append(disks, xd)
-			continue
-		}
-		if err := safeDiskName(dm.Name); err != nil {
-			return nil, err
-		}
+	err = rewriteDisks(&dx, m, e.log(), func(xd *libvirtxml.DomainDisk, dm target.DiskManifest) error {
 		overlay := filepath.Join(r.Dir, dm.Name+".overlay.qcow2")
 		backing := fmt.Sprintf("nbd+unix:///%s?socket=%s", dm.Name, b.Socket)
 		if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "raw", overlay, fmt.Sprint(dm.VirtualSize)).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("boot: overlay for %s: %v: %s", dm.Name, err, bytes.TrimSpace(out))
+			return fmt.Errorf("boot: overlay for %s: %v: %s", dm.Name, err, bytes.TrimSpace(out))
 		}
 		b.Overlays[dm.Name] = overlay
-		xd.Source = &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: overlay}}
+		setDiskFile(xd, overlay, "qcow2")
 		xd.BackingStore = &libvirtxml.DomainDiskBackingStore{
 			Format: &libvirtxml.DomainDiskFormat{Type: "raw"},
 			Source: &libvirtxml.DomainDiskSource{Network: &libvirtxml.DomainDiskSourceNetwork{
 				Protocol: "nbd", Name: dm.Name,
 				Hosts: []libvirtxml.DomainDiskSourceHost{{Transport: "unix", Socket: b.Socket}}}},
 		}
-		if xd.Driver == nil {
-			xd.Driver = &libvirtxml.DomainDiskDriver{Name: "qemu"}
-		}
-		xd.Driver.Type = "qcow2"
-		disks = append(disks, xd)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	dx.Devices.Disks = disks
 	freshIdentity(&dx, r.Name, r.Dir)
 	xml, err := dx.Marshal()
 	if err != nil {

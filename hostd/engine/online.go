@@ -360,16 +360,18 @@ func (b *run) dirtyContext(d diskInfo, since string) string {
 // the returned thaw must be called right after the backup job starts.
 func (b *run) freeze(ctx context.Context) (func(), error) {
 	uri, _ := b.e.Conn.GetURI()
-	fr := &guestagent.Freezer{
-		Agent:   guestagent.LibvirtAgent{Dom: b.dom},
-		Journal: b.e.freezeJournal(),
-		Intent:  guestagent.Intent{Kind: "libvirt", URI: uri, Target: b.uuid, Name: b.name},
-		Log:     b.log,
-	}
+	return b.quiesce(ctx, guestagent.LibvirtAgent{Dom: b.dom}, guestagent.Intent{Kind: "libvirt", URI: uri, Target: b.uuid, Name: b.name})
+}
+
+// quiesce freezes the guest through agent per the request's policy,
+// records the level reached, and returns the thaw to call once the backup
+// job has started.
+func (b *run) quiesce(ctx context.Context, agent guestagent.Agent, intent guestagent.Intent) (func(), error) {
+	fr := &guestagent.Freezer{Agent: agent, Journal: b.e.freezeJournal(), Intent: intent, Log: b.log}
 	fz, err := fr.Freeze(ctx, guestagent.Policy{Level: b.req.Consistency, Require: b.req.RequireConsistency,
 		Mountpoints: b.req.Mountpoints, PreFreeze: b.req.PreFreeze, PostThaw: b.req.PostThaw, FreezeTimeout: b.req.FreezeTimeout})
 	if err != nil {
-		return nil, fmt.Errorf("domain %s: %w", b.name, err)
+		return nil, fmt.Errorf("%s: %w", b.name, err)
 	}
 	b.consistency = fz.Level
 	if fz.Reason != "" {

@@ -340,23 +340,7 @@ func (b *run) freezeSocket(ctx context.Context) (func(), error) {
 	if b.agentSocket == "" {
 		agent = noAgent{}
 	}
-	fr := &guestagent.Freezer{Agent: agent, Journal: b.e.freezeJournal(),
-		Intent: guestagent.Intent{Kind: "socket", Target: b.agentSocket, Name: b.name}, Log: b.log}
-	fz, err := fr.Freeze(ctx, guestagent.Policy{Level: b.req.Consistency, Require: b.req.RequireConsistency, FreezeTimeout: b.req.FreezeTimeout})
-	if err != nil {
-		return nil, fmt.Errorf("vm %s: %w", b.name, err)
-	}
-	b.consistency = fz.Level
-	if fz.Reason != "" {
-		b.res.Warnings = append(b.res.Warnings, "crash-consistent: "+fz.Reason)
-	}
-	return func() {
-		d, err := fz.Thaw(ctx)
-		b.freezeMS = d.Milliseconds()
-		if err != nil {
-			b.log.Error("THAW FAILED: the guest may still be frozen; virtkeepd --cleanup retries", "err", err)
-		}
-	}, nil
+	return b.quiesce(ctx, agent, guestagent.Intent{Kind: "socket", Target: b.agentSocket, Name: b.name})
 }
 
 // noAgent stands for a guest with no agent socket configured.

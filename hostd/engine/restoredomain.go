@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -128,45 +129,26 @@ func (e *Engine) RestoreDomain(ctx context.Context, repo *target.Repository, poi
 			}
 		}
 	}()
-	inPoint := map[string]target.DiskManifest{}
-	for _, d := range m.Disks {
-		inPoint[d.Name] = d
-	}
-	var disks []libvirtxml.DomainDisk
-	for _, xd := range dx.Devices.Disks {
-		if xd.Target == nil {
-			continue
-		}
-		dm, ok := inPoint[xd.Target.Dev]
-		if !ok {
-			if xd.Device == "" || xd.Device == "disk" {
-				e.log().Warn("disk not in the point: left out of the restored domain", "disk", xd.Target.Dev)
-				continue
-			}
-			disks = append(disks, xd) // cdrom, floppy: as they were
-			continue
-		}
+	err = rewriteDisks(&dx, m, e.log(), func(xd *libvirtxml.DomainDisk, dm target.DiskManifest) error {
 		format := r.Format
 		if format == "" {
 			format = dm.Format
 		}
 		path, err := RestorePath(r.Dir, dm.Name, format)
 		if err != nil {
-			return "", err
+			return err
 		}
 		if err := RestoreDisk(ctx, repo, m.ID, dm.Name, path, RestoreOptions{Format: format, Verify: r.Verify, Progress: r.Progress}); err != nil {
-			return "", err
+			return err
 		}
 		made = append(made, path)
-		xd.Source = &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: path}}
+		setDiskFile(xd, path, format)
 		xd.BackingStore = nil
-		if xd.Driver == nil {
-			xd.Driver = &libvirtxml.DomainDiskDriver{Name: "qemu"}
-		}
-		xd.Driver.Type = format
-		disks = append(disks, xd)
+		return nil
+	})
+	if err != nil {
+		return "", err
 	}
-	dx.Devices.Disks = disks
 	freshIdentity(&dx, r.Name, r.Dir)
 	if dx.OS != nil && dx.OS.NVRam != nil {
 		if id, ok := m.Blobs["nvram"]; ok {
@@ -212,4 +194,47 @@ func freshIdentity(dx *libvirtxml.Domain, name, dir string) {
 	if dx.OS != nil && dx.OS.NVRam != nil {
 		dx.OS.NVRam.NVRam = ""
 	}
+}
+
+// rewriteDisks applies fn to every disk of dx that the point holds; disks
+// the point does not hold are dropped (with a warning), cdroms and floppies
+// are kept as they were.
+func rewriteDisks(dx *libvirtxml.Domain, m *target.Manifest, log *slog.Logger, fn func(xd *libvirtxml.DomainDisk, dm target.DiskManifest) error) error {
+	inPoint := map[string]target.DiskManifest{}
+	for _, d := range m.Disks {
+		inPoint[d.Name] = d
+	}
+	var disks []libvirtxml.DomainDisk
+	for _, xd := range dx.Devices.Disks {
+		if xd.Target == nil {
+			continue
+		}
+		dm, ok := inPoint[xd.Target.Dev]
+		if !ok {
+			if xd.Device == "" || xd.Device == "disk" {
+				log.Warn("disk not in the point: left out of the new domain", "disk", xd.Target.Dev)
+				continue
+			}
+			disks = append(disks, xd) // cdrom, floppy: as they were
+			continue
+		}
+		if err := safeDiskName(dm.Name); err != nil {
+			return err
+		}
+		if err := fn(&xd, dm); err != nil {
+			return err
+		}
+		disks = append(disks, xd)
+	}
+	dx.Devices.Disks = disks
+	return nil
+}
+
+// setDiskFile points a disk at an image file of the given format.
+func setDiskFile(xd *libvirtxml.DomainDisk, path, format string) {
+	xd.Source = &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: path}}
+	if xd.Driver == nil {
+		xd.Driver = &libvirtxml.DomainDiskDriver{Name: "qemu"}
+	}
+	xd.Driver.Type = format
 }
