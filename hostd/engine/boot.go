@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -79,25 +78,9 @@ func (e *Engine) Boot(ctx context.Context, repo *target.Repository, r BootReques
 			}
 		}
 	}()
-	logf, _ := os.Create(filepath.Join(run, "serve.log"))
-	defer logf.Close()
-	serve := exec.Command(r.Serve[0], append(r.Serve[1:], b.Socket)...)
-	serve.Stdout, serve.Stderr = logf, logf
-	serve.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := serve.Start(); err != nil {
-		return nil, fmt.Errorf("boot: start server: %w", err)
-	}
-	b.ServePID = serve.Process.Pid
-	go func() { _ = serve.Wait() }()
-	if err := waitFor(ctx, 30*time.Second, func() bool {
-		c, err := net.Dial("unix", b.Socket)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}); err != nil {
-		log, _ := os.ReadFile(filepath.Join(run, "serve.log"))
-		return nil, fmt.Errorf("boot: NBD server did not start: %s", bytes.TrimSpace(log))
+	b.ServePID, err = startServer(ctx, r.Serve, b.Socket, filepath.Join(run, "serve.log"))
+	if err != nil {
+		return nil, fmt.Errorf("boot: %w", err)
 	}
 	// QEMU runs as libvirt-qemu: it must be able to connect.
 	_ = os.Chmod(b.Socket, 0o777)

@@ -94,25 +94,9 @@ func (e *Engine) Mount(ctx context.Context, r MountRequest) (_ *MountState, err 
 		}
 	}()
 	sock := filepath.Join(work, "nbd.sock")
-	serveLog, _ := os.Create(filepath.Join(work, "serve.log"))
-	defer serveLog.Close()
-	serve := exec.Command(r.Serve[0], append(r.Serve[1:], sock)...)
-	serve.Stdout, serve.Stderr = serveLog, serveLog
-	serve.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := serve.Start(); err != nil {
-		return nil, fmt.Errorf("mount: start server: %w", err)
-	}
-	st.ServePID = serve.Process.Pid
-	go func() { _ = serve.Wait() }()
-	if err := waitFor(ctx, 30*time.Second, func() bool {
-		c, err := net.Dial("unix", sock)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}); err != nil {
-		log, _ := os.ReadFile(filepath.Join(work, "serve.log"))
-		return nil, fmt.Errorf("mount: NBD server did not start: %s", bytes.TrimSpace(log))
+	st.ServePID, err = startServer(ctx, r.Serve, sock, filepath.Join(work, "serve.log"))
+	if err != nil {
+		return nil, fmt.Errorf("mount: %w", err)
 	}
 	fuseDir := filepath.Join(work, "fuse")
 	if err := os.Mkdir(fuseDir, 0o700); err != nil {
@@ -246,6 +230,36 @@ func (e *Engine) partitionLoops(ctx context.Context, st *MountState, image strin
 // part is a block device to look for a filesystem on, and its name under
 // the mount directory.
 type part struct{ name, dev string }
+
+// startServer starts argv+[sock] detached (it outlives its caller), its
+// output going to logPath, and waits until it accepts on sock. It returns
+// the PID whenever the process started, so a caller can stop it after an
+// error too.
+func startServer(ctx context.Context, argv []string, sock, logPath string) (int, error) {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return 0, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(argv[0], append(argv[1:], sock)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("start NBD server: %w", err)
+	}
+	go func() { _ = cmd.Wait() }()
+	if err := waitFor(ctx, 30*time.Second, func() bool {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}); err != nil {
+		log, _ := os.ReadFile(logPath)
+		return cmd.Process.Pid, fmt.Errorf("NBD server did not start: %s", bytes.TrimSpace(log))
+	}
+	return cmd.Process.Pid, nil
+}
 
 func blkType(ctx context.Context, dev string) string {
 	out, err := exec.CommandContext(ctx, "blkid", "-o", "value", "-s", "TYPE", dev).Output()

@@ -210,12 +210,7 @@ func (b *run) dropMetadata(drop func(string) bool, why string) {
 // retireOffline removes superseded bitmaps from the images and records the
 // new checkpoint in libvirt, so a later online backup can use it.
 func (b *run) retireOffline(ctx context.Context) {
-	keep := map[string]bool{b.newCheckpoint: true}
-	if b.level != LevelFull && b.chain.lastFull != nil {
-		for _, d := range b.chain.lastFull.Disks {
-			keep[d.Checkpoint] = true
-		}
-	}
+	keep := b.survivors()
 	prefix := checkpointPrefix(b.req.Target.Name)
 	for _, d := range b.disks {
 		if d.Format != "qcow2" {

@@ -403,15 +403,23 @@ func (b *run) undoOnline(ctx context.Context, q *qmp.Client) {
 	b.deleteCheckpoint(c, b.newCheckpoint, q, "the backup failed")
 }
 
-// retire deletes this target's checkpoints the chain no longer needs: all
-// but the new one and, for differentials, the last full's.
-func (b *run) retire(ctx context.Context) {
+// survivors is the set of this target's checkpoints a successful backup
+// keeps: the new one and, unless it was a full, the last full's (the anchor
+// differentials read from).
+func (b *run) survivors() map[string]bool {
 	keep := map[string]bool{b.newCheckpoint: true}
 	if b.level != LevelFull && b.chain.lastFull != nil {
 		for _, d := range b.chain.lastFull.Disks {
 			keep[d.Checkpoint] = true
 		}
 	}
+	return keep
+}
+
+// retire deletes this target's checkpoints the chain no longer needs: all
+// but the new one and, for differentials, the last full's.
+func (b *run) retire(ctx context.Context) {
+	keep := b.survivors()
 	prefix := checkpointPrefix(b.req.Target.Name)
 	cps, err := b.dom.ListAllCheckpoints(0)
 	if err != nil {

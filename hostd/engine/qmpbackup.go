@@ -277,12 +277,7 @@ func (b *run) qmpBackup(ctx context.Context, q *qmp.Client, nodes map[string]qmp
 	defer cancel()
 	teardown(cctx)
 	// Retire: old bitmaps of this target that the chain no longer needs.
-	keep := map[string]bool{b.newCheckpoint: true}
-	if b.level != LevelFull && b.chain.lastFull != nil {
-		for _, d := range b.chain.lastFull.Disks {
-			keep[d.Checkpoint] = true
-		}
-	}
+	keep := b.survivors()
 	fresh, err := q.QueryBlockNodes(cctx)
 	if err != nil {
 		return nil

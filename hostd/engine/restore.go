@@ -351,19 +351,16 @@ func (s *firstError) err() error {
 	return s.first
 }
 
-// qemuNBD serves an image with qemu-nbd on a private socket and returns a
-// client; stop disconnects and waits for qemu-nbd to exit cleanly (it exits
-// when its only client leaves, after writing its metadata).
-func qemuNBD(ctx context.Context, image, format string, readOnly bool) (*nbd.Client, func() error, error) {
+// qemuNBD serves an image read-only with qemu-nbd on a private socket and
+// returns a client; stop disconnects and waits for qemu-nbd to exit (it
+// exits when its only client leaves).
+func qemuNBD(ctx context.Context, image, format string) (*nbd.Client, func() error, error) {
 	dir, err := os.MkdirTemp("", "vk-nbd-")
 	if err != nil {
 		return nil, nil, err
 	}
 	sock := filepath.Join(dir, "s")
-	args := []string{"-f", format, "-k", sock, "--cache=writeback"}
-	if readOnly {
-		args = append(args, "-r")
-	}
+	args := []string{"-r", "-f", format, "-k", sock}
 	cmd := exec.Command("qemu-nbd", append(args, image)...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -431,7 +428,7 @@ func verifyRestore(ctx context.Context, d *target.DiskReader, dst, format string
 		defer f.Close()
 		read = func(p []byte, off int64) error { _, err := f.ReadAt(p, off); return err }
 	} else {
-		c, stop, err := qemuNBD(ctx, dst, "qcow2", true)
+		c, stop, err := qemuNBD(ctx, dst, "qcow2")
 		if err != nil {
 			return err
 		}
