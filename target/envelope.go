@@ -246,7 +246,7 @@ func zeroShare(b []byte) int {
 	zero, n := 0, 0
 	for i := 0; i+blk <= len(b); i += blk {
 		n++
-		if isZero(b[i : i+blk]) {
+		if IsZero(b[i : i+blk]) {
 			zero++
 		}
 	}

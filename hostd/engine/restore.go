@@ -157,7 +157,7 @@ func skipZeroes(write func(off int64, b []byte) error) func(off int64, b []byte)
 		start := -1
 		for i := 0; i < len(b); i += blk {
 			end := min(i+blk, len(b))
-			if allZeroBytes(b[i:end]) {
+			if target.IsZero(b[i:end]) {
 				if start >= 0 {
 					if err := write(off+int64(start), b[start:i]); err != nil {
 						return err
@@ -175,21 +175,6 @@ func skipZeroes(write func(off int64, b []byte) error) func(off int64, b []byte)
 		}
 		return nil
 	}
-}
-
-func allZeroBytes(b []byte) bool {
-	for len(b) >= 8 {
-		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // diskReader adapts a DiskReader to nbd.Reader.
