@@ -194,6 +194,9 @@ func parseConfig(raw []byte) (repoConfig, error) {
 // Backend returns the repository's backend.
 func (r *Repository) Backend() Backend { return r.b }
 
+// Close closes the backend (its connections, for remote ones).
+func (r *Repository) Close() error { return r.b.Close() }
+
 // ChunkSize is the repository's chunk size.
 func (r *Repository) ChunkSize() int { return r.cfg.ChunkSize }
 

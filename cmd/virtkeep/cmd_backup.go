@@ -34,6 +34,7 @@ func newBackupCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			defer repo.Close()
 			conn, err := libvirt.NewConnect(a.cfg.LibvirtURI)
 			if err != nil {
 				return fmt.Errorf("libvirt %s: %w", a.cfg.LibvirtURI, err)

@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/spf13/viper"
 
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/all"
+	"github.com/virtkeep/virtkeep/target/s3"
+	"github.com/virtkeep/virtkeep/target/sftp"
 )
 
 // Config is the virtkeep configuration file (YAML).
@@ -28,6 +31,118 @@ type TargetConfig struct {
 	Path        string `mapstructure:"path"`
 	Compression string `mapstructure:"compression"`
 	KeyFile     string `mapstructure:"key_file"`
+
+	// sftp
+	Host           string `mapstructure:"host"`
+	Port           int    `mapstructure:"port"`
+	User           string `mapstructure:"user"`
+	IdentityFile   string `mapstructure:"identity_file"`
+	KnownHostsFile string `mapstructure:"known_hosts_file"`
+	Connections    int    `mapstructure:"connections"`
+
+	// s3
+	Endpoint      string `mapstructure:"endpoint"`
+	Bucket        string `mapstructure:"bucket"`
+	Prefix        string `mapstructure:"prefix"`
+	Region        string `mapstructure:"region"`
+	AccessKey     string `mapstructure:"access_key"`
+	SecretKeyFile string `mapstructure:"secret_key_file"`
+	Insecure      bool   `mapstructure:"insecure"`
+	CAFile        string `mapstructure:"ca_file"`
+	PathStyle     bool   `mapstructure:"path_style"`
+
+	secretKey string // read from SecretKeyFile
+}
+
+// kindSettings lists the settings each kind takes besides name, kind,
+// compression and key_file; any other set setting is an error.
+var kindSettings = map[string][]string{
+	"local": {"path"},
+	"sftp":  {"host", "port", "user", "path", "identity_file", "known_hosts_file", "connections"},
+	"s3":    {"endpoint", "bucket", "prefix", "region", "access_key", "secret_key_file", "insecure", "ca_file", "path_style"},
+}
+
+// set lists the kind-specific settings t has.
+func (t TargetConfig) set() []string {
+	var out []string
+	add := func(name string, on bool) {
+		if on {
+			out = append(out, name)
+		}
+	}
+	add("path", t.Path != "")
+	add("host", t.Host != "")
+	add("port", t.Port != 0)
+	add("user", t.User != "")
+	add("identity_file", t.IdentityFile != "")
+	add("known_hosts_file", t.KnownHostsFile != "")
+	add("connections", t.Connections != 0)
+	add("endpoint", t.Endpoint != "")
+	add("bucket", t.Bucket != "")
+	add("prefix", t.Prefix != "")
+	add("region", t.Region != "")
+	add("access_key", t.AccessKey != "")
+	add("secret_key_file", t.SecretKeyFile != "")
+	add("insecure", t.Insecure)
+	add("ca_file", t.CAFile != "")
+	add("path_style", t.PathStyle)
+	return out
+}
+
+// check validates the kind-specific settings of targets[i].
+func (t *TargetConfig) check(where string) error {
+	allowed, ok := kindSettings[t.Kind]
+	if !ok {
+		if t.Kind == "" {
+			return usageErr("%s (%s): no kind (local, sftp or s3)", where, t.Name)
+		}
+		return usageErr("%s (%s): kind %q is not supported (local, sftp or s3)", where, t.Name, t.Kind)
+	}
+	for _, s := range t.set() {
+		if !slices.Contains(allowed, s) {
+			return usageErr("%s (%s): %s is not a setting of kind %s", where, t.Name, s, t.Kind)
+		}
+	}
+	need := func(name, v string) error {
+		if v == "" {
+			return usageErr("%s (%s): kind %s needs %s", where, t.Name, t.Kind, name)
+		}
+		return nil
+	}
+	switch t.Kind {
+	case "local":
+		return need("path", t.Path)
+	case "sftp":
+		for _, n := range [][2]string{{"host", t.Host}, {"user", t.User}, {"path", t.Path}, {"identity_file", t.IdentityFile}, {"known_hosts_file", t.KnownHostsFile}} {
+			if err := need(n[0], n[1]); err != nil {
+				return err
+			}
+		}
+		if t.Port < 0 || t.Port > 65535 {
+			return usageErr("%s (%s): port %d is not a TCP port", where, t.Name, t.Port)
+		}
+		if t.Connections < 0 || t.Connections > 16 {
+			return usageErr("%s (%s): connections %d: want 1-16", where, t.Name, t.Connections)
+		}
+	case "s3":
+		for _, n := range [][2]string{{"endpoint", t.Endpoint}, {"bucket", t.Bucket}, {"access_key", t.AccessKey}, {"secret_key_file", t.SecretKeyFile}} {
+			if err := need(n[0], n[1]); err != nil {
+				return err
+			}
+		}
+		if strings.Contains(t.Endpoint, "://") || strings.Contains(t.Endpoint, "/") {
+			return usageErr("%s (%s): endpoint %q: want host[:port] (insecure: true for plain HTTP)", where, t.Name, t.Endpoint)
+		}
+		b, err := os.ReadFile(t.SecretKeyFile)
+		if err != nil {
+			return usageErr("%s (%s): secret_key_file: %v", where, t.Name, err)
+		}
+		t.secretKey = strings.TrimSpace(string(b))
+		if t.secretKey == "" {
+			return usageErr("%s (%s): secret_key_file %s is empty", where, t.Name, t.SecretKeyFile)
+		}
+	}
+	return nil
 }
 
 var nameRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
@@ -71,15 +186,8 @@ func loadConfig(path string) (*Config, error) {
 			return nil, usageErr("%s: name %q is used twice", where, t.Name)
 		}
 		seen[t.Name] = true
-		switch t.Kind {
-		case "local":
-			if t.Path == "" {
-				return nil, usageErr("%s (%s): kind local needs a path", where, t.Name)
-			}
-		case "":
-			return nil, usageErr("%s (%s): no kind (local)", where, t.Name)
-		default:
-			return nil, usageErr("%s (%s): kind %q is not supported (local)", where, t.Name, t.Kind)
+		if err := c.Targets[i].check(where); err != nil {
+			return nil, err
 		}
 		switch t.Compression {
 		case "", "zstd", "none":
@@ -110,5 +218,10 @@ func (t TargetConfig) open() all.Config {
 	if comp == "" {
 		comp = target.CompressionZstd
 	}
-	return all.Config{Name: t.Name, Kind: t.Kind, Path: t.Path, Compression: comp, KeyFile: t.KeyFile}
+	return all.Config{Name: t.Name, Kind: t.Kind, Path: t.Path, Compression: comp, KeyFile: t.KeyFile,
+		SFTP: sftp.Config{Host: t.Host, Port: t.Port, User: t.User, Path: t.Path, IdentityFile: t.IdentityFile,
+			KnownHostsFile: t.KnownHostsFile, Connections: t.Connections},
+		S3: s3.Config{Endpoint: t.Endpoint, Bucket: t.Bucket, Prefix: t.Prefix, Region: t.Region, AccessKey: t.AccessKey,
+			SecretKey: t.secretKey, Insecure: t.Insecure, CAFile: t.CAFile, PathStyle: t.PathStyle},
+	}
 }

@@ -9,13 +9,17 @@ import (
 
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/local"
+	"github.com/virtkeep/virtkeep/target/s3"
+	"github.com/virtkeep/virtkeep/target/sftp"
 )
 
 // Config describes one target, as the configuration file does.
 type Config struct {
 	Name        string
-	Kind        string // local
+	Kind        string // local, sftp or s3
 	Path        string // local: the repository directory
+	SFTP        sftp.Config
+	S3          s3.Config
 	Compression target.Compression
 	// KeyFile turns on encryption: the repository key, created with the
 	// repository when the file does not exist yet.
@@ -38,9 +42,32 @@ func Open(ctx context.Context, cfg Config, create bool, log *slog.Logger) (*targ
 			return nil, fmt.Errorf("target %s: %w", cfg.Name, err)
 		}
 		b = lb
+	case "sftp":
+		sb, err := sftp.Open(ctx, cfg.SFTP)
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", cfg.Name, err)
+		}
+		b = sb
+	case "s3":
+		c := cfg.S3
+		c.CreateBucket = create
+		sb, err := s3.Open(ctx, c)
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", cfg.Name, err)
+		}
+		b = sb
 	default:
-		return nil, fmt.Errorf("target %s: kind %q is not supported (local)", cfg.Name, cfg.Kind)
+		return nil, fmt.Errorf("target %s: kind %q is not supported (local, sftp, s3)", cfg.Name, cfg.Kind)
 	}
+	r, err := open(ctx, b, cfg, create, log)
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+func open(ctx context.Context, b target.Backend, cfg Config, create bool, log *slog.Logger) (*target.Repository, error) {
 	var key *target.Key
 	if cfg.KeyFile != "" {
 		k, err := target.ReadKeyFile(cfg.KeyFile, cfg.Passphrase)

@@ -11,6 +11,7 @@ PACKAGES=(
   libnbd-bin nbdkit fuse3
   qemu-guest-agent virtnbdbackup
   zstd e2fsprogs procps busybox-static fdisk fuse3 util-linux
+  openssh-server openssh-client
 )
 
 say() { echo "deps: $*"; }
@@ -59,6 +60,20 @@ done
 virsh -c qemu:///system version >/dev/null || { say "libvirtd does not answer"; exit 1; }
 
 install -d -m 0755 /var/tmp/virtkeep-testenv /var/lib/virtkeep 2>/dev/null || true
+
+# A real S3 server for the S3 target's tests: Versity's S3 gateway (Apache
+# 2.0) on a POSIX directory, built from the Go module proxy at a pinned
+# version (Debian has no S3 server short of Ceph). Built once and cached.
+VERSITYGW_VERSION=v1.8.0
+S3BIN=/var/lib/virtkeep/bin/versitygw
+if [ ! -x "$S3BIN" ] || [ "$(cat "$S3BIN.version" 2>/dev/null)" != "$VERSITYGW_VERSION" ]; then
+  say "building versitygw $VERSITYGW_VERSION (S3 server for tests)"
+  install -d -m 0755 /var/lib/virtkeep/bin
+  GOBIN=/var/lib/virtkeep/bin GOFLAGS=-mod=mod go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
+  echo "$VERSITYGW_VERSION" > "$S3BIN.version"
+fi
+# sshd's privilege separation directory (no systemd to make it).
+install -d -m 0755 /run/sshd
 
 # The tiny test guest (kernel + initramfs with qemu-ga), built once and cached.
 bash "$(dirname "$0")/../guest/build.sh"
