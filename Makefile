@@ -44,6 +44,7 @@ reliability: deps ## long runs: 200 writer kills, every fuzz target for FUZZ_TIM
 	VIRTKEEP_CRASH_ITERATIONS=200 go test -count=1 -run CrashWriter -v -timeout 60m ./target/
 	for f in FuzzReplies FuzzHandshake; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./nbd/ || exit 1; done
 	for f in FuzzEnvelope FuzzIndex FuzzManifest; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./target/ || exit 1; done
+	go test -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(FUZZ_TIME) ./cmd/virtkeep/
 
 install: build ## install the binaries under $(PREFIX)/bin
 	install -D -m 0755 bin/virtkeep $(DESTDIR)$(PREFIX)/bin/virtkeep

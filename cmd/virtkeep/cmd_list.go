@@ -18,7 +18,7 @@ func newListCmd(a *app) *cobra.Command {
 			if err := a.load(); err != nil {
 				return err
 			}
-			tps, err := a.loadPoints(cmd.Context(), targetName)
+			tps, err := a.loadPoints(cmd.Context(), targetName, true)
 			if err != nil {
 				return err
 			}

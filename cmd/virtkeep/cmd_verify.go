@@ -69,7 +69,7 @@ func newVerifyCmd(a *app) *cobra.Command {
 				fmt.Fprintf(a.out, "point %s: ok\n", m.ID)
 				return nil
 			}
-			tps, err := a.loadPoints(ctx, targetName)
+			tps, err := a.loadPoints(ctx, targetName, false)
 			if err != nil {
 				return err
 			}

@@ -24,6 +24,8 @@ type app struct {
 	cfg        *Config
 	log        *slog.Logger
 	out, errw  io.Writer
+	// unreachable names the targets loadPoints had to skip.
+	unreachable []string
 }
 
 func (a *app) load() error {

@@ -39,11 +39,17 @@ func TestUsageErrors(t *testing.T) {
 		"targets: []\n": "no targets",
 		"targets: [{name: 'a b', kind: local, path: /x}]\n":                               `name "a b"`,
 		"targets: [{name: a, kind: ftp, path: /x}]\n":                                     `kind "ftp"`,
-		"targets: [{name: a, kind: local}]\n":                                             "needs a path",
+		"targets: [{name: a, kind: local}]\n":                                             "needs path",
 		"targets: [{name: a, kind: local, path: /x, compression: lz4}]\n":                 `compression "lz4"`,
 		"targets: [{name: a, kind: local, path: /x}, {name: a, kind: local, path: /y}]\n": "used twice",
 		"targets: [{name: a, kind: local, path: /x}]\nstate_dri: /x\n":                    "state_dri",
 		"targets: [\n": "yaml",
+		"targets: [{name: a, kind: local, path: /x, bucket: b}]\n":                                                              "bucket is not a setting of kind local",
+		"targets: [{name: a, kind: sftp, host: h, user: u, path: /x, identity_file: /k}]\n":                                     "needs known_hosts_file",
+		"targets: [{name: a, kind: sftp, host: h, user: u, path: /x, identity_file: /k, known_hosts_file: /kh, port: 70000}]\n": "port 70000",
+		"targets: [{name: a, kind: s3, endpoint: 'https://s3.example.com', bucket: b, access_key: k, secret_key_file: /s}]\n":   "want host[:port]",
+		"targets: [{name: a, kind: s3, endpoint: s3.example.com, bucket: b, access_key: k}]\n":                                  "needs secret_key_file",
+		"targets: [{name: a, kind: s3, endpoint: s3.example.com, bucket: b, access_key: k, secret_key_file: /nonexistent/s}]\n": "secret_key_file",
 	}
 	for content, want := range bad {
 		p := filepath.Join(dir, "bad.yaml")

@@ -57,8 +57,12 @@ type targetPoints struct {
 }
 
 // loadPoints reads the manifests of the named target, or of all targets.
-// Targets that hold no repository yet have no points.
-func (a *app) loadPoints(ctx context.Context, only string) ([]targetPoints, error) {
+// Targets that hold no repository yet have no points. With tolerate, a
+// target that cannot be reached (an offsite store that is down, a bucket
+// not made yet) is skipped with a warning when all targets are read, so
+// that restores from the others still work; it is remembered in
+// a.unreachable for error messages.
+func (a *app) loadPoints(ctx context.Context, only string, tolerate bool) ([]targetPoints, error) {
 	tcs := a.cfg.Targets
 	if only != "" {
 		tc, err := a.cfg.target(only)
@@ -71,6 +75,11 @@ func (a *app) loadPoints(ctx context.Context, only string) ([]targetPoints, erro
 	for _, tc := range tcs {
 		repo, err := all.Open(ctx, tc.open(), false, a.log)
 		if errors.Is(err, target.ErrNotRepository) {
+			continue
+		}
+		if err != nil && tolerate && only == "" {
+			a.log.Warn("target skipped: cannot open its repository", "target", tc.Name, "err", err)
+			a.unreachable = append(a.unreachable, tc.Name)
 			continue
 		}
 		if err != nil {
@@ -92,7 +101,7 @@ var pointIDRe = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$`)
 // resolvePoint finds POINT: an ID, DOMAIN@latest, or DOMAIN@<RFC 3339 time>
 // (the newest point at or before it).
 func (a *app) resolvePoint(ctx context.Context, spec, only string) (*target.Manifest, targetPoints, error) {
-	tps, err := a.loadPoints(ctx, only)
+	tps, err := a.loadPoints(ctx, only, true)
 	if err != nil {
 		return nil, targetPoints{}, err
 	}
@@ -104,7 +113,7 @@ func (a *app) resolvePoint(ctx context.Context, spec, only string) (*target.Mani
 				}
 			}
 		}
-		return nil, targetPoints{}, notFoundErr("no point %s in %s", spec, targetsLabel(only))
+		return nil, targetPoints{}, notFoundErr("no point %s in %s", spec, a.targetsLabel(only))
 	}
 	dom, when, ok := strings.Cut(spec, "@")
 	if !ok || dom == "" || when == "" {
@@ -128,13 +137,16 @@ func (a *app) resolvePoint(ctx context.Context, spec, only string) (*target.Mani
 		}
 	}
 	if best == nil {
-		return nil, targetPoints{}, notFoundErr("no point of domain %q at or before %s in %s", dom, when, targetsLabel(only))
+		return nil, targetPoints{}, notFoundErr("no point of domain %q at or before %s in %s", dom, when, a.targetsLabel(only))
 	}
 	return best, bestTP, nil
 }
 
-func targetsLabel(only string) string {
+func (a *app) targetsLabel(only string) string {
 	if only == "" {
+		if len(a.unreachable) > 0 {
+			return "any reachable target (unreachable: " + strings.Join(a.unreachable, ", ") + ")"
+		}
 		return "any target"
 	}
 	return "target " + only

@@ -141,3 +141,78 @@ func TestRestoreExportServeMountCLI(t *testing.T) {
 		t.Fatalf("serve process left: %s", out)
 	}
 }
+
+// TestRemoteTargetsCLI: the CLI backs up to SFTP and S3 targets named in
+// the configuration file, lists both, and restores and exports from each.
+func TestRemoteTargetsCLI(t *testing.T) {
+	sshd := testenv.SSHD(t)
+	s3srv := testenv.S3(t)
+	env := vm.Libvirt(t)
+	dom := env.NewDomain(t, vm.DomainSpec{Disks: []vm.DiskSpec{{Size: 16 << 20}}, Start: true})
+	dir := dom.Dir
+	secret := filepath.Join(dir, "s3.secret")
+	os.WriteFile(secret, []byte(s3srv.SecretKey+"\n"), 0o600)
+	os.MkdirAll(filepath.Join(dir, "st"), 0o755)
+	cfg := filepath.Join(dir, "virtkeep.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`version: 1
+state_dir: %s/st
+libvirt_uri: %s
+targets:
+  - name: remote
+    kind: sftp
+    host: %s
+    port: %d
+    user: %s
+    path: %s/repo
+    identity_file: %s
+    known_hosts_file: %s
+    key_file: %s/remote.key
+  - name: offsite
+    kind: s3
+    endpoint: %s
+    bucket: backups
+    prefix: host1
+    region: %s
+    access_key: %s
+    secret_key_file: %s
+    insecure: true
+    path_style: true
+`, dir, vm.URI(), sshd.Host, sshd.Port, sshd.User, sshd.Dir, sshd.IdentityFile, sshd.KnownHostsFile, dir,
+		s3srv.Endpoint, s3srv.Region, s3srv.AccessKey, secret)), 0o600)
+	vda, _ := dom.Disk("vda")
+	want := vda.Content.SHA256()
+	ctx := context.Background()
+	for _, tg := range []string{"remote", "offsite"} {
+		code, out, errw := runCLI(t, "--config", cfg, "backup", dom.Name, "--target", tg)
+		if code != 0 {
+			t.Fatalf("backup to %s: %d %s", tg, code, errw)
+		}
+		point := strings.TrimSpace(out)
+		to := filepath.Join(dir, "restored-"+tg)
+		if code, _, errw := runCLI(t, "--config", cfg, "restore", point, "--to", to, "--verify"); code != 0 {
+			t.Fatalf("restore from %s: %d %s", tg, code, errw)
+		}
+		if got, _ := testenv.ImageSHA256(ctx, filepath.Join(to, "vda.qcow2"), "qcow2"); got != want {
+			t.Fatalf("vda restored from %s differs", tg)
+		}
+		raw := filepath.Join(dir, tg+".raw")
+		if code, _, errw := runCLI(t, "--config", cfg, "export", point, "--disk", "vda", "--format", "raw", "-o", raw); code != 0 {
+			t.Fatalf("export from %s: %d %s", tg, code, errw)
+		}
+		if got, _ := testenv.ImageSHA256(ctx, raw, "raw"); got != want {
+			t.Fatalf("vda exported from %s differs", tg)
+		}
+	}
+	code, out, errw := runCLI(t, "--config", cfg, "--json", "list", dom.Name)
+	var recs []pointRecord
+	if code != 0 || json.Unmarshal([]byte(out), &recs) != nil || len(recs) != 2 {
+		t.Fatalf("list: %d %s %s", code, out, errw)
+	}
+	seen := map[string]bool{}
+	for _, r := range recs {
+		seen[r.Target] = true
+	}
+	if !seen["remote"] || !seen["offsite"] {
+		t.Fatalf("list shows targets %v", seen)
+	}
+}
