@@ -45,6 +45,7 @@ reliability: deps ## long runs: 200 writer kills, every fuzz target for FUZZ_TIM
 	for f in FuzzReplies FuzzHandshake; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./nbd/ || exit 1; done
 	for f in FuzzEnvelope FuzzIndex FuzzManifest; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./target/ || exit 1; done
 	go test -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(FUZZ_TIME) ./cmd/virtkeep/
+	for f in FuzzMetadata FuzzDisk; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./hostd/layout/ || exit 1; done
 
 install: build ## install the binaries under $(PREFIX)/bin
 	install -D -m 0755 bin/virtkeep $(DESTDIR)$(PREFIX)/bin/virtkeep
