@@ -29,26 +29,21 @@ func newServeCmd(a *app) *cobra.Command {
 				return err
 			}
 			srv := &nbd.Server{Logger: a.log}
-			for _, d := range m.Disks {
-				if disk != "" && d.Name != disk {
-					continue
-				}
-				r, err := tp.repo.OpenDisk(ctx, m.ID, d.Name)
-				if err != nil {
-					return err
-				}
-				srv.Exports = append(srv.Exports, nbd.Export{Name: d.Name, Description: m.Domain + " " + m.ID, Source: engine.PointSource{DiskReader: r}})
+			srv.Exports, err = engine.PointExports(ctx, tp.repo, m, disk, a.log)
+			if err != nil {
+				return err
 			}
 			if len(srv.Exports) == 0 {
 				return notFoundErr("point %s has no disk %q", m.ID, disk)
 			}
 			var ln net.Listener
-			var uri string
+			var uriOf func(name string) string
 			if listen != "" {
 				if ln, err = net.Listen("tcp", listen); err != nil {
 					return err
 				}
-				uri = fmt.Sprintf("nbd://%s/%s", ln.Addr(), srv.Exports[0].Name)
+				addr := ln.Addr().String()
+				uriOf = func(name string) string { return fmt.Sprintf("nbd://%s/%s", addr, name) }
 			} else {
 				if socket == "" {
 					socket = filepath.Join(a.cfg.StateDir, "run", fmt.Sprintf("serve-%d.sock", os.Getpid()))
@@ -59,12 +54,21 @@ func newServeCmd(a *app) *cobra.Command {
 				}
 				defer os.Remove(socket)
 				_ = os.Chmod(socket, 0o777) // QEMU (libvirt-qemu) may connect: instant recovery
-				uri = fmt.Sprintf("nbd+unix:///%s?socket=%s", srv.Exports[0].Name, socket)
+				uriOf = func(name string) string { return fmt.Sprintf("nbd+unix:///%s?socket=%s", name, socket) }
+			}
+			// One URI per export, the disk first; logical volumes found on
+			// it follow as DISK/VG/LV.
+			var uris, names []string
+			for _, x := range srv.Exports {
+				uris = append(uris, uriOf(x.Name))
+				names = append(names, x.Name)
 			}
 			if a.json {
-				_ = a.printJSON(map[string]any{"uri": uri, "point": m.ID, "exports": len(srv.Exports)})
+				_ = a.printJSON(map[string]any{"uri": uris[0], "uris": uris, "exports": names, "point": m.ID})
 			} else {
-				fmt.Fprintln(a.out, uri)
+				for _, u := range uris {
+					fmt.Fprintln(a.out, u)
+				}
 			}
 			go func() { <-ctx.Done(); srv.Close() }()
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, nbd.ErrServerClosed) {

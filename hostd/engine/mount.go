@@ -12,11 +12,15 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"net/url"
 	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/virtkeep/virtkeep/hostd/layout"
+	"github.com/virtkeep/virtkeep/nbd"
 )
 
 // MountRequest asks for a point's disk to be mounted for file-level restore.
@@ -40,8 +44,11 @@ type MountState struct {
 	Loop     string `json:"loop"`
 	// PartLoops are loop devices over single partitions, made when the
 	// kernel cannot scan the disk's partition table itself.
-	PartLoops []string    `json:"part_loops,omitempty"`
-	Mounts    []MountedFS `json:"mounts"`
+	PartLoops []string `json:"part_loops,omitempty"`
+	// LVFusePIDs are the nbdfuse processes of logical volumes (each is an
+	// export of the server, attached under Work/fuse-lv-N).
+	LVFusePIDs []int       `json:"lv_fuse_pids,omitempty"`
+	Mounts     []MountedFS `json:"mounts"`
 }
 
 // MountedFS is one filesystem of the disk, mounted under Dir.
@@ -98,24 +105,10 @@ func (e *Engine) Mount(ctx context.Context, r MountRequest) (_ *MountState, err 
 	if err != nil {
 		return nil, fmt.Errorf("mount: %w", err)
 	}
-	fuseDir := filepath.Join(work, "fuse")
-	if err := os.Mkdir(fuseDir, 0o700); err != nil {
-		return nil, err
-	}
-	fuseLog, _ := os.Create(filepath.Join(work, "nbdfuse.log"))
-	defer fuseLog.Close()
-	fuse := exec.Command("nbdfuse", "-r", fuseDir, "nbd+unix:///"+r.Disk+"?socket="+sock)
-	fuse.Stdout, fuse.Stderr = fuseLog, fuseLog
-	fuse.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := fuse.Start(); err != nil {
-		return nil, fmt.Errorf("mount: nbdfuse: %w", err)
-	}
-	st.FusePID = fuse.Process.Pid
-	go func() { _ = fuse.Wait() }()
-	image := filepath.Join(fuseDir, "nbd")
-	if err := waitFor(ctx, 30*time.Second, func() bool { _, err := os.Stat(image); return err == nil }); err != nil {
-		log, _ := os.ReadFile(filepath.Join(work, "nbdfuse.log"))
-		return nil, fmt.Errorf("mount: nbdfuse did not attach: %s", bytes.TrimSpace(log))
+	image, pid, err := attachExport(ctx, work, "fuse", sock, r.Disk)
+	st.FusePID = pid
+	if err != nil {
+		return nil, fmt.Errorf("mount: %w", err)
 	}
 	out, err := exec.CommandContext(ctx, "losetup", "--read-only", "--partscan", "--find", "--show", image).Output()
 	if err != nil {
@@ -142,9 +135,14 @@ func (e *Engine) Mount(ctx context.Context, r MountRequest) (_ *MountState, err 
 		}
 		devs = append(devs, pl...)
 	}
-	if len(devs) == 0 { // no partition table: a filesystem on the whole disk
+	lvDevs, err := e.lvLoops(ctx, st, image, sock, r.Disk)
+	if err != nil {
+		return nil, err
+	}
+	if len(devs) == 0 && len(lvDevs) == 0 { // no partition table: a filesystem on the whole disk
 		devs = []part{{"disk", st.Loop}}
 	}
+	devs = append(devs, lvDevs...)
 	for _, pd := range devs {
 		dev := pd.dev
 		typ := blkType(ctx, dev)
@@ -225,6 +223,87 @@ func (e *Engine) partitionLoops(ctx context.Context, st *MountState, image strin
 		devs = append(devs, part{fmt.Sprintf("p%d", i+1), dev})
 	}
 	return devs, nil
+}
+
+// attachExport attaches an export of the server on sock as a file with
+// nbdfuse (detached: it outlives the caller) under work/name, and returns
+// the file and nbdfuse's PID (also on error, once started).
+func attachExport(ctx context.Context, work, name, sock, export string) (string, int, error) {
+	dir := filepath.Join(work, name)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return "", 0, err
+	}
+	logPath := filepath.Join(work, name+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return "", 0, err
+	}
+	defer logf.Close()
+	fuse := exec.Command("nbdfuse", "-r", dir, (&url.URL{Scheme: "nbd+unix", Path: "/" + export, RawQuery: "socket=" + sock}).String())
+	fuse.Stdout, fuse.Stderr = logf, logf
+	fuse.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := fuse.Start(); err != nil {
+		return "", 0, fmt.Errorf("nbdfuse: %w", err)
+	}
+	go func() { _ = fuse.Wait() }()
+	image := filepath.Join(dir, "nbd")
+	if err := waitFor(ctx, 30*time.Second, func() bool { _, err := os.Stat(image); return err == nil }); err != nil {
+		log, _ := os.ReadFile(logPath)
+		return "", fuse.Process.Pid, fmt.Errorf("nbdfuse did not attach export %s: %s", export, bytes.TrimSpace(log))
+	}
+	return image, fuse.Process.Pid, nil
+}
+
+// lvLoops finds the linear logical volumes on the disk (read from the
+// guest's LVM2 metadata through image), attaches each one's export of the
+// server and gives it a read-only loop device.
+func (e *Engine) lvLoops(ctx context.Context, st *MountState, image, sock, disk string) ([]part, error) {
+	f, err := os.Open(image)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	lvs, err := layout.LVs(ctx, nbd.ReaderAtSource(f, fi.Size()))
+	if err != nil {
+		e.log().Warn("disk layout unreadable: logical volumes not mounted", "disk", disk, "err", err)
+		return nil, nil
+	}
+	var devs []part
+	for i, lv := range lvs {
+		if lv.Unsupported != "" {
+			e.log().Warn("logical volume not mounted", "vg", lv.VG, "lv", lv.Name, "why", lv.Unsupported)
+			continue
+		}
+		lvImage, pid, err := attachExport(ctx, st.Work, fmt.Sprintf("fuse-lv-%d", i), sock, LVExportName(disk, lv.VG, lv.Name))
+		if pid != 0 {
+			st.LVFusePIDs = append(st.LVFusePIDs, pid)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("mount: logical volume %s/%s: %w", lv.VG, lv.Name, err)
+		}
+		out, err := exec.CommandContext(ctx, "losetup", "--read-only", "--find", "--show", lvImage).Output()
+		if err != nil {
+			return nil, fmt.Errorf("mount: loop for logical volume %s/%s: %w", lv.VG, lv.Name, cmdErr(err))
+		}
+		dev := strings.TrimSpace(string(out))
+		st.PartLoops = append(st.PartLoops, dev)
+		if err := e.saveMount(st); err != nil {
+			return nil, err
+		}
+		devs = append(devs, part{lv.VG + "-" + lv.Name, dev})
+	}
+	return devs, nil
+}
+
+// loopBacks reports whether loop device dev is attached to a file under
+// work.
+func loopBacks(dev, work string) bool {
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	return err == nil && work != "" && strings.HasPrefix(strings.TrimSpace(string(b)), work+"/")
 }
 
 // part is a block device to look for a filesystem on, and its name under
@@ -352,7 +431,9 @@ func (e *Engine) undoMount(ctx context.Context, st *MountState) error {
 		os.Remove(m.Path)
 	}
 	for _, l := range append(append([]string(nil), st.PartLoops...), st.Loop) {
-		if l == "" {
+		// Only a loop device that is still ours: after a reboot the name
+		// may belong to somebody else's file.
+		if l == "" || !loopBacks(l, st.Work) {
 			continue
 		}
 		if out, err := exec.CommandContext(ctx, "losetup", "-d", l).CombinedOutput(); err != nil {
@@ -360,10 +441,14 @@ func (e *Engine) undoMount(ctx context.Context, st *MountState) error {
 		}
 	}
 	if st.Work != "" {
-		fuseDir := filepath.Join(st.Work, "fuse")
-		_ = exec.CommandContext(ctx, "fusermount3", "-u", fuseDir).Run()
+		fuseDirs, _ := filepath.Glob(filepath.Join(st.Work, "fuse*"))
+		for _, d := range fuseDirs {
+			if !strings.HasSuffix(d, ".log") { // a dead FUSE mount cannot even be stat'ed
+				_ = exec.CommandContext(ctx, "fusermount3", "-u", d).Run()
+			}
+		}
 	}
-	for _, pid := range []int{st.FusePID, st.ServePID} {
+	for _, pid := range append(append([]int{}, st.LVFusePIDs...), st.FusePID, st.ServePID) {
 		// Only a process that is still ours: its command line names our
 		// work directory (a recycled PID would not).
 		ours := func() bool {

@@ -37,17 +37,15 @@ func serveChild() {
 	if err != nil {
 		panic(err)
 	}
-	srv := &nbd.Server{}
-	for _, dm := range m.Disks {
-		if parts[2] != "*" && dm.Name != parts[2] {
-			continue
-		}
-		d, err := r.OpenDisk(ctx, parts[1], dm.Name)
-		if err != nil {
-			panic(err)
-		}
-		srv.Exports = append(srv.Exports, nbd.Export{Name: dm.Name, Source: PointSource{d}})
+	disk := parts[2]
+	if disk == "*" {
+		disk = ""
 	}
+	exports, err := PointExports(ctx, r, m, disk, nil)
+	if err != nil {
+		panic(err)
+	}
+	srv := &nbd.Server{Exports: exports}
 	ln, err := net.Listen("unix", os.Args[len(os.Args)-1])
 	if err != nil {
 		panic(err)
@@ -103,13 +101,15 @@ func treeSHA(t *testing.T, dir string) string {
 	return fmt.Sprintf("%x", h.Sum(nil))
 }
 
-// TestMountPoint: a disk holding one ext4 filesystem and a disk with a GPT
-// table and two ext4 partitions are backed up, mounted from the point, and
-// read back; umount leaves no loop device, FUSE mount or process behind,
-// and the backup's chunks are unchanged.
+// TestMountPoint: a disk holding one ext4 filesystem, a disk with a GPT
+// table and two ext4 partitions, and a disk with an ext4 partition and an
+// LVM2 volume group of two ext4 logical volumes (one in two segments) are
+// backed up, mounted from the point, and read back; umount (and, for the
+// LVM disk, the cleanup a daemon start runs) leaves no loop device, FUSE
+// mount or process behind, and the backup's chunks are unchanged.
 func TestMountPoint(t *testing.T) {
 	testenv.RequireCommands(t, "nbdfuse", "losetup", "sfdisk", "mkfs.ext4", "blkid", "fusermount3")
-	f := newFixture(t, vm.DomainSpec{Disks: []vm.DiskSpec{{Format: "raw", Size: 32 << 20}, {Format: "raw", Size: 64 << 20}}})
+	f := newFixture(t, vm.DomainSpec{Disks: []vm.DiskSpec{{Format: "raw", Size: 32 << 20}, {Format: "raw", Size: 64 << 20}, {Format: "raw", Size: 64 << 20}}})
 	tg := f.target("t")
 	dir := t.TempDir()
 	single := map[string]string{"hello.txt": "hello\n", "etc/app.conf": "key=value\n", "big.bin": strings.Repeat("0123456789abcdef", 40000)}
@@ -137,6 +137,9 @@ func TestMountPoint(t *testing.T) {
 	}
 	run1(t, "mkfs.ext4", "-q", "-F", "-E", fmt.Sprintf("offset=%d", 2048*512), "-d", filepath.Join(dir, "p1"), vdb.Path, "28M")
 	run1(t, "mkfs.ext4", "-q", "-F", "-E", fmt.Sprintf("offset=%d", 61440*512), "-d", filepath.Join(dir, "p2"), vdb.Path, "32M")
+	vdc, _ := f.dom.Disk("vdc")
+	os.Remove(vdc.Path)
+	lvm := testenv.WriteLVMImage(t, vdc.Path)
 	res, err := f.e.Backup(f.ctx, BackupRequest{Domain: f.dom.Name, Target: tg, Level: LevelFull})
 	if err != nil {
 		t.Fatal(err)
@@ -150,6 +153,7 @@ func TestMountPoint(t *testing.T) {
 	}{
 		{"vda", map[string]map[string]string{"disk": single}},
 		{"vdb", map[string]map[string]string{"p1": p1, "p2": p2}},
+		{"vdc", map[string]map[string]string{"p1": lvm.Files["p1"], "vkvg-data": lvm.Files["vkvg/data"], "vkvg-logs": lvm.Files["vkvg/logs"]}},
 	} {
 		mnt := filepath.Join(dir, "mnt-"+tc.disk)
 		os.Setenv("VIRTKEEP_SERVE", repoDir+","+res.Manifest.ID+","+tc.disk)
@@ -178,7 +182,13 @@ func TestMountPoint(t *testing.T) {
 				t.Fatalf("%s not in mountinfo", m.Path)
 			}
 		}
-		if err := f.e.Umount(f.ctx, mnt); err != nil {
+		if tc.disk == "vdc" {
+			// As if the process that mounted it died: the daemon's start
+			// cleanup undoes it from the recorded state.
+			if err := f.e.CleanupMounts(f.ctx); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := f.e.Umount(f.ctx, mnt); err != nil {
 			t.Fatal(err)
 		}
 		mi, _ = os.ReadFile("/proc/self/mountinfo")
