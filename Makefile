@@ -47,9 +47,13 @@ reliability: deps ## long runs: 200 writer kills, every fuzz target for FUZZ_TIM
 	go test -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(FUZZ_TIME) ./cmd/virtkeep/
 	for f in FuzzMetadata FuzzDisk; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./hostd/layout/ || exit 1; done
 
-install: build ## install the binaries under $(PREFIX)/bin
+install: build ## install the binaries under $(PREFIX)/bin, the systemd unit, the docs
 	install -D -m 0755 bin/virtkeep $(DESTDIR)$(PREFIX)/bin/virtkeep
 	install -D -m 0755 bin/virtkeepd $(DESTDIR)$(PREFIX)/bin/virtkeepd
+	sed 's|/usr/local/|$(PREFIX)/|g' systemd/virtkeepd.service > virtkeepd.service.tmp
+	install -D -m 0644 virtkeepd.service.tmp $(DESTDIR)/etc/systemd/system/virtkeepd.service
+	rm -f virtkeepd.service.tmp
+	install -D -m 0644 -t $(DESTDIR)$(PREFIX)/share/doc/virtkeep docs/*.md
 
 clean: ## remove build output
 	rm -rf bin $(ITEST_LOG)

@@ -14,6 +14,7 @@ import (
 	"libvirt.org/go/libvirt"
 
 	"github.com/virtkeep/virtkeep/hostd/engine"
+	"github.com/virtkeep/virtkeep/systemd"
 )
 
 // version is set at build time (make build).
@@ -50,17 +51,19 @@ func newRootCmd(out, errw io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "virtkeepd",
 		Short: "The virtkeep backup daemon",
-		Long: `virtkeepd runs beside libvirtd. With --cleanup it only repairs what an
-interrupted run left behind (guests left frozen, file-level mounts) and exits; the job engine,
-scheduler and API are not in this version yet.`,
+		Long: `virtkeepd runs beside libvirtd (under systemd: Type=notify, see
+systemd/virtkeepd.service). At every start it first repairs what an
+interrupted run left behind: it thaws guests left frozen and undoes every
+file-level mount recorded in state_dir (mounts do not survive a daemon
+restart or a reboot), then reports READY=1 and stays up, answering the
+watchdog, until SIGTERM. With --cleanup it only does the repairs and exits.
+The job engine, scheduler and API are not in this version yet: backups,
+restores and mounts run in the virtkeep CLI's process.`,
 		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !cleanup {
-				return cmd.Help()
-			}
 			cfg, err := loadConfig(configPath)
 			if err != nil {
 				return err
@@ -72,22 +75,67 @@ scheduler and API are not in this version yet.`,
 			defer conn.Close()
 			log := slog.New(slog.NewTextHandler(errw, nil))
 			e := &engine.Engine{Conn: conn, StateDir: cfg.StateDir, Log: log}
-			if err := e.RecoverFrozen(cmd.Context()); err != nil {
-				return err
+			if cleanup {
+				if err := recoverAll(cmd.Context(), e); err != nil {
+					return err
+				}
+				fmt.Fprintln(out, "cleanup done")
+				return nil
 			}
-			if err := e.CleanupMounts(cmd.Context()); err != nil {
-				return err
-			}
-			fmt.Fprintln(out, "cleanup done")
-			return nil
+			return serve(cmd.Context(), e, log)
 		},
 	}
 	root.Flags().StringVar(&configPath, "config", "/etc/virtkeep/virtkeep.yaml", "configuration file")
-	root.Flags().BoolVar(&cleanup, "cleanup", false, "thaw guests an interrupted run left frozen, then exit")
+	root.Flags().BoolVar(&cleanup, "cleanup", false, "only repair what an interrupted run left (frozen guests, mounts), then exit")
 	root.SetVersionTemplate("virtkeepd {{.Version}}\n")
 	root.SetOut(out)
 	root.SetErr(errw)
 	return root
+}
+
+// recoverAll thaws guests an interrupted run left frozen and undoes the
+// file-level mounts recorded in the state directory. Both are tried; the
+// first error is returned.
+func recoverAll(ctx context.Context, e *engine.Engine) error {
+	err1 := e.RecoverFrozen(ctx)
+	err2 := e.CleanupMounts(ctx)
+	if err1 != nil {
+		return fmt.Errorf("thaw guests left frozen: %w", err1)
+	}
+	if err2 != nil {
+		return fmt.Errorf("undo mounts left behind: %w", err2)
+	}
+	return nil
+}
+
+// serve is the daemon's life: recovery, READY=1, watchdog, then wait for
+// SIGTERM/SIGINT (ctx).
+func serve(ctx context.Context, e *engine.Engine, log *slog.Logger) error {
+	n := systemd.Notifier{}
+	_ = n.Status("recovering what an interrupted run left")
+	if err := recoverAll(ctx, e); err != nil {
+		// Keep running: the daemon is how the rest gets repaired; the
+		// operator sees the error in the journal and in the status.
+		log.Error("start-up recovery incomplete", "err", err)
+		_ = n.Status("start-up recovery incomplete: " + err.Error())
+	} else {
+		_ = n.Status("ready")
+	}
+	if err := n.Ready(); err != nil {
+		return err
+	}
+	log.Info("virtkeepd ready", "version", version, "state_dir", e.StateDir)
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		if err := n.Watchdog(wctx, nil); err != nil {
+			log.Error("watchdog", "err", err)
+		}
+	}()
+	<-ctx.Done()
+	_ = n.Stopping()
+	log.Info("virtkeepd stopping")
+	return nil
 }
 
 func run(ctx context.Context, args []string, out, errw io.Writer) int {

@@ -19,6 +19,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv("VIRTKEEPD_SERVE") != "" {
+		serveChild()
+		os.Exit(0)
+	}
 	if os.Getenv("VIRTKEEPD_CHILD") == "freeze-and-hang" {
 		freezeAndHang()
 		os.Exit(0)
