@@ -49,7 +49,7 @@ func TestConformanceFaultyPassThrough(t *testing.T) {
 }
 
 // sftpBackend opens a backend on a fresh directory of srv.
-func sftpBackend(t *testing.T, srv *testenv.SSHServer, conns int) *sftp.SFTP {
+func sftpBackend(t testing.TB, srv *testenv.SSHServer, conns int) *sftp.SFTP {
 	t.Helper()
 	b, err := sftp.Open(context.Background(), sftp.Config{
 		Host: srv.Host, Port: srv.Port, User: srv.User, Path: filepath.Join(srv.Dir, fmt.Sprintf("repo-%d", time.Now().UnixNano())),
@@ -128,7 +128,7 @@ func TestSFTPReconnects(t *testing.T) {
 	}
 }
 
-func s3Backend(t *testing.T, srv *testenv.S3Server, bucket string) *s3.S3 {
+func s3Backend(t testing.TB, srv *testenv.S3Server, bucket string) *s3.S3 {
 	t.Helper()
 	b, err := s3.Open(context.Background(), s3.Config{Endpoint: srv.Endpoint, Bucket: bucket, Prefix: "repo",
 		Region: srv.Region, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Insecure: true, PathStyle: true, CreateBucket: true})

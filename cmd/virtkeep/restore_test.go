@@ -31,11 +31,13 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// writeConfig's target is compressed (zstd) and encrypted, so every CLI
+// restore, export, serve, mount and boot test reads encrypted points.
 func writeConfig(t *testing.T, dir string) string {
 	t.Helper()
 	cfg := filepath.Join(dir, "virtkeep.yaml")
 	os.MkdirAll(filepath.Join(dir, "st"), 0o755)
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("version: 1\nstate_dir: %s/st\nlibvirt_uri: %s\ntargets:\n  - {name: local, kind: local, path: %s/repo}\n", dir, vm.URI(), dir)), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("version: 1\nstate_dir: %s/st\nlibvirt_uri: %s\ntargets:\n  - {name: local, kind: local, path: %s/repo, key_file: %s/repo.key}\n", dir, vm.URI(), dir, dir)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return cfg
