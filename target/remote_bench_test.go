@@ -15,7 +15,9 @@ import (
 
 type diskRead struct{ d *target.DiskReader }
 
-func (r diskRead) Read(ctx context.Context, p []byte, off int64) error { return r.d.ReadAt(ctx, p, off) }
+func (r diskRead) Read(ctx context.Context, p []byte, off int64) error {
+	return r.d.ReadAt(ctx, p, off)
+}
 
 // BenchmarkBackends writes one 512 MiB point (half random, half text,
 // zstd) to a local directory, to OpenSSH's sshd over SFTP and to the S3
@@ -96,7 +98,6 @@ func BenchmarkBackends(b *testing.B) {
 			localW, localR = w, rd
 		}
 		msg := fmt.Sprintf("%s: write %.0f MB/s (%.2fx local), restore read %.0f MB/s (%.2fx local)", be.name, w, w/localW, rd, rd/localR)
-		b.Log(msg)
 		testenv.Report(b, "%s", msg)
 		bk.Close()
 	}
