@@ -164,3 +164,63 @@ func TestS3MissingBucket(t *testing.T) {
 		t.Fatal("open with a wrong secret key succeeded")
 	}
 }
+
+// testSweep: GC removes temporary files of puts a killed writer left,
+// once older than the grace period, and nothing else; dir is where the
+// backend keeps its files on this host.
+func testSweep(t *testing.T, b target.Backend, dir string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := target.Init(ctx, b, target.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := target.Open(ctx, b, target.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Put(ctx, "chunks/ab/keep", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(dir, "chunks", "ab", ".tmp-0123456789abcdef")
+	young := filepath.Join(dir, "chunks", "ab", ".tmp-fedcba9876543210")
+	for _, p := range []string{old, young} {
+		if err := os.WriteFile(p, []byte("torn"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	past := time.Now().Add(-48 * time.Hour)
+	os.Chtimes(old, past, past)
+	st, err := r.GC(ctx, target.GCOptions{Grace: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TempRemoved != 1 {
+		t.Fatalf("removed %d temporary files, want 1", st.TempRemoved)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Fatal("old temporary file kept")
+	}
+	if _, err := os.Stat(young); err != nil {
+		t.Fatal("young temporary file removed (a put may still be writing it)")
+	}
+	if _, err := b.Stat(ctx, "config"); err != nil {
+		t.Fatalf("config: %v", err)
+	}
+}
+
+func TestSweepTempLocal(t *testing.T) {
+	dir := t.TempDir()
+	b, err := local.Open(local.Config{Path: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testSweep(t, b, dir)
+}
+
+func TestSweepTempSFTP(t *testing.T) {
+	srv := testenv.SSHD(t)
+	b := sftpBackend(t, srv, 1)
+	defer b.Close()
+	dir := strings.TrimPrefix(b.Properties().Name, fmt.Sprintf("sftp:%s@%s:%d:", srv.User, srv.Host, srv.Port))
+	testSweep(t, b, dir)
+}

@@ -22,6 +22,15 @@ type GCStats struct {
 	Deleted    int   `json:"deleted"`
 	BytesFreed int64 `json:"bytes_freed"`
 	KeptYoung  int   `json:"kept_young"`
+	// TempRemoved counts temporary files of unfinished puts removed.
+	TempRemoved int `json:"temp_removed"`
+}
+
+// TempSweeper is implemented by backends whose puts write a temporary
+// file first (local, SFTP): SweepTemp removes those last modified before
+// cutoff, left by writers killed in the middle of a put, and says how many.
+type TempSweeper interface {
+	SweepTemp(ctx context.Context, cutoff time.Time) (int, error)
 }
 
 // GC removes objects no point references: mark from every manifest, then
@@ -110,11 +119,20 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 			st.BytesFreed += fi.Size
 		}
 	}
+	// Temporary files of puts that a killed writer never finished: a put
+	// takes seconds, so anything older than the grace period is dead.
+	if ts, ok := r.b.(TempSweeper); ok && !o.DryRun && grace > 0 {
+		n, err := ts.SweepTemp(ctx, cutoff)
+		if err != nil {
+			return st, fmt.Errorf("gc: %w", err)
+		}
+		st.TempRemoved = n
+	}
 	if !o.DryRun {
 		if err := r.b.Sync(ctx); err != nil {
 			return st, err
 		}
 	}
-	r.log.Info("garbage collected", "deleted", st.Deleted, "bytes", st.BytesFreed, "kept_young", st.KeptYoung)
+	r.log.Info("garbage collected", "temp_removed", st.TempRemoved, "deleted", st.Deleted, "bytes", st.BytesFreed, "kept_young", st.KeptYoung)
 	return st, nil
 }

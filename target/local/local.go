@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -329,4 +330,39 @@ func fsyncFile(p string) error {
 		return fmt.Errorf("local: fsync %s: %w", p, err)
 	}
 	return nil
+}
+
+var _ target.TempSweeper = (*Local)(nil)
+
+// SweepTemp removes temporary files older than cutoff (see
+// target.TempSweeper).
+func (l *Local) SweepTemp(ctx context.Context, cutoff time.Time) (int, error) {
+	n := 0
+	err := filepath.WalkDir(l.cfg.Path, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		if d.IsDir() || !strings.HasPrefix(d.Name(), ".tmp-") {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil || !fi.ModTime().Before(cutoff) {
+			return nil
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		n++
+		return nil
+	})
+	if err != nil {
+		return n, fmt.Errorf("local: sweep temporary files: %w", err)
+	}
+	return n, nil
 }

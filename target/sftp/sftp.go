@@ -497,3 +497,35 @@ func (s *SFTP) Close() error {
 	})
 	return nil
 }
+
+var _ target.TempSweeper = (*SFTP)(nil)
+
+// SweepTemp removes temporary files older than cutoff (see
+// target.TempSweeper).
+func (s *SFTP) SweepTemp(ctx context.Context, cutoff time.Time) (int, error) {
+	n := 0
+	err := s.do(ctx, func(c *sftp.Client) error {
+		w := c.Walk(s.root)
+		for w.Step() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if w.Err() != nil {
+				continue
+			}
+			st := w.Stat()
+			if st.IsDir() || !strings.HasPrefix(st.Name(), ".tmp-") || !st.ModTime().Before(cutoff) {
+				continue
+			}
+			if err := c.Remove(w.Path()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return n, fmt.Errorf("sftp: sweep temporary files: %w", err)
+	}
+	return n, nil
+}
