@@ -30,7 +30,11 @@ func PointExports(ctx context.Context, repo *target.Repository, m *target.Manife
 		src := PointSource{DiskReader: r}
 		desc := m.Domain + " " + m.ID
 		out = append(out, nbd.Export{Name: d.Name, Description: desc, Source: src})
-		lvs, err := layout.LVs(ctx, src)
+		parts, err := layout.Partitions(ctx, src)
+		var lvs []layout.LV
+		if err == nil {
+			lvs, err = layout.LVs(ctx, src, parts)
+		}
 		if err != nil {
 			if log != nil {
 				log.Warn("disk layout unreadable: logical volumes not served", "disk", d.Name, "err", err)

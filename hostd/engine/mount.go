@@ -126,16 +126,21 @@ func (e *Engine) Mount(ctx context.Context, r MountRequest) (_ *MountState, err 
 	for _, p := range parts {
 		devs = append(devs, part{"p" + strings.TrimPrefix(p, st.Loop+"p"), p})
 	}
+	// The guest's partition table and LVM metadata, read from the image.
+	table, lvs, err := readLayout(ctx, image)
+	if err != nil {
+		e.log().Warn("disk layout unreadable: only the kernel's partitions are mounted", "disk", r.Disk, "err", err)
+	}
 	if len(parts) == 0 {
-		// No partition support in this kernel (GPT, say): read the table
-		// ourselves and give each partition a loop device of its own.
-		pl, err := e.partitionLoops(ctx, st, image)
+		// No partition support in this kernel (GPT, say): give each
+		// partition a loop device of its own.
+		pl, err := e.partitionLoops(ctx, st, image, table)
 		if err != nil {
 			return nil, err
 		}
 		devs = append(devs, pl...)
 	}
-	lvDevs, err := e.lvLoops(ctx, st, image, sock, r.Disk)
+	lvDevs, err := e.lvLoops(ctx, st, lvs, sock, r.Disk)
 	if err != nil {
 		return nil, err
 	}
@@ -182,45 +187,44 @@ func (e *Engine) Mount(ctx context.Context, r MountRequest) (_ *MountState, err 
 	return st, nil
 }
 
-// partitionLoops reads the partition table (MBR or GPT) with sfdisk and
-// attaches one read-only loop device per partition, at its offset.
-func (e *Engine) partitionLoops(ctx context.Context, st *MountState, image string) ([]part, error) {
-	out, err := exec.CommandContext(ctx, "sfdisk", "--json", st.Loop).Output()
+// readLayout reads the partition table and the logical volumes of the
+// disk image at path. The partitions are kept when only the volumes cannot
+// be read.
+func readLayout(ctx context.Context, path string) ([]layout.Partition, []layout.LV, error) {
+	f, err := os.Open(path)
 	if err != nil {
-		return nil, nil // no partition table
+		return nil, nil, err
 	}
-	var pt struct {
-		PartitionTable struct {
-			SectorSize int64 `json:"sectorsize"`
-			Partitions []struct {
-				Start int64 `json:"start"`
-				Size  int64 `json:"size"`
-			} `json:"partitions"`
-		} `json:"partitiontable"`
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, nil, err
 	}
-	if err := json.Unmarshal(out, &pt); err != nil {
-		return nil, fmt.Errorf("mount: partition table: %w", err)
+	src := nbd.ReaderAtSource(f, fi.Size())
+	parts, err := layout.Partitions(ctx, src)
+	if err != nil {
+		return nil, nil, err
 	}
-	ss := pt.PartitionTable.SectorSize
-	if ss == 0 {
-		ss = 512
-	}
+	lvs, err := layout.LVs(ctx, src, parts)
+	return parts, lvs, err
+}
+
+// partitionLoops attaches one read-only loop device per partition of the
+// image, at its offset.
+func (e *Engine) partitionLoops(ctx context.Context, st *MountState, image string, parts []layout.Partition) ([]part, error) {
 	var devs []part
-	for i, p := range pt.PartitionTable.Partitions {
-		if p.Size == 0 {
-			continue
-		}
+	for _, p := range parts {
 		out, err := exec.CommandContext(ctx, "losetup", "--read-only", "--find", "--show",
-			"--offset", fmt.Sprint(p.Start*ss), "--sizelimit", fmt.Sprint(p.Size*ss), image).Output()
+			"--offset", fmt.Sprint(p.Off), "--sizelimit", fmt.Sprint(p.Len), image).Output()
 		if err != nil {
-			return nil, fmt.Errorf("mount: loop for partition %d: %w", i+1, cmdErr(err))
+			return nil, fmt.Errorf("mount: loop for partition %d: %w", p.Number, cmdErr(err))
 		}
 		dev := strings.TrimSpace(string(out))
 		st.PartLoops = append(st.PartLoops, dev)
 		if err := e.saveMount(st); err != nil {
 			return nil, err
 		}
-		devs = append(devs, part{fmt.Sprintf("p%d", i+1), dev})
+		devs = append(devs, part{fmt.Sprintf("p%d", p.Number), dev})
 	}
 	return devs, nil
 }
@@ -254,24 +258,9 @@ func attachExport(ctx context.Context, work, name, sock, export string) (string,
 	return image, fuse.Process.Pid, nil
 }
 
-// lvLoops finds the linear logical volumes on the disk (read from the
-// guest's LVM2 metadata through image), attaches each one's export of the
-// server and gives it a read-only loop device.
-func (e *Engine) lvLoops(ctx context.Context, st *MountState, image, sock, disk string) ([]part, error) {
-	f, err := os.Open(image)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	lvs, err := layout.LVs(ctx, nbd.ReaderAtSource(f, fi.Size()))
-	if err != nil {
-		e.log().Warn("disk layout unreadable: logical volumes not mounted", "disk", disk, "err", err)
-		return nil, nil
-	}
+// lvLoops attaches the server's export of each linear logical volume
+// and gives it a read-only loop device.
+func (e *Engine) lvLoops(ctx context.Context, st *MountState, lvs []layout.LV, sock, disk string) ([]part, error) {
 	var devs []part
 	for i, lv := range lvs {
 		if lv.Unsupported != "" {

@@ -57,14 +57,15 @@ func FuzzDisk(f *testing.F) {
 		src := nbd.ReaderAtSource(bytes.NewReader(disk), int64(len(disk)))
 		ctx := context.Background()
 		parts, err := Partitions(ctx, src)
-		if err == nil {
-			for _, p := range parts {
-				if p.Off <= 0 || p.Len <= 0 || p.Off+p.Len > int64(len(disk)) {
-					t.Fatalf("partition %+v outside the disk", p)
-				}
+		if err != nil {
+			return
+		}
+		for _, p := range parts {
+			if p.Off <= 0 || p.Len <= 0 || p.Off+p.Len > int64(len(disk)) {
+				t.Fatalf("partition %+v outside the disk", p)
 			}
 		}
-		lvs, err := LVs(ctx, src)
+		lvs, err := LVs(ctx, src, parts)
 		if err != nil {
 			return
 		}

@@ -48,7 +48,7 @@ func TestRealLVM(t *testing.T) {
 	if len(parts) != 2 || parts[0] != want[0] || parts[1] != want[1] {
 		t.Fatalf("partitions %+v, want %+v", parts, want)
 	}
-	lvs, err := LVs(ctx, src)
+	lvs, err := LVs(ctx, src, parts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestBadInput(t *testing.T) {
 		if p, err := Partitions(ctx, src); p != nil || err != nil {
 			t.Errorf("partitions of %d zero bytes: %v %v", len(b), p, err)
 		}
-		if l, err := LVs(ctx, src); l != nil || err != nil {
+		if l, err := LVs(ctx, src, nil); l != nil || err != nil {
 			t.Errorf("volumes of %d zero bytes: %v %v", len(b), l, err)
 		}
 	}

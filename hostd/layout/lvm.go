@@ -56,14 +56,11 @@ type pv struct {
 	text []byte // its current metadata
 }
 
-// LVs scans the whole disk and each partition for LVM2 physical volumes
-// and returns the logical volumes of their volume groups, sorted by VG and
-// name. A disk without LVM has none.
-func LVs(ctx context.Context, src Source) ([]LV, error) {
-	parts, err := Partitions(ctx, src)
-	if err != nil {
-		return nil, err
-	}
+// LVs scans the partitions of the disk (as Partitions returned them; none:
+// the whole disk) for LVM2 physical volumes and returns the logical
+// volumes of their volume groups, sorted by VG and name. A disk without
+// LVM has none.
+func LVs(ctx context.Context, src Source, parts []Partition) ([]LV, error) {
 	areas := []Partition{{Off: 0, Len: src.Size()}}
 	if len(parts) > 0 {
 		areas = parts
