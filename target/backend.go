@@ -2,6 +2,8 @@ package target
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -54,6 +56,21 @@ type Properties struct {
 	// Local is true for backends on this host's file systems.
 	Local bool
 }
+
+// TempPrefix starts the names of the temporary files backends that write
+// files (local, SFTP) put an object into before renaming it into place.
+// Such names are never keys: listings skip them and GC sweeps old ones.
+const TempPrefix = ".tmp-"
+
+// TempName returns a new random temporary file name.
+func TempName() string {
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	return TempPrefix + hex.EncodeToString(rnd[:])
+}
+
+// IsTemp reports whether a file's base name is a temporary file's.
+func IsTemp(name string) bool { return strings.HasPrefix(name, TempPrefix) }
 
 // ErrNotFound is wrapped by errors for objects that do not exist.
 var ErrNotFound = errors.New("object not found")

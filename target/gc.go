@@ -96,7 +96,7 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 	for _, prefix := range []string{"chunks/", "index/", "blobs/"} {
 		var dead []ObjectInfo
 		err := r.b.List(ctx, prefix, func(fi ObjectInfo) error {
-			if live[fi.Key] || strings.Contains(fi.Key, "/.tmp-") {
+			if live[fi.Key] || strings.Contains(fi.Key, "/"+TempPrefix) {
 				return nil
 			}
 			if grace > 0 && fi.ModTime.After(cutoff) {

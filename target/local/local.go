@@ -2,8 +2,6 @@ package local
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -109,9 +107,7 @@ func (l *Local) Put(ctx context.Context, key string, data []byte) error {
 }
 
 func (l *Local) createTemp(dir string) (*os.File, error) {
-	var rnd [8]byte
-	_, _ = rand.Read(rnd[:])
-	name := filepath.Join(dir, ".tmp-"+hex.EncodeToString(rnd[:]))
+	name := filepath.Join(dir, target.TempName())
 	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err = os.MkdirAll(dir, 0o700); err == nil {
@@ -197,17 +193,8 @@ func (l *Local) List(ctx context.Context, prefix string, fn func(target.ObjectIn
 	if i := strings.LastIndex(prefix, "/"); i >= 0 {
 		dir = filepath.Join(dir, filepath.FromSlash(prefix[:i]))
 	}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if cerr := ctx.Err(); cerr != nil {
-			return cerr
-		}
-		if d.IsDir() || strings.HasPrefix(d.Name(), ".tmp-") {
+	err := walkFiles(ctx, dir, func(p string, fi fs.FileInfo) error {
+		if target.IsTemp(fi.Name()) {
 			return nil
 		}
 		rel, err := filepath.Rel(l.cfg.Path, p)
@@ -217,13 +204,6 @@ func (l *Local) List(ctx context.Context, prefix string, fn func(target.ObjectIn
 		key := filepath.ToSlash(rel)
 		if !strings.HasPrefix(key, prefix) {
 			return nil
-		}
-		fi, err := d.Info()
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil // deleted meanwhile
-		}
-		if err != nil {
-			return err
 		}
 		return fn(target.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()})
 	})
@@ -338,21 +318,8 @@ var _ target.TempSweeper = (*Local)(nil)
 // target.TempSweeper).
 func (l *Local) SweepTemp(ctx context.Context, cutoff time.Time) (int, error) {
 	n := 0
-	err := filepath.WalkDir(l.cfg.Path, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if cerr := ctx.Err(); cerr != nil {
-			return cerr
-		}
-		if d.IsDir() || !strings.HasPrefix(d.Name(), ".tmp-") {
-			return nil
-		}
-		fi, err := d.Info()
-		if err != nil || !fi.ModTime().Before(cutoff) {
+	err := walkFiles(ctx, l.cfg.Path, func(p string, fi fs.FileInfo) error {
+		if !target.IsTemp(fi.Name()) || !fi.ModTime().Before(cutoff) {
 			return nil
 		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -365,4 +332,31 @@ func (l *Local) SweepTemp(ctx context.Context, cutoff time.Time) (int, error) {
 		return n, fmt.Errorf("local: sweep temporary files: %w", err)
 	}
 	return n, nil
+}
+
+// walkFiles calls fn for each file below dir, skipping files and
+// directories that vanish meanwhile, until ctx ends.
+func walkFiles(ctx context.Context, dir string, fn func(p string, fi fs.FileInfo) error) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		if d.IsDir() {
+			return nil
+		}
+		fi, err := d.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // deleted meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		return fn(p, fi)
+	})
 }

@@ -2,8 +2,6 @@ package sftp
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -305,9 +303,7 @@ func (s *SFTP) Put(ctx context.Context, key string, data []byte) error {
 		return err
 	}
 	err = s.do(ctx, func(c *sftp.Client) error {
-		var rnd [8]byte
-		_, _ = rand.Read(rnd[:])
-		tmp := path.Join(path.Dir(p), ".tmp-"+hex.EncodeToString(rnd[:]))
+		tmp := path.Join(path.Dir(p), target.TempName())
 		f, err := c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
 		if errors.Is(err, fs.ErrNotExist) {
 			if err = c.MkdirAll(path.Dir(p)); err == nil {
@@ -410,31 +406,20 @@ func (s *SFTP) List(ctx context.Context, prefix string, fn func(target.ObjectInf
 		if called {
 			return fmt.Errorf("connection lost during the listing: %w", sftp.ErrSSHFxConnectionLost)
 		}
-		w := c.Walk(dir)
-		for w.Step() {
-			if err := ctx.Err(); err != nil {
-				return err
+		return walkFiles(ctx, c, dir, func(p string, fi os.FileInfo) error {
+			if target.IsTemp(fi.Name()) {
+				return nil
 			}
-			if err := w.Err(); err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
-					continue
-				}
-				return err
-			}
-			st := w.Stat()
-			if st.IsDir() || strings.HasPrefix(st.Name(), ".tmp-") {
-				continue
-			}
-			key := strings.TrimPrefix(w.Path(), s.root+"/")
+			key := strings.TrimPrefix(p, s.root+"/")
 			if !strings.HasPrefix(key, prefix) {
-				continue
+				return nil
 			}
 			called = true
-			if err := fn(target.ObjectInfo{Key: key, Size: st.Size(), ModTime: st.ModTime()}); err != nil {
+			if err := fn(target.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}); err != nil {
 				return &stop{err}
 			}
-		}
-		return nil
+			return nil
+		})
 	})
 	var st *stop
 	if errors.As(err, &st) {
@@ -505,27 +490,42 @@ var _ target.TempSweeper = (*SFTP)(nil)
 func (s *SFTP) SweepTemp(ctx context.Context, cutoff time.Time) (int, error) {
 	n := 0
 	err := s.do(ctx, func(c *sftp.Client) error {
-		w := c.Walk(s.root)
-		for w.Step() {
-			if err := ctx.Err(); err != nil {
-				return err
+		return walkFiles(ctx, c, s.root, func(p string, fi os.FileInfo) error {
+			if !target.IsTemp(fi.Name()) || !fi.ModTime().Before(cutoff) {
+				return nil
 			}
-			if w.Err() != nil {
-				continue
-			}
-			st := w.Stat()
-			if st.IsDir() || !strings.HasPrefix(st.Name(), ".tmp-") || !st.ModTime().Before(cutoff) {
-				continue
-			}
-			if err := c.Remove(w.Path()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := c.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
 			}
 			n++
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		return n, fmt.Errorf("sftp: sweep temporary files: %w", err)
 	}
 	return n, nil
+}
+
+// walkFiles calls fn for each file below dir on the server, skipping files
+// and directories that vanish meanwhile, until ctx ends.
+func walkFiles(ctx context.Context, c *sftp.Client, dir string, fn func(p string, fi os.FileInfo) error) error {
+	w := c.Walk(dir)
+	for w.Step() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := w.Err(); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return err
+		}
+		if fi := w.Stat(); !fi.IsDir() {
+			if err := fn(w.Path(), fi); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
