@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -62,30 +63,22 @@ var kindSettings = map[string][]string{
 	"s3":    {"endpoint", "bucket", "prefix", "region", "access_key", "secret_key_file", "insecure", "ca_file", "path_style"},
 }
 
-// set lists the kind-specific settings t has.
+// commonSettings are the settings of every kind.
+var commonSettings = []string{"name", "kind", "compression", "key_file"}
+
+// set lists the kind-specific settings t has (fields not left at zero),
+// by their names in the file: read off the struct, so a new setting can
+// never be missed.
 func (t TargetConfig) set() []string {
 	var out []string
-	add := func(name string, on bool) {
-		if on {
-			out = append(out, name)
+	v := reflect.ValueOf(t)
+	for _, f := range reflect.VisibleFields(v.Type()) {
+		name := f.Tag.Get("mapstructure")
+		if !f.IsExported() || slices.Contains(commonSettings, name) || v.FieldByIndex(f.Index).IsZero() {
+			continue
 		}
+		out = append(out, name)
 	}
-	add("path", t.Path != "")
-	add("host", t.Host != "")
-	add("port", t.Port != 0)
-	add("user", t.User != "")
-	add("identity_file", t.IdentityFile != "")
-	add("known_hosts_file", t.KnownHostsFile != "")
-	add("connections", t.Connections != 0)
-	add("endpoint", t.Endpoint != "")
-	add("bucket", t.Bucket != "")
-	add("prefix", t.Prefix != "")
-	add("region", t.Region != "")
-	add("access_key", t.AccessKey != "")
-	add("secret_key_file", t.SecretKeyFile != "")
-	add("insecure", t.Insecure)
-	add("ca_file", t.CAFile != "")
-	add("path_style", t.PathStyle)
 	return out
 }
 

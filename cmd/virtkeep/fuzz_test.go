@@ -3,6 +3,8 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -36,4 +38,23 @@ func FuzzConfig(f *testing.F) {
 			_ = tc.open()
 		}
 	})
+}
+
+// TestEverySettingHasAKind: each setting of a target is common to all
+// kinds or belongs to at least one, so none is refused everywhere.
+func TestEverySettingHasAKind(t *testing.T) {
+	typ := reflect.TypeOf(TargetConfig{})
+	for _, f := range reflect.VisibleFields(typ) {
+		name := f.Tag.Get("mapstructure")
+		if !f.IsExported() || slices.Contains(commonSettings, name) {
+			continue
+		}
+		found := false
+		for _, names := range kindSettings {
+			found = found || slices.Contains(names, name)
+		}
+		if !found {
+			t.Errorf("setting %s belongs to no kind", name)
+		}
+	}
 }
