@@ -115,34 +115,39 @@ func Open(ctx context.Context, cfg Config) (*SFTP, error) {
 		return nil, fmt.Errorf("sftp: known_hosts file: %w", err)
 	}
 	s := &SFTP{cfg: cfg, auth: signer, hostKeys: hk, slots: make([]*conn, cfg.Connections), done: make(chan struct{})}
-	c, err := s.conn(ctx, 0)
+	c, err := s.conn(ctx, 0) // errors name the server already
 	if err != nil {
 		return nil, err
 	}
-	for _, ext := range []string{"posix-rename@openssh.com"} {
-		if _, ok := c.c.HasExtension(ext); !ok {
-			s.Close()
-			return nil, fmt.Errorf("sftp: %s: the server lacks %s, which atomic puts need", s.name(), ext)
-		}
+	if err := s.openRoot(c); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("sftp: %s: %w", s.name(), err)
+	}
+	return s, nil
+}
+
+// openRoot checks the server's extensions and makes the repository
+// directory (mode 0700), on the first connection.
+func (s *SFTP) openRoot(c *conn) error {
+	if _, ok := c.c.HasExtension("posix-rename@openssh.com"); !ok {
+		return errors.New("the server lacks posix-rename@openssh.com, which atomic puts need")
 	}
 	_, s.fsync = c.c.HasExtension("fsync@openssh.com")
-	root := cfg.Path
+	root := s.cfg.Path
 	if !path.IsAbs(root) {
+		var err error
 		if root, err = c.c.RealPath(root); err != nil {
-			s.Close()
-			return nil, fmt.Errorf("sftp: %s: %w", s.name(), err)
+			return err
 		}
 	}
 	s.root = path.Clean(root)
 	if err := c.c.MkdirAll(s.root); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("sftp: %s: create %s: %w", s.name(), s.root, err)
+		return fmt.Errorf("create %s: %w", s.root, err)
 	}
 	if err := c.c.Chmod(s.root, 0o700); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("sftp: %s: chmod %s: %w", s.name(), s.root, err)
+		return fmt.Errorf("chmod %s: %w", s.root, err)
 	}
-	return s, nil
+	return nil
 }
 
 func (s *SFTP) name() string {
