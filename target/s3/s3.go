@@ -200,7 +200,7 @@ func (s *S3) Get(ctx context.Context, key string, off, length int64) ([]byte, er
 		return nil, s.classify(key, err)
 	}
 	defer o.Close()
-	b, err := io.ReadAll(o)
+	b, err := readBody(o, length)
 	if err != nil {
 		var er minio.ErrorResponse
 		if errors.As(err, &er) && er.Code == "InvalidRange" {
@@ -213,6 +213,21 @@ func (s *S3) Get(ctx context.Context, key string, off, length int64) ([]byte, er
 		return nil, s.classify(key, err)
 	}
 	return b, nil
+}
+
+// readBody reads a GET's body: into one buffer of the asked length (a
+// restore's chunk reads are the hot path), or to the end for length < 0.
+// A shorter object gives what exists.
+func readBody(r io.Reader, length int64) ([]byte, error) {
+	if length < 0 {
+		return io.ReadAll(r)
+	}
+	b := make([]byte, length)
+	n, err := io.ReadFull(r, b)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		err = nil
+	}
+	return b[:n], err
 }
 
 // Stat describes the object with a HEAD.
