@@ -16,8 +16,11 @@ func LVExportName(disk, vg, lv string) string { return disk + "/" + vg + "/" + l
 // PointExports returns the NBD exports of a point: each disk (or only the
 // named one) under its name, and each linear LVM logical volume found on
 // it as "DISK/VG/LV" (see package layout). A disk whose layout cannot be
-// read is still served whole; the problem is logged.
+// read is still served whole; the problem is logged (log may be nil).
 func PointExports(ctx context.Context, repo *target.Repository, m *target.Manifest, disk string, log *slog.Logger) ([]nbd.Export, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	var out []nbd.Export
 	for _, d := range m.Disks {
 		if disk != "" && d.Name != disk {
@@ -30,23 +33,15 @@ func PointExports(ctx context.Context, repo *target.Repository, m *target.Manife
 		src := PointSource{DiskReader: r}
 		desc := m.Domain + " " + m.ID
 		out = append(out, nbd.Export{Name: d.Name, Description: desc, Source: src})
-		parts, err := layout.Partitions(ctx, src)
-		var lvs []layout.LV
-		if err == nil {
-			lvs, err = layout.LVs(ctx, src, parts)
-		}
+		_, lvs, err := layout.Read(ctx, src)
 		if err != nil {
-			if log != nil {
-				log.Warn("disk layout unreadable: logical volumes not served", "disk", d.Name, "err", err)
-			}
+			log.Warn("disk layout unreadable: logical volumes not served", "disk", d.Name, "err", err)
 			continue
 		}
 		for _, lv := range lvs {
 			v, err := layout.NewView(src, lv)
 			if err != nil {
-				if log != nil {
-					log.Info("logical volume not served", "disk", d.Name, "vg", lv.VG, "lv", lv.Name, "why", lv.Unsupported)
-				}
+				log.Info("logical volume not served", "disk", d.Name, "vg", lv.VG, "lv", lv.Name, "why", lv.Unsupported)
 				continue
 			}
 			out = append(out, nbd.Export{Name: LVExportName(d.Name, lv.VG, lv.Name), Description: desc + " " + lv.VG + "/" + lv.Name, Source: v})

@@ -188,8 +188,7 @@ func (e *Engine) Mount(ctx context.Context, r MountRequest) (_ *MountState, err 
 }
 
 // readLayout reads the partition table and the logical volumes of the
-// disk image at path. The partitions are kept when only the volumes cannot
-// be read.
+// disk image at path (see layout.Read).
 func readLayout(ctx context.Context, path string) ([]layout.Partition, []layout.LV, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -200,13 +199,7 @@ func readLayout(ctx context.Context, path string) ([]layout.Partition, []layout.
 	if err != nil {
 		return nil, nil, err
 	}
-	src := nbd.ReaderAtSource(f, fi.Size())
-	parts, err := layout.Partitions(ctx, src)
-	if err != nil {
-		return nil, nil, err
-	}
-	lvs, err := layout.LVs(ctx, src, parts)
-	return parts, lvs, err
+	return layout.Read(ctx, nbd.ReaderAtSource(f, fi.Size()))
 }
 
 // partitionLoops attaches one read-only loop device per partition of the

@@ -56,6 +56,17 @@ type pv struct {
 	text []byte // its current metadata
 }
 
+// Read reads the disk's partition table and the logical volumes on it.
+// When only the volumes cannot be read, the partitions come with the error.
+func Read(ctx context.Context, src Source) ([]Partition, []LV, error) {
+	parts, err := Partitions(ctx, src)
+	if err != nil {
+		return nil, nil, err
+	}
+	lvs, err := LVs(ctx, src, parts)
+	return parts, lvs, err
+}
+
 // LVs scans the partitions of the disk (as Partitions returned them; none:
 // the whole disk) for LVM2 physical volumes and returns the logical
 // volumes of their volume groups, sorted by VG and name. A disk without
