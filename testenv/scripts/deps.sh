@@ -11,7 +11,7 @@ PACKAGES=(
   libnbd-bin nbdkit fuse3
   qemu-guest-agent virtnbdbackup
   zstd e2fsprogs procps busybox-static fdisk fuse3 util-linux
-  openssh-server openssh-client lvm2
+  openssh-server openssh-client lvm2 systemd
 )
 
 say() { echo "deps: $*"; }
