@@ -5,12 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -87,20 +88,19 @@ func RestoreDisk(ctx context.Context, repo *target.Repository, point, disk, dst 
 	if format != "raw" && format != "qcow2" {
 		return fmt.Errorf("restore %s: format %q: want raw or qcow2", disk, format)
 	}
-	fi, statErr := os.Stat(dst)
-	isDev := statErr == nil && fi.Mode()&fs.ModeDevice != 0
-	switch {
-	case statErr == nil && !o.Force:
-		return fmt.Errorf("restore %s to %s: %w", disk, dst, ErrExists)
-	case statErr != nil && !errors.Is(statErr, fs.ErrNotExist):
-		return fmt.Errorf("restore %s: %w", disk, statErr)
-	case isDev && format != "raw":
-		return fmt.Errorf("restore %s to device %s: only raw can go to a device", disk, dst)
+	var qopts []string
+	if format == "qcow2" {
+		if qopts, err = qcow2Options(dm.FormatDetails); err != nil {
+			return fmt.Errorf("restore %s: point %s: %w", disk, point, err)
+		}
 	}
-	created := !isDev
+	dest, err := openDestination(dst, format, o.Force)
+	if err != nil {
+		return fmt.Errorf("restore %s to %s: %w", disk, dst, err)
+	}
 	defer func() {
-		if err != nil && created {
-			os.Remove(dst)
+		if err != nil {
+			dest.discard()
 		}
 	}()
 	progress := func(done int64) {
@@ -109,17 +109,20 @@ func RestoreDisk(ctx context.Context, repo *target.Repository, point, disk, dst 
 		}
 	}
 	if format == "raw" {
-		err = restoreRaw(ctx, d, dst, isDev, progress)
+		err = restoreRaw(ctx, d, dest, progress)
 	} else {
-		err = restoreQcow2(ctx, d, dst, dm.FormatDetails, progress)
+		err = restoreQcow2(ctx, d, dest.path, qopts, progress)
 	}
 	if err != nil {
 		return fmt.Errorf("restore %s: %w", disk, err)
 	}
 	if o.Verify {
-		if err = verifyRestore(ctx, d, dst, format); err != nil {
+		if err = verifyRestore(ctx, d, dest.path, format); err != nil {
 			return fmt.Errorf("restore %s: verify: %w", disk, err)
 		}
+	}
+	if err = dest.commit(); err != nil {
+		return fmt.Errorf("restore %s to %s: %w", disk, dst, err)
 	}
 	return nil
 }
@@ -184,16 +187,8 @@ func (r diskReader) Read(ctx context.Context, p []byte, off int64) error {
 	return r.d.ReadAt(ctx, p, off)
 }
 
-func restoreRaw(ctx context.Context, d *target.DiskReader, dst string, isDev bool, progress func(int64)) error {
-	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
-	if isDev {
-		flags = os.O_WRONLY
-	}
-	f, err := os.OpenFile(dst, flags, 0o600)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
+func restoreRaw(ctx context.Context, d *target.DiskReader, dest *destination, progress func(int64)) error {
+	f, isDev := dest.f, dest.device
 	if isDev {
 		// A device holds old data: zero it where the point is zero.
 		size, err := f.Seek(0, 2)
@@ -201,7 +196,7 @@ func restoreRaw(ctx context.Context, d *target.DiskReader, dst string, isDev boo
 			return err
 		}
 		if size < d.Size() {
-			return fmt.Errorf("device %s has %d bytes, the disk needs %d", dst, size, d.Size())
+			return fmt.Errorf("device %s has %d bytes, the disk needs %d", dest.final, size, d.Size())
 		}
 		err = d.Allocated(ctx, 0, d.Size(), func(off, n int64, zero bool) error {
 			if !zero {
@@ -242,17 +237,7 @@ func restoreRaw(ctx context.Context, d *target.DiskReader, dst string, isDev boo
 // qemu-img convert, reading the point from an in-process NBD server: it
 // skips the holes the server reports, writes with 8 requests in flight,
 // out of order, and never writes zero blocks.
-func restoreQcow2(ctx context.Context, d *target.DiskReader, dst string, details map[string]any, progress func(int64)) error {
-	opts := []string{}
-	if v, ok := details["cluster_size"].(float64); ok && v > 0 {
-		opts = append(opts, fmt.Sprintf("cluster_size=%d", int64(v)))
-	}
-	if v, ok := details["compat"].(string); ok && v != "" {
-		opts = append(opts, "compat="+v)
-	}
-	if v, ok := details["compression_type"].(string); ok && v != "" {
-		opts = append(opts, "compression_type="+v)
-	}
+func restoreQcow2(ctx context.Context, d *target.DiskReader, dst string, opts []string, progress func(int64)) error {
 	dir, err := os.MkdirTemp("", "vk-restore-")
 	if err != nil {
 		return err
@@ -309,6 +294,61 @@ func restoreQcow2(ctx context.Context, d *target.DiskReader, dst string, details
 	}
 	defer f.Close()
 	return f.Sync()
+}
+
+// ErrFormatDetails is wrapped by errors for a point's qcow2 details that
+// are not on the allow-list: they come from the repository, which an
+// attacker may have written, and reach qemu-img's command line.
+var ErrFormatDetails = errors.New("format details not allowed")
+
+// qcow2Options turns a point's saved qcow2 details into qemu-img create
+// options. Every option and value is allow-listed: a value such as
+// "1.1,data_file=/etc/x" would otherwise make qemu-img (as root) create or
+// truncate any file.
+func qcow2Options(details map[string]any) ([]string, error) {
+	bad := func(field string, v any) error {
+		return fmt.Errorf("format_details.%s = %#v: %w", field, v, ErrFormatDetails)
+	}
+	var opts []string
+	for _, k := range slices.Sorted(maps.Keys(details)) {
+		v := details[k]
+		switch k {
+		case "cluster_size":
+			n, ok := v.(float64)
+			// qcow2 clusters are a power of two from 512 B to 2 MiB.
+			if !ok || n != float64(int64(n)) || n < 512 || n > 2<<20 || int64(n)&(int64(n)-1) != 0 {
+				return nil, bad(k, v)
+			}
+			opts = append(opts, fmt.Sprintf("cluster_size=%d", int64(n)))
+		case "compat":
+			s, ok := v.(string)
+			if !ok || (s != "" && s != "0.10" && s != "1.1" && s != "v2" && s != "v3") {
+				return nil, bad(k, v)
+			}
+			if s != "" {
+				opts = append(opts, "compat="+s)
+			}
+		case "compression_type":
+			s, ok := v.(string)
+			if !ok || (s != "" && s != "zlib" && s != "zstd") {
+				return nil, bad(k, v)
+			}
+			if s != "" {
+				opts = append(opts, "compression_type="+s)
+			}
+		case "lazy_refcounts", "extended_l2":
+			on, ok := v.(bool)
+			if !ok {
+				return nil, bad(k, v)
+			}
+			if on {
+				opts = append(opts, k+"=on")
+			}
+		default:
+			return nil, bad(k, v)
+		}
+	}
+	return opts, nil
 }
 
 // firstError is a PointSource that remembers the first read error.
