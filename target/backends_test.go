@@ -221,6 +221,10 @@ func TestSweepTempSFTP(t *testing.T) {
 	srv := testenv.SSHD(t)
 	b := sftpBackend(t, srv, 1)
 	defer b.Close()
-	dir := strings.TrimPrefix(b.Properties().Name, fmt.Sprintf("sftp:%s@%s:%d:", srv.User, srv.Host, srv.Port))
-	testSweep(t, b, dir)
+	testSweep(t, b, sftpDir(b, srv))
+}
+
+// sftpDir is where b keeps its files on this host.
+func sftpDir(b *sftp.SFTP, srv *testenv.SSHServer) string {
+	return strings.TrimPrefix(b.Properties().Name, fmt.Sprintf("sftp:%s@%s:%d:", srv.User, srv.Host, srv.Port))
 }

@@ -77,12 +77,18 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 	journal := map[string]journalEntry{}
 	err := r.b.List(ctx, "journal/", func(fi ObjectInfo) error {
 		id := strings.TrimPrefix(fi.Key, "journal/")
-		obj, err := r.b.Get(ctx, fi.Key, 0, -1)
-		if err != nil {
+		var je journalEntry
+		obj, err := r.getEnvelope(ctx, typeJournal, fi.Key)
+		if errors.Is(err, ErrNotFound) {
+			return nil // deleted meanwhile
+		}
+		if err != nil && !errors.Is(err, ErrCorrupt) {
 			return err
 		}
-		var je journalEntry
-		plain, err := r.codec.open(typeJournal, obj)
+		var plain []byte
+		if err == nil {
+			plain, err = r.codec.open(typeJournal, obj)
+		}
 		if err == nil {
 			err = jsonUnmarshal(plain, &je)
 		}
@@ -141,13 +147,9 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 			}
 		}
 		for _, d := range m.Disks {
-			rt, err := r.loadRoot(ctx, d.Root)
+			rt, err := r.diskRoot(ctx, &d)
 			if err != nil {
 				add("index root of disk "+d.Name, err, label)
-				continue
-			}
-			if rt.size != d.VirtualSize {
-				add("index root of disk "+d.Name, corrupt("index says %d bytes, manifest %d", rt.size, d.VirtualSize), label)
 				continue
 			}
 			for p, pid := range rt.pages {
@@ -206,7 +208,7 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 		for _, m := range manifests {
 			label := pointLabel(m.ID, m.Domain, m.Time)
 			for _, d := range m.Disks {
-				rt, err := r.loadRoot(ctx, d.Root)
+				rt, err := r.diskRoot(ctx, &d)
 				if err != nil {
 					continue
 				}

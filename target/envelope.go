@@ -74,8 +74,19 @@ func maxPlain(typ byte, chunkSize int) int {
 	case typePage:
 		return pageEntries * 32
 	default:
-		return 64 << 20
+		return maxObjectPlain
 	}
+}
+
+// maxObjectPlain bounds the plaintext of roots, manifests, journal entries
+// and blobs.
+const maxObjectPlain = 64 << 20
+
+// maxObject is the most bytes a stored object of type typ can have: its
+// plaintext limit plus the envelope (compression is only kept when it is
+// smaller than the plaintext).
+func maxObject(typ byte, chunkSize int) int64 {
+	return int64(maxPlain(typ, chunkSize)) + headerLen + nonceLen + tagLen
 }
 
 // codec seals and opens envelopes and computes IDs for one repository.
@@ -108,7 +119,11 @@ func newCodec(compress bool, chunkSize int, keys *subkeys) (*codec, error) {
 		return e
 	}
 	c.decPool.New = func() any {
-		d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(128<<20))
+		// DecodeAll never decodes past the capacity it is given (the
+		// envelope's declared length): a frame without a content size must
+		// not inflate an 11 KiB object into hundreds of MiB.
+		d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxObjectPlain),
+			zstd.WithDecodeAllCapLimit(true))
 		return d
 	}
 	return c, nil
@@ -217,6 +232,9 @@ func (c *codec) open(typ byte, obj []byte) ([]byte, error) {
 		return nil, corrupt("compressed frame of %d bytes, header says %d", fs, plainLen)
 	}
 	out, err := dec.DecodeAll(body, out)
+	if errors.Is(err, zstd.ErrDecoderSizeExceeded) || len(out) > plainLen {
+		return nil, corrupt("compressed frame inflates past the %d bytes the header says", plainLen)
+	}
 	if err != nil {
 		return nil, corrupt("decompress: %v", err)
 	}

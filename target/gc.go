@@ -68,7 +68,7 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 			live[objectKey(typeBlob, id)] = true
 		}
 		for _, d := range m.Disks {
-			rt, err := r.loadRoot(ctx, d.Root)
+			rt, err := r.diskRoot(ctx, &d)
 			if err != nil {
 				return st, fmt.Errorf("gc: point %s disk %s, nothing swept: %w", m.ID, d.Name, err)
 			}

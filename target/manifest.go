@@ -129,7 +129,7 @@ func (r *Repository) Point(ctx context.Context, id string) (*Manifest, error) {
 	if err := checkPointID(id); err != nil {
 		return nil, err
 	}
-	obj, err := r.b.Get(ctx, "points/"+id, 0, -1)
+	obj, err := r.getEnvelope(ctx, typeManifst, "points/"+id)
 	if errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("point %s: %w", id, ErrNoPoint)
 	}

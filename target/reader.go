@@ -31,12 +31,9 @@ func (r *Repository) OpenDisk(ctx context.Context, point, disk string) (*DiskRea
 	if err != nil {
 		return nil, err
 	}
-	rt, err := r.loadRoot(ctx, d.Root)
+	rt, err := r.diskRoot(ctx, d)
 	if err != nil {
 		return nil, fmt.Errorf("point %s disk %s: %w", point, disk, err)
-	}
-	if rt.size != d.VirtualSize {
-		return nil, fmt.Errorf("point %s disk %s: %w", point, disk, corrupt("index says %d bytes, manifest %d", rt.size, d.VirtualSize))
 	}
 	return &DiskReader{r: r, m: m, disk: d, rt: rt, pages: map[int64][]ID{}, chunks: newLRU(32)}, nil
 }

@@ -238,12 +238,27 @@ func (r *Repository) putWithID(ctx context.Context, typ byte, id ID, plain []byt
 	return int64(len(obj)), nil
 }
 
+// getEnvelope loads the whole object at key, which must be of type typ: it
+// reads at most what such an object can hold, so a huge object planted on
+// the target costs no more memory than a legitimate one.
+func (r *Repository) getEnvelope(ctx context.Context, typ byte, key string) ([]byte, error) {
+	limit := maxObject(typ, r.cfg.ChunkSize)
+	obj, err := r.b.Get(ctx, key, 0, limit+1)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", key, err)
+	}
+	if int64(len(obj)) > limit {
+		return nil, fmt.Errorf("%s: %w", key, corrupt("object is larger than the %d bytes its type allows", limit))
+	}
+	return obj, nil
+}
+
 // getObject loads, opens and verifies a content-addressed object.
 func (r *Repository) getObject(ctx context.Context, typ byte, id ID) ([]byte, error) {
 	key := objectKey(typ, id)
-	obj, err := r.b.Get(ctx, key, 0, -1)
+	obj, err := r.getEnvelope(ctx, typ, key)
 	if err != nil {
-		return nil, fmt.Errorf("load %s: %w", key, err)
+		return nil, err
 	}
 	plain, err := r.codec.open(typ, obj)
 	if err != nil {

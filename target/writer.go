@@ -178,7 +178,7 @@ func (pw *PointWriter) AddDisk(ctx context.Context, s DiskSpec) (*DiskWriter, er
 		if err != nil {
 			return nil, fmt.Errorf("disk %s: base: %w", s.Name, err)
 		}
-		if dw.base, err = pw.r.loadRoot(ctx, bd.Root); err != nil {
+		if dw.base, err = pw.r.diskRoot(ctx, bd); err != nil {
 			return nil, fmt.Errorf("disk %s: base point %s: %w", s.Name, s.Base, err)
 		}
 		dw.basePage = -1
@@ -187,6 +187,20 @@ func (pw *PointWriter) AddDisk(ctx context.Context, s DiskSpec) (*DiskWriter, er
 	pw.disks = append(pw.disks, dw)
 	pw.mu.Unlock()
 	return dw, nil
+}
+
+// diskRoot loads the index root of a point's disk and checks it against
+// the manifest: a root that claims another size than the disk would make
+// readers and writers walk pages that are not there.
+func (r *Repository) diskRoot(ctx context.Context, d *DiskManifest) (*root, error) {
+	rt, err := r.loadRoot(ctx, d.Root)
+	if err != nil {
+		return nil, err
+	}
+	if rt.size != d.VirtualSize {
+		return nil, corrupt("index says %d bytes, manifest %d", rt.size, d.VirtualSize)
+	}
+	return rt, nil
 }
 
 func (r *Repository) loadRoot(ctx context.Context, hexID string) (*root, error) {

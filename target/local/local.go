@@ -155,12 +155,13 @@ func (l *Local) Get(ctx context.Context, key string, off, length int64) ([]byte,
 	if off < 0 {
 		return nil, fmt.Errorf("local: get %s: negative offset %d", key, off)
 	}
-	if length < 0 {
-		fi, err := f.Stat()
-		if err != nil {
-			return nil, fmt.Errorf("local: %w", err)
-		}
-		length = max(fi.Size()-off, 0)
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("local: %w", err)
+	}
+	// Allocate what exists, never more than asked.
+	if left := max(fi.Size()-off, 0); length < 0 || length > left {
+		length = left
 	}
 	b := make([]byte, length)
 	n, err := f.ReadAt(b, off)

@@ -195,15 +195,12 @@ func (s *S3) Get(ctx context.Context, key string, off, length int64) ([]byte, er
 	if err != nil {
 		return nil, fmt.Errorf("s3: get %s: %w", key, err)
 	}
-	o, err := s.c.GetObject(ctx, s.cfg.Bucket, obj, opts)
-	if err != nil {
-		return nil, s.classify(key, err)
-	}
-	defer o.Close()
-	b, err := readBody(o, length)
+	// One request whose response says how long the body is, so the
+	// buffer is never larger than what the server sends.
+	body, oi, _, err := minio.Core{Client: s.c}.GetObject(ctx, s.cfg.Bucket, obj, opts)
 	if err != nil {
 		var er minio.ErrorResponse
-		if errors.As(err, &er) && er.Code == "InvalidRange" {
+		if errors.As(err, &er) && (er.Code == "InvalidRange" || er.StatusCode == http.StatusRequestedRangeNotSatisfiable) {
 			// Reading past the end returns what exists: nothing.
 			if _, serr := s.Stat(ctx, key); serr != nil {
 				return nil, serr
@@ -212,15 +209,20 @@ func (s *S3) Get(ctx context.Context, key string, off, length int64) ([]byte, er
 		}
 		return nil, s.classify(key, err)
 	}
+	defer body.Close()
+	b, err := readBody(body, oi.Size, length)
+	if err != nil {
+		return nil, s.classify(key, err)
+	}
 	return b, nil
 }
 
-// readBody reads a GET's body: into one buffer of the asked length (a
-// restore's chunk reads are the hot path), or to the end for length < 0.
-// A shorter object gives what exists.
-func readBody(r io.Reader, length int64) ([]byte, error) {
-	if length < 0 {
-		return io.ReadAll(r)
+// readBody reads a GET's body of size bytes (as the response says) into
+// one buffer: the asked length, or less when the object is shorter (a
+// restore's chunk reads are the hot path). length < 0 reads it all.
+func readBody(r io.Reader, size, length int64) ([]byte, error) {
+	if length < 0 || (size >= 0 && size < length) {
+		length = max(size, 0)
 	}
 	b := make([]byte, length)
 	n, err := io.ReadFull(r, b)

@@ -355,13 +355,14 @@ func (s *SFTP) Get(ctx context.Context, key string, off, length int64) ([]byte, 
 			return err
 		}
 		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		// Allocate what exists, never more than asked.
 		n := length
-		if n < 0 {
-			fi, err := f.Stat()
-			if err != nil {
-				return err
-			}
-			n = max(fi.Size()-off, 0)
+		if left := max(fi.Size()-off, 0); n < 0 || n > left {
+			n = left
 		}
 		b := make([]byte, n)
 		got, err := f.ReadAt(b, off)
