@@ -2,6 +2,8 @@ package target
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sort"
@@ -14,6 +16,11 @@ type CheckOptions struct {
 	// ReadData re-reads and re-hashes every chunk; without it, chunks are
 	// only checked to exist.
 	ReadData bool
+	// Quarantine moves the chunks ReadData found damaged out of the way
+	// (to damaged/...), under the exclusive lock: a backup then no longer
+	// takes them as stored, and the next one that reads their data
+	// stores them again, which heals every point that references them.
+	Quarantine bool
 }
 
 // Problem is one thing Check found wrong, with the points it affects.
@@ -30,21 +37,52 @@ type CheckReport struct {
 	ChunksRead  int       `json:"chunks_read"`
 	Problems    []Problem `json:"problems"`
 	Unjournaled []string  `json:"unjournaled,omitempty"` // manifests without a journal entry (harmless)
+	Strays      []string  `json:"strays,omitempty"`      // objects under points/ that are no point
+	// Quarantined lists the damaged chunks moved under damaged/, so that
+	// the next backup holding their data stores them anew.
+	Quarantined []string `json:"quarantined,omitempty"`
+	// QuarantineError says why damaged chunks were left in place.
+	QuarantineError string `json:"quarantine_error,omitempty"`
 }
 
 // OK reports whether nothing is damaged.
 func (c *CheckReport) OK() bool { return len(c.Problems) == 0 }
 
 func (c *CheckReport) String() string {
-	if c.OK() {
-		return fmt.Sprintf("no problems in %d points, %d chunks (%d read)", c.Points, c.Chunks, c.ChunksRead)
-	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d problems in %d points:\n", len(c.Problems), c.Points)
-	for _, p := range c.Problems {
-		fmt.Fprintf(&b, "  %s: %s; affects %s\n", p.Object, p.Error, strings.Join(p.Points, ", "))
+	if c.OK() {
+		fmt.Fprintf(&b, "no problems in %d points, %d chunks (%d read)", c.Points, c.Chunks, c.ChunksRead)
+	} else {
+		fmt.Fprintf(&b, "%d problems in %d points:\n", len(c.Problems), c.Points)
+		for _, p := range c.Problems {
+			fmt.Fprintf(&b, "  %s: %s; affects %s\n", p.Object, p.Error, strings.Join(p.Points, ", "))
+		}
+	}
+	for _, s := range c.Strays {
+		fmt.Fprintf(&b, "\n  %s: not a point (ignored)", s)
+	}
+	if len(c.Quarantined) > 0 {
+		fmt.Fprintf(&b, "\n  %d damaged chunks moved under damaged/: the next backup of their data stores them again", len(c.Quarantined))
+	}
+	if c.QuarantineError != "" {
+		fmt.Fprintf(&b, "\n  damaged chunks left in place: %s", c.QuarantineError)
 	}
 	return b.String()
+}
+
+// checkManifest reads point id's manifest and checks it against its
+// journal entry's hash, when it has one.
+func (r *Repository) checkManifest(ctx context.Context, id string, journal map[string]journalEntry) (*Manifest, error) {
+	obj, err := r.getEnvelope(ctx, typeManifst, "points/"+id)
+	if err != nil {
+		return nil, err
+	}
+	if je, ok := journal[id]; ok {
+		if sum := sha256.Sum256(obj); hex.EncodeToString(sum[:]) != je.Manifest {
+			return nil, corrupt("manifest does not hash to its journal entry's %.16s…", je.Manifest)
+		}
+	}
+	return r.openManifest(id, obj)
 }
 
 func pointLabel(id, domain string, t time.Time) string {
@@ -102,19 +140,15 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 	if err != nil {
 		return nil, fmt.Errorf("check: list journal: %w", err)
 	}
-	var ids []string
-	if err := r.b.List(ctx, "points/", func(fi ObjectInfo) error {
-		ids = append(ids, strings.TrimPrefix(fi.Key, "points/"))
-		return nil
-	}); err != nil {
+	ids, err := r.pointIDs(ctx, func(key string) { rep.Strays = append(rep.Strays, key) })
+	if err != nil {
 		return nil, fmt.Errorf("check: list points: %w", err)
 	}
-	sort.Strings(ids)
 	have := map[string]bool{}
 	var manifests []*Manifest
 	for _, id := range ids {
 		have[id] = true
-		m, err := r.Point(ctx, id)
+		m, err := r.checkManifest(ctx, id, journal)
 		if err != nil {
 			label := id
 			if je, ok := journal[id]; ok {
@@ -226,6 +260,9 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 			}
 		}
 	}
+	if o.Quarantine && o.ReadData {
+		r.quarantine(ctx, bad, rep)
+	}
 	for _, p := range problems {
 		sort.Strings(p.Points)
 		rep.Problems = append(rep.Problems, *p)
@@ -233,4 +270,47 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 	sort.Slice(rep.Problems, func(i, j int) bool { return rep.Problems[i].Object < rep.Problems[j].Object })
 	sort.Strings(rep.Unjournaled)
 	return rep, nil
+}
+
+// quarantine moves damaged (not missing) chunks to damaged/<key> under the
+// exclusive lock, after reading each once more.
+func (r *Repository) quarantine(ctx context.Context, bad map[ID]error, rep *CheckReport) {
+	var damaged []ID
+	for id, err := range bad {
+		if errors.Is(err, ErrCorrupt) {
+			damaged = append(damaged, id)
+		}
+	}
+	if len(damaged) == 0 {
+		return
+	}
+	lock, err := r.Lock(ctx, true)
+	if err != nil {
+		rep.QuarantineError = err.Error()
+		return
+	}
+	defer lock.Unlock(ctx)
+	for _, id := range damaged {
+		key := objectKey(typeChunk, id)
+		if _, err := r.getObject(ctx, typeChunk, id); !errors.Is(err, ErrCorrupt) {
+			continue // rewritten meanwhile, or unreadable for another reason
+		}
+		obj, err := r.b.Get(ctx, key, 0, maxObject(typeChunk, r.cfg.ChunkSize))
+		if err == nil {
+			err = r.b.Put(ctx, "damaged/"+key, obj)
+		}
+		if err == nil {
+			err = r.b.Delete(ctx, key)
+		}
+		if err != nil {
+			rep.QuarantineError = fmt.Sprintf("%s: %v", key, err)
+			return
+		}
+		r.log.Warn("check: damaged chunk moved aside; the next backup of its data stores it again", "chunk", key)
+		rep.Quarantined = append(rep.Quarantined, key)
+	}
+	sort.Strings(rep.Quarantined)
+	if err := r.b.Sync(ctx); err != nil {
+		rep.QuarantineError = err.Error()
+	}
 }

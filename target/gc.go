@@ -2,6 +2,7 @@ package target
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -52,6 +53,10 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 	live := map[string]bool{}
 	var markErr error
 	points, err := r.Points(ctx, func(id string, err error) {
+		if errors.Is(err, ErrStray) {
+			r.log.Warn("gc: ignoring an object that is no point", "err", err)
+			return
+		}
 		if markErr == nil {
 			markErr = fmt.Errorf("gc: point %s unreadable, nothing swept: %w", id, err)
 		}

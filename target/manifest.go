@@ -136,6 +136,11 @@ func (r *Repository) Point(ctx context.Context, id string) (*Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("point %s: %w", id, err)
 	}
+	return r.openManifest(id, obj)
+}
+
+// openManifest opens and checks the stored manifest object of point id.
+func (r *Repository) openManifest(id string, obj []byte) (*Manifest, error) {
 	plain, err := r.codec.open(typeManifst, obj)
 	if err != nil {
 		return nil, fmt.Errorf("point %s: manifest: %w", id, err)
@@ -150,25 +155,44 @@ func (r *Repository) Point(ctx context.Context, id string) (*Manifest, error) {
 	return m, nil
 }
 
-// Points lists every point's manifest, oldest first (by time). A manifest that cannot
-// be read is reported to bad (if not nil) and left out.
-func (r *Repository) Points(ctx context.Context, bad func(id string, err error)) ([]*Manifest, error) {
+// ErrStray is wrapped by the error Points reports for an object under
+// points/ whose name is no point ID: not a manifest (a file an operator or
+// another tool left), so it neither stops GC nor counts as damage.
+var ErrStray = errors.New("not a point: stray object under points/")
+
+// pointIDs lists the names under points/; those that are no point ID go to
+// stray.
+func (r *Repository) pointIDs(ctx context.Context, stray func(key string)) ([]string, error) {
 	var ids []string
 	err := r.b.List(ctx, "points/", func(fi ObjectInfo) error {
-		ids = append(ids, strings.TrimPrefix(fi.Key, "points/"))
+		id := strings.TrimPrefix(fi.Key, "points/")
+		if checkPointID(id) != nil {
+			stray(fi.Key)
+			return nil
+		}
+		ids = append(ids, id)
 		return nil
 	})
+	sort.Strings(ids)
+	return ids, err
+}
+
+// Points lists every point's manifest, oldest first (by time). A manifest
+// that cannot be read is reported to bad (if not nil) and left out; so is
+// a stray object under points/, with an error wrapping ErrStray.
+func (r *Repository) Points(ctx context.Context, bad func(id string, err error)) ([]*Manifest, error) {
+	if bad == nil {
+		bad = func(string, error) {}
+	}
+	ids, err := r.pointIDs(ctx, func(key string) { bad(strings.TrimPrefix(key, "points/"), fmt.Errorf("%s: %w", key, ErrStray)) })
 	if err != nil {
 		return nil, err
 	}
-	sort.Strings(ids)
 	out := make([]*Manifest, 0, len(ids))
 	for _, id := range ids {
 		m, err := r.Point(ctx, id)
 		if err != nil {
-			if bad != nil {
-				bad(id, err)
-			}
+			bad(id, err)
 			continue
 		}
 		out = append(out, m)

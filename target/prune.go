@@ -180,9 +180,21 @@ func (r *Repository) Prune(ctx context.Context, domain string, p Retention, dryR
 		}
 		defer lock.Unlock(ctx)
 	}
-	all, err := r.Points(ctx, nil)
+	// A manifest that cannot be read could be the newest point of a
+	// domain: deciding without it would remove points the rules keep.
+	var unreadable error
+	all, err := r.Points(ctx, func(id string, err error) {
+		if errors.Is(err, ErrStray) {
+			r.log.Warn("prune: ignoring an object that is no point", "err", err)
+		} else if unreadable == nil {
+			unreadable = fmt.Errorf("prune: point %s unreadable, nothing removed: %w", id, err)
+		}
+	})
 	if err != nil {
 		return nil, err
+	}
+	if unreadable != nil {
+		return nil, unreadable
 	}
 	var points []*Manifest
 	for _, m := range all {

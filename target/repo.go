@@ -224,14 +224,26 @@ func (r *Repository) putObject(ctx context.Context, typ byte, plain []byte) (ID,
 }
 
 // putWithID is putObject for a plaintext whose ID is known.
+//
+// An object already stored under the key is reused only when it has the
+// length that sealing plain gives (compression and sealing are
+// deterministic in length): a torn object (a power loss on a backend that
+// renamed before the data was durable, a truncation) is written anew
+// instead of being referenced by every later point with the same data.
+// Objects written by a virtkeep whose compressor differs are rewritten
+// once, which costs an upload and loses nothing.
 func (r *Repository) putWithID(ctx context.Context, typ byte, id ID, plain []byte) (int64, error) {
 	key := objectKey(typ, id)
-	if fi, err := r.b.Stat(ctx, key); err == nil && fi.Size > headerLen {
+	obj := r.codec.seal(typ, plain)
+	fi, err := r.b.Stat(ctx, key)
+	switch {
+	case err == nil && fi.Size == int64(len(obj)):
 		return 0, nil
-	} else if err != nil && !errors.Is(err, ErrNotFound) {
+	case err == nil:
+		r.log.Warn("stored object has the wrong length: writing it anew", "object", key, "size", fi.Size, "want", len(obj))
+	case !errors.Is(err, ErrNotFound):
 		return 0, fmt.Errorf("stat %s: %w", key, err)
 	}
-	obj := r.codec.seal(typ, plain)
 	if err := r.b.Put(ctx, key, obj); err != nil {
 		return 0, fmt.Errorf("store %s: %w", key, err)
 	}

@@ -76,7 +76,7 @@ func newVerifyCmd(a *app) *cobra.Command {
 			bad := false
 			reports := map[string]*target.CheckReport{}
 			for _, tp := range tps {
-				rep, err := tp.repo.Check(ctx, target.CheckOptions{ReadData: readData})
+				rep, err := tp.repo.Check(ctx, target.CheckOptions{ReadData: readData, Quarantine: readData})
 				if err != nil {
 					return fmt.Errorf("target %s: %w", tp.cfg.Name, err)
 				}

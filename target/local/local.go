@@ -12,8 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/virtkeep/virtkeep/target"
 )
 
@@ -21,8 +19,8 @@ import (
 type Config struct {
 	// Path is the repository directory; it is created if missing.
 	Path string
-	// FsyncEach makes every Put fsync its file and directory before it
-	// returns (slower; Sync does the same work once).
+	// FsyncEach makes every Put fsync its directory before it returns
+	// (slower; Sync does the same work once for all puts).
 	FsyncEach bool
 }
 
@@ -32,13 +30,10 @@ type Local struct {
 
 	mu    sync.Mutex
 	dirty map[string]struct{} // directories with renames not yet fsynced
-	files []string            // files put since the last Sync
-}
 
-// syncfsAbove is how many files since the last Sync make syncfs(2) cheaper
-// than fsyncing each: syncfs also flushes unrelated dirty data of the file
-// system, which can cost seconds on a busy host.
-const syncfsAbove = 2048
+	syncMu  sync.Mutex // one Sync at a time, so each covers every put before it
+	syncErr error      // a failed fsync: sticky, the kernel reports it once
+}
 
 var _ target.Backend = (*Local)(nil)
 
@@ -65,7 +60,10 @@ func (l *Local) path(key string) (string, error) {
 	return filepath.Join(l.cfg.Path, filepath.FromSlash(key)), nil
 }
 
-// Put writes data to a temporary file and renames it over key.
+// Put writes data to a temporary file, fsyncs it and renames it over key.
+// The rename comes only after the data is durable, so after a power loss
+// the key holds the old object or the new one, never a torn one; Sync
+// makes the renames themselves durable.
 func (l *Local) Put(ctx context.Context, key string, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -81,7 +79,7 @@ func (l *Local) Put(ctx context.Context, key string, data []byte) error {
 	}
 	tmp := f.Name()
 	_, err = f.Write(data)
-	if err == nil && l.cfg.FsyncEach {
+	if err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -99,9 +97,6 @@ func (l *Local) Put(ctx context.Context, key string, data []byte) error {
 	}
 	l.mu.Lock()
 	l.dirty[dir] = struct{}{}
-	if len(l.files) <= syncfsAbove {
-		l.files = append(l.files, p)
-	}
 	l.mu.Unlock()
 	return nil
 }
@@ -123,7 +118,10 @@ func (l *Local) createTemp(dir string) (*os.File, error) {
 	return f, nil
 }
 
-func syncDir(dir string) error {
+// syncDir fsyncs a directory (a variable: tests observe and fail it).
+var syncDir = fsyncDir
+
+func fsyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("local: sync %s: %w", dir, err)
@@ -229,32 +227,43 @@ func (l *Local) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
-// Sync makes every put since the last Sync durable: it fsyncs the files
-// (or, after many, flushes the whole file system with syncfs) and then the
-// directories that gained or lost entries.
+// Sync makes every put and delete before it durable: the files were
+// fsynced by Put, so it fsyncs the directories that gained or lost
+// entries. Concurrent Syncs (several jobs on one backend) run one at a
+// time, so a Sync that finds nothing left to do returns only after the
+// Sync that took its directories has finished. A failed fsync is returned
+// by that Sync and by every later one: after it the kernel may have
+// dropped the data and will not say so again.
 func (l *Local) Sync(ctx context.Context) error {
-	l.mu.Lock()
-	dirs, files := l.dirty, l.files
-	l.dirty, l.files = map[string]struct{}{}, nil
-	l.mu.Unlock()
-	if len(files) > syncfsAbove {
-		d, err := os.Open(l.cfg.Path)
-		if err != nil {
-			return fmt.Errorf("local: sync: %w", err)
-		}
-		defer d.Close()
-		if err := unix.Syncfs(int(d.Fd())); err != nil {
-			return fmt.Errorf("local: syncfs: %w", err)
-		}
-	} else if err := fsyncAll(ctx, files); err != nil {
-		return err
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	if l.syncErr != nil {
+		return l.syncErr
 	}
+	l.mu.Lock()
+	dirs := l.dirty
+	l.dirty = map[string]struct{}{}
+	l.mu.Unlock()
 	for dir := range dirs {
+		if err := ctx.Err(); err != nil {
+			l.redirty(dirs)
+			return err
+		}
 		if err := syncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			l.syncErr = err
 			return err
 		}
 	}
 	return nil
+}
+
+// redirty gives directories back to the next Sync.
+func (l *Local) redirty(dirs map[string]struct{}) {
+	l.mu.Lock()
+	for d := range dirs {
+		l.dirty[d] = struct{}{}
+	}
+	l.mu.Unlock()
 }
 
 // Properties describes the backend.
@@ -264,54 +273,6 @@ func (l *Local) Properties() target.Properties {
 
 // Close does nothing.
 func (l *Local) Close() error { return nil }
-
-// fsyncAll fsyncs files, several at once (the journal commits them together).
-func fsyncAll(ctx context.Context, files []string) error {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var first error
-	work := make(chan string)
-	for i := 0; i < 8; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for p := range work {
-				err := fsyncFile(p)
-				if err != nil && !errors.Is(err, fs.ErrNotExist) { // replaced or deleted since: nothing to keep
-					mu.Lock()
-					if first == nil {
-						first = err
-					}
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	for _, p := range files {
-		if ctx.Err() != nil {
-			break
-		}
-		work <- p
-	}
-	close(work)
-	wg.Wait()
-	if first == nil {
-		first = ctx.Err()
-	}
-	return first
-}
-
-func fsyncFile(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("local: fsync %s: %w", p, err)
-	}
-	return nil
-}
 
 var _ target.TempSweeper = (*Local)(nil)
 
