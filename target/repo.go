@@ -112,6 +112,9 @@ type OpenOptions struct {
 	Now func() time.Time
 	// Host names this host in manifests and locks.
 	Host string
+	// LockStale is how long an unrefreshed lock stays valid (default
+	// DefaultLockStale). Every host using the repository must agree.
+	LockStale time.Duration
 }
 
 // Repository is an open repository. It is safe for concurrent use.
@@ -121,8 +124,10 @@ type Repository struct {
 	codec  *codec
 	log    *slog.Logger
 	now    func() time.Time
-	host   string
 	worker int
+
+	owner     Owner
+	lockStale time.Duration
 }
 
 // Open opens the repository in b.
@@ -161,7 +166,7 @@ func Open(ctx context.Context, b Backend, o OpenOptions) (*Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Repository{b: b, cfg: cfg, codec: c, log: o.Logger, now: o.Now, host: o.Host, worker: o.Workers}
+	r := &Repository{b: b, cfg: cfg, codec: c, log: o.Logger, now: o.Now, worker: o.Workers}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -170,6 +175,10 @@ func Open(ctx context.Context, b Backend, o OpenOptions) (*Repository, error) {
 	}
 	if r.worker <= 0 {
 		r.worker = max(4, 2*runtime.GOMAXPROCS(0))
+	}
+	r.owner, r.lockStale = localOwner(o.Host), o.LockStale
+	if r.lockStale <= 0 {
+		r.lockStale = DefaultLockStale
 	}
 	return r, nil
 }

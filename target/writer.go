@@ -85,10 +85,7 @@ func (r *Repository) NewPoint(ctx context.Context, s PointSpec) (*PointWriter, e
 	if err != nil {
 		return nil, fmt.Errorf("new point: %w", err)
 	}
-	host := r.host
-	if host == "" {
-		host = lock.info.Host
-	}
+	host := r.owner.Host
 	pw := &PointWriter{
 		r:    r,
 		lock: lock,
@@ -125,7 +122,7 @@ func (pw *PointWriter) work() {
 		id := pw.r.codec.id(data)
 		var n int64
 		var err error
-		if j.dw.failed() == nil {
+		if err = pw.lock.Err(); err == nil && j.dw.failed() == nil {
 			n, err = pw.r.putWithID(j.dw.ctx, typeChunk, id, data)
 		}
 		pool.Put(j.buf)
@@ -251,6 +248,11 @@ func (pw *PointWriter) Commit(ctx context.Context) (*Manifest, error) {
 	// Data and index durable before the manifest names them.
 	if err := pw.r.b.Sync(ctx); err != nil {
 		return nil, fmt.Errorf("point %s: sync: %w", pw.m.ID, err)
+	}
+	// A GC may only have overlapped this point if our lock lapsed: then
+	// chunks it reuses may be gone, and it must not become visible.
+	if err := pw.lock.Check(ctx); err != nil {
+		return nil, fmt.Errorf("point %s: %w", pw.m.ID, err)
 	}
 	if err := pw.r.putManifest(ctx, &pw.m); err != nil {
 		return nil, err
