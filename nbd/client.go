@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"slices"
+	"sort"
 	"sync"
 	"time"
 )
@@ -23,7 +26,22 @@ type Options struct {
 	// NoStructured keeps to simple replies (for servers and tests that need
 	// them); meta contexts are then not negotiated.
 	NoStructured bool
+	// HandshakeTimeout bounds the negotiation (default 30 s) when ctx has
+	// no earlier deadline: a server that stops answering cannot hang Dial.
+	HandshakeTimeout time.Duration
+	// RequestTimeout bounds the wait for one request's reply (default
+	// 5 min). A request that times out ends the connection with an error
+	// wrapping ErrTimeout: its reply may still come, so the connection can
+	// no longer be trusted. A stuck QEMU cannot hang a backup forever.
+	RequestTimeout time.Duration
 }
+
+// ErrTimeout is wrapped by errors for a server that did not answer in time.
+var ErrTimeout = errors.New("nbd: server did not answer in time")
+
+// minMaxBlock is the smallest maximum block size the client accepts: a
+// server advertising less would have every read cut into tiny requests.
+const minMaxBlock = 4096
 
 // ExportInfo describes the export a client is attached to.
 type ExportInfo struct {
@@ -55,6 +73,7 @@ type Client struct {
 	structured bool
 	ctxByID    map[uint32]string
 	ctxByName  map[string]uint32
+	reqTimeout time.Duration
 
 	wmu sync.Mutex // serialises requests on the wire
 
@@ -75,6 +94,7 @@ type request struct {
 	abandoned bool
 	buf       []byte // READ: destination
 	covered   int64  // READ: bytes filled by data and hole chunks
+	spans     []span // READ: what the chunks so far covered, sorted, merged
 	extents   map[uint32][]Extent
 	err       error
 }
@@ -99,16 +119,26 @@ func Dial(ctx context.Context, network, addr string, o Options) (*Client, error)
 // transmission phase. On error the caller closes conn.
 func NewClient(ctx context.Context, conn net.Conn, o Options) (*Client, error) {
 	c := &Client{
-		conn:      conn,
-		br:        bufio.NewReaderSize(conn, 64<<10),
-		ctxByID:   map[uint32]string{},
-		ctxByName: map[string]uint32{},
-		pending:   map[uint64]*request{},
-		done:      make(chan struct{}),
+		conn:       conn,
+		br:         bufio.NewReaderSize(conn, 64<<10),
+		ctxByID:    map[uint32]string{},
+		ctxByName:  map[string]uint32{},
+		pending:    map[uint64]*request{},
+		done:       make(chan struct{}),
+		reqTimeout: o.RequestTimeout,
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
+	if c.reqTimeout <= 0 {
+		c.reqTimeout = 5 * time.Minute
 	}
+	hs := o.HandshakeTimeout
+	if hs <= 0 {
+		hs = 30 * time.Second
+	}
+	dl := time.Now().Add(hs)
+	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+		dl = d
+	}
+	_ = conn.SetDeadline(dl)
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	err := c.handshake(o)
 	if !stop() || ctx.Err() != nil {
@@ -116,6 +146,9 @@ func NewClient(ctx context.Context, conn net.Conn, o Options) (*Client, error) {
 			err = ctx.Err()
 		}
 		return nil, fmt.Errorf("nbd: handshake: %w", err)
+	}
+	if ne, ok := err.(net.Error); ok && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil, fmt.Errorf("nbd: handshake: %w after %v (%v)", ErrTimeout, hs, err)
 	}
 	if err != nil {
 		return nil, err
@@ -332,7 +365,7 @@ func (c *Client) optGo(export string, noZeroes bool) error {
 					return protoErr("INFO_BLOCK_SIZE of %d bytes", len(d))
 				}
 				mn, pref, mx := binary.BigEndian.Uint32(d[2:]), binary.BigEndian.Uint32(d[6:]), binary.BigEndian.Uint32(d[10:])
-				if mn == 0 || mn&(mn-1) != 0 || mn > 64<<10 || pref < mn || mx < mn {
+				if mn == 0 || mn&(mn-1) != 0 || mn > 64<<10 || pref < mn || mx < mn || mx < minMaxBlock {
 					return protoErr("block sizes min %d preferred %d max %d", mn, pref, mx)
 				}
 				c.info.MinBlock, c.info.PrefBlock, c.info.MaxBlock = mn, pref, mx
@@ -441,10 +474,16 @@ func (c *Client) do(ctx context.Context, r *request, flags uint16, payload []byt
 	if err != nil {
 		c.fail(fmt.Errorf("nbd: send %s: %w", cmdName(r.cmd), err))
 	}
+	timer := time.NewTimer(c.reqTimeout)
+	defer timer.Stop()
 	select {
 	case <-r.done:
 		return r.err
 	case <-ctx.Done():
+	case <-timer.C:
+		c.fail(fmt.Errorf("%s [%d, +%d): %w after %v", cmdName(r.cmd), r.off, r.length, ErrTimeout, c.reqTimeout))
+		<-r.done // the reader completes it with the connection's error
+		return r.err
 	}
 	// Abandon: make sure the reader never touches r.buf after we return.
 	if !r.mu.TryLock() {
@@ -596,6 +635,9 @@ func (c *Client) chunk(r *request, typ uint16, n int64) error {
 		if off < r.off || off-r.off > r.length || dlen > r.length-(off-r.off) {
 			return protoErr("data chunk [%d, +%d) outside the request", off, dlen)
 		}
+		if err := r.cover(off-r.off, dlen); err != nil {
+			return err
+		}
 		if err := c.fill(r, off-r.off, dlen); err != nil {
 			return err
 		}
@@ -615,6 +657,9 @@ func (c *Client) chunk(r *request, typ uint16, n int64) error {
 		hlen := int64(binary.BigEndian.Uint32(b[8:]))
 		if hlen == 0 || off < r.off || off-r.off > r.length || hlen > r.length-(off-r.off) {
 			return protoErr("hole chunk [%d, +%d) outside the request", off, hlen)
+		}
+		if err := r.cover(off-r.off, hlen); err != nil {
+			return err
 		}
 		r.mu.Lock()
 		if !r.abandoned {
@@ -703,6 +748,34 @@ func (c *Client) chunk(r *request, typ uint16, n int64) error {
 			return nil
 		}
 		return protoErr("unknown chunk type %d", typ)
+	}
+	return nil
+}
+
+type span struct{ off, end int64 }
+
+// cover records that a chunk filled [off, off+n) of the request: chunks
+// of one reply must not overlap (else two chunks over one half would leave
+// the other half with whatever the buffer held, and the counts would
+// still add up). Adjacent spans merge, so a well-behaved reply keeps one.
+func (r *request) cover(off, n int64) error {
+	end := off + n
+	i := sort.Search(len(r.spans), func(i int) bool { return r.spans[i].end > off })
+	if i < len(r.spans) && r.spans[i].off < end {
+		return protoErr("chunk [%d, +%d) overlaps one already received", r.off+off, n)
+	}
+	left := i > 0 && r.spans[i-1].end == off
+	right := i < len(r.spans) && r.spans[i].off == end
+	switch {
+	case left && right:
+		r.spans[i-1].end = r.spans[i].end
+		r.spans = slices.Delete(r.spans, i, i+1)
+	case left:
+		r.spans[i-1].end = end
+	case right:
+		r.spans[i].off = off
+	default:
+		r.spans = slices.Insert(r.spans, i, span{off, end})
 	}
 	return nil
 }

@@ -13,6 +13,11 @@ import (
 // base:allocation as context 1, an export of size bytes) on conn, then hands
 // each request to respond and writes back whatever bytes it returns.
 func fakeServer(conn net.Conn, size int64, respond func(cmd uint16, cookie uint64, off int64, length uint32) []byte) {
+	fakeServerInfo(conn, size, nil, respond)
+}
+
+// fakeServerInfo is fakeServer sending extra NBD_INFO replies to GO.
+func fakeServerInfo(conn net.Conn, size int64, infos [][]byte, respond func(cmd uint16, cookie uint64, off int64, length uint32) []byte) {
 	defer conn.Close()
 	br := bufio.NewReader(conn)
 	w := func(b []byte) bool { _, err := conn.Write(b); return err == nil }
@@ -54,6 +59,9 @@ func fakeServer(conn net.Conn, size int64, respond func(cmd uint16, cookie uint6
 			d = binary.BigEndian.AppendUint64(d, uint64(size))
 			d = binary.BigEndian.AppendUint16(d, FlagHasFlags|FlagReadOnly)
 			rep(opt, repInfo, d)
+			for _, i := range infos {
+				rep(opt, repInfo, i)
+			}
 			rep(opt, repAck, nil)
 			goto transmission
 		default:

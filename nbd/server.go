@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
 )
 
 // Source is what an export serves: a read-only random-access byte range.
@@ -68,6 +70,15 @@ type Server struct {
 	// Budget bounds the bytes of read requests in flight per connection
 	// (default 64 MiB): memory stays bounded whatever clients send.
 	Budget int64
+	// MaxConns bounds the connections served at once (default 32); more
+	// are closed at once, with a log line.
+	MaxConns int
+	// MaxStatus bounds the BLOCK_STATUS requests worked on at once per
+	// connection (default 4): each may walk a large part of the index.
+	MaxStatus int
+	// HandshakeTimeout bounds a client's negotiation (default 30 s): one
+	// that connects and says nothing holds no slot for long.
+	HandshakeTimeout time.Duration
 
 	mu     sync.Mutex
 	lns    map[net.Listener]struct{}
@@ -134,6 +145,12 @@ func (s *Server) Serve(ln net.Listener) error {
 			conn.Close()
 			return ErrServerClosed
 		}
+		if max := cmp.Or(s.MaxConns, 32); len(s.conns) >= max {
+			s.mu.Unlock()
+			s.logger().Warn("nbd: refusing a connection: too many", "max", max)
+			conn.Close()
+			continue
+		}
 		s.conns[conn] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
@@ -183,6 +200,7 @@ type serverConn struct {
 const baseAllocationID = 1
 
 func (c *serverConn) serve() error {
+	_ = c.conn.SetDeadline(time.Now().Add(cmp.Or(c.s.HandshakeTimeout, 30*time.Second)))
 	var g [18]byte
 	binary.BigEndian.PutUint64(g[0:], nbdMagic)
 	binary.BigEndian.PutUint64(g[8:], ihaveOpt)
@@ -204,6 +222,7 @@ func (c *serverConn) serve() error {
 			return err
 		}
 	}
+	_ = c.conn.SetDeadline(time.Time{})
 	return c.transmission()
 }
 

@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -58,6 +59,7 @@ func (c *serverConn) transmission() error {
 		total = 64 << 20
 	}
 	bud := newBudget(total)
+	status := make(chan struct{}, cmp.Or(c.s.MaxStatus, 4))
 	size := c.exp.Source.Size()
 	for {
 		var h [28]byte
@@ -112,9 +114,11 @@ func (c *serverConn) transmission() error {
 			case !inRange || length == 0:
 				c.errorReply(cookie, true, errInval, "block status range outside the export")
 			default:
+				status <- struct{}{} // at most MaxStatus at once: stop reading until one ends
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
+					defer func() { <-status }()
 					c.blockStatus(ctx, cookie, int64(off), length, flags&cmdFlagReqOne != 0)
 				}()
 			}

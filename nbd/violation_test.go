@@ -59,6 +59,15 @@ func TestProtocolViolations(t *testing.T) {
 		{"block status chunk for a read", func(_ uint16, c uint64, _ int64, _ uint32) []byte {
 			return chunk(replyFlagDone, replyTypeBlockStatus, c, make([]byte, 12))
 		}, "BLOCK_STATUS chunk"},
+		{"two data chunks over one half", func(_ uint16, c uint64, off int64, l uint32) []byte {
+			half := make([]byte, l/2)
+			out := chunk(0, replyTypeOffsetData, c, append(u64(uint64(off)), half...))
+			return append(out, chunk(replyFlagDone, replyTypeOffsetData, c, append(u64(uint64(off)), half...))...)
+		}, "overlaps"},
+		{"a hole inside a data chunk", func(_ uint16, c uint64, off int64, l uint32) []byte {
+			out := chunk(0, replyTypeOffsetData, c, append(u64(uint64(off)), make([]byte, l/2)...))
+			return append(out, chunk(replyFlagDone, replyTypeOffsetHole, c, binary.BigEndian.AppendUint32(u64(uint64(off)+1), l/2))...)
+		}, "overlaps"},
 		{"connection closed mid-reply", func(_ uint16, c uint64, off int64, l uint32) []byte {
 			return chunk(replyFlagDone, replyTypeOffsetData, c, u64(uint64(off)))[:24]
 		}, ""},
@@ -180,5 +189,84 @@ func TestHangingServerAndCancel(t *testing.T) {
 	defer hcancel()
 	if _, err := NewClient(hctx, a, Options{}); err == nil {
 		t.Fatal("handshake with a silent server succeeded")
+	}
+}
+
+// TestOutOfOrderChunks: chunks of one read may come in any order; only
+// overlaps are refused.
+func TestOutOfOrderChunks(t *testing.T) {
+	c := dialFake(t, 1<<20, func(_ uint16, cookie uint64, off int64, l uint32) []byte {
+		q := l / 4
+		var out []byte
+		for _, i := range []uint32{3, 1, 0, 2} {
+			if i%2 == 0 {
+				out = append(out, chunk(0, replyTypeOffsetHole, cookie, binary.BigEndian.AppendUint32(u64(uint64(off)+uint64(i*q)), q))...)
+				continue
+			}
+			d := make([]byte, q)
+			for j := range d {
+				d[j] = byte(i)
+			}
+			out = append(out, chunk(0, replyTypeOffsetData, cookie, append(u64(uint64(off)+uint64(i*q)), d...))...)
+		}
+		return append(out, chunk(replyFlagDone, replyTypeNone, cookie, nil)...)
+	})
+	b := make([]byte, 4096)
+	for i := range b {
+		b[i] = 0xee
+	}
+	if err := c.Read(context.Background(), b, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range b {
+		if want := [4]byte{0, 1, 0, 3}[i/1024]; v != want {
+			t.Fatalf("byte %d = %#x, want %#x", i, v, want)
+		}
+	}
+}
+
+// TestTinyMaxBlock: a server advertising a maximum block size under 4 KiB
+// (every read cut into byte-sized requests) is refused at the handshake.
+func TestTinyMaxBlock(t *testing.T) {
+	for _, mx := range []uint32{1, 4095} {
+		a, b := netPipe()
+		info := binary.BigEndian.AppendUint16(nil, infoBlockSize)
+		info = binary.BigEndian.AppendUint32(info, 1)
+		info = binary.BigEndian.AppendUint32(info, 1)
+		info = binary.BigEndian.AppendUint32(info, mx)
+		go fakeServerInfo(b, 1<<20, [][]byte{info}, func(uint16, uint64, int64, uint32) []byte { return nil })
+		_, err := NewClient(context.Background(), a, Options{})
+		a.Close()
+		if !errors.Is(err, ErrProtocol) || !strings.Contains(err.Error(), "block sizes") {
+			t.Fatalf("max block %d: %v", mx, err)
+		}
+	}
+}
+
+// TestClientTimeouts: a server that stalls in the handshake, or never
+// answers a request, fails the client with ErrTimeout instead of hanging
+// it, even when the caller's context has no deadline.
+func TestClientTimeouts(t *testing.T) {
+	a, b := netPipe()
+	defer b.Close()
+	start := time.Now()
+	if _, err := NewClient(context.Background(), a, Options{HandshakeTimeout: 200 * time.Millisecond}); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("stalled handshake: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("stalled handshake took %v", d)
+	}
+	a, b = netPipe()
+	go fakeServer(b, 1<<20, func(uint16, uint64, int64, uint32) []byte { return nil })
+	c, err := NewClient(context.Background(), a, Options{RequestTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Read(context.Background(), make([]byte, 512), 0); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("unanswered read: %v", err)
+	}
+	if err := c.Read(context.Background(), make([]byte, 512), 0); err == nil {
+		t.Fatal("connection used after a timed-out request")
 	}
 }
