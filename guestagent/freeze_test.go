@@ -2,6 +2,7 @@ package guestagent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -12,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/virtkeep/virtkeep/qmp"
 )
 
 // fakeAgent is an in-memory qemu-guest-agent.
@@ -256,5 +259,37 @@ func TestSocketAgent(t *testing.T) {
 	}
 	if err := (&SocketAgent{Path: sock + ".missing"}).Command(ctx, "guest-ping", nil, nil); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("no socket: %v", err)
+	}
+}
+
+// TestSocketAgentEndlessLine: an agent that answers with a line without
+// end fails the command once the line passes qmp.MaxLine.
+func TestSocketAgentEndlessLine(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "ga.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = bufio.NewReader(c).ReadBytes('\n')
+		_, _ = c.Write([]byte{0xff})
+		buf := bytes.Repeat([]byte("a"), 1<<20)
+		for {
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = (&SocketAgent{Path: sock}).Command(ctx, "guest-ping", nil, nil)
+	if !errors.Is(err, qmp.ErrLineTooLong) {
+		t.Fatalf("endless agent line: %v", err)
 	}
 }

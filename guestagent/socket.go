@@ -9,6 +9,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/virtkeep/virtkeep/qmp"
 )
 
 // SocketAgent reaches the agent of a QEMU process that libvirt does not
@@ -57,9 +59,9 @@ func (a *SocketAgent) Command(ctx context.Context, cmd string, args, out any) er
 		}
 	}
 	for {
-		line, err := r.ReadBytes('\n')
+		line, err := qmp.ReadLine(r, qmp.MaxLine)
 		if err != nil {
-			return fmt.Errorf("guest agent %s: %w: %v", cmd, ErrUnavailable, err)
+			return fmt.Errorf("guest agent %s: %w: %w", cmd, ErrUnavailable, err)
 		}
 		var got int64
 		if err := decodeReply("guest-sync-delimited", trimFF(line), &got); err == nil && got == id {
@@ -73,9 +75,9 @@ func (a *SocketAgent) Command(ctx context.Context, cmd string, args, out any) er
 	if _, err := conn.Write(append(b, '\n')); err != nil {
 		return fmt.Errorf("guest agent %s: %w: %v", cmd, ErrUnavailable, err)
 	}
-	line, err := r.ReadBytes('\n')
+	line, err := qmp.ReadLine(r, qmp.MaxLine)
 	if err != nil {
-		return fmt.Errorf("guest agent %s: %w: %v", cmd, ErrUnavailable, err)
+		return fmt.Errorf("guest agent %s: %w: %w", cmd, ErrUnavailable, err)
 	}
 	return decodeReply(cmd, line, out)
 }

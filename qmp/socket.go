@@ -75,7 +75,7 @@ func (m *SocketMonitor) ConnectContext(ctx context.Context) error {
 	var greeting struct {
 		QMP *json.RawMessage `json:"QMP"`
 	}
-	line, err := r.ReadBytes('\n')
+	line, err := ReadLine(r, MaxLine)
 	if err == nil {
 		err = json.Unmarshal(line, &greeting)
 	}
@@ -88,7 +88,7 @@ func (m *SocketMonitor) ConnectContext(ctx context.Context) error {
 		return fmt.Errorf("qmp: %s: capabilities: %w", m.addr, err)
 	}
 	for {
-		line, err := r.ReadBytes('\n')
+		line, err := ReadLine(r, MaxLine)
 		if err != nil {
 			conn.Close()
 			return fmt.Errorf("qmp: %s: capabilities: %w", m.addr, err)
@@ -127,7 +127,7 @@ func (m *SocketMonitor) readLoop(r *bufio.Reader, done chan struct{}) {
 	var err error
 	for {
 		var line []byte
-		line, err = r.ReadBytes('\n')
+		line, err = ReadLine(r, MaxLine)
 		if err != nil {
 			break
 		}
