@@ -98,6 +98,26 @@ func TestSFTPRefusesUnknownHostKey(t *testing.T) {
 	}
 }
 
+// TestSFTPRefusesOpenIdentity: an SSH identity others could read is not
+// used.
+func TestSFTPRefusesOpenIdentity(t *testing.T) {
+	srv := testenv.SSHD(t)
+	id := filepath.Join(t.TempDir(), "id")
+	b, err := os.ReadFile(srv.IdentityFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(id, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(id, 0o644)
+	_, err = sftp.Open(context.Background(), sftp.Config{Host: srv.Host, Port: srv.Port, User: srv.User, Path: srv.Dir,
+		IdentityFile: id, KnownHostsFile: srv.KnownHostsFile, Timeout: 5 * time.Second})
+	if !errors.Is(err, target.ErrSecretFile) || !strings.Contains(err.Error(), "0644") {
+		t.Fatalf("open with an identity of mode 0644: %v", err)
+	}
+}
+
 // TestSFTPReconnects: when the server goes away and comes back, the next
 // requests dial again; while it is away they fail with an error, not hang.
 func TestSFTPReconnects(t *testing.T) {
@@ -131,7 +151,7 @@ func TestSFTPReconnects(t *testing.T) {
 func s3Backend(t testing.TB, srv *testenv.S3Server, bucket string) *s3.S3 {
 	t.Helper()
 	b, err := s3.Open(context.Background(), s3.Config{Endpoint: srv.Endpoint, Bucket: bucket, Prefix: "repo",
-		Region: srv.Region, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Insecure: true, PathStyle: true, CreateBucket: true})
+		Region: srv.Region, AccessKey: srv.AccessKey, SecretKey: target.Secret(srv.SecretKey), Insecure: true, PathStyle: true, CreateBucket: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +173,7 @@ func TestS3MissingBucket(t *testing.T) {
 	srv := testenv.S3(t)
 	ctx := context.Background()
 	_, err := s3.Open(ctx, s3.Config{Endpoint: srv.Endpoint, Bucket: "nosuchbucket", Region: srv.Region,
-		AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Insecure: true, PathStyle: true})
+		AccessKey: srv.AccessKey, SecretKey: target.Secret(srv.SecretKey), Insecure: true, PathStyle: true})
 	if !errors.Is(err, s3.ErrNoBucket) || !strings.Contains(err.Error(), "nosuchbucket") {
 		t.Fatalf("open of a missing bucket: %v", err)
 	}

@@ -128,20 +128,13 @@ func WriteKeyFile(path string, k Key, passphrase []byte, p KDFParams) error {
 	return nil
 }
 
-// ReadKeyFile reads a key file written by WriteKeyFile. A file readable by
-// group or others is refused: a key must not leak through permissions.
+// ReadKeyFile reads a key file written by WriteKeyFile. A file not owned
+// by us or open to group or others is refused (ReadSecretFile): a key must
+// not leak through permissions.
 func ReadKeyFile(path string, passphrase []byte) (Key, error) {
-	var k Key
-	fi, err := os.Stat(path)
+	b, err := ReadSecretFile(path)
 	if err != nil {
-		return k, fmt.Errorf("target: key file: %w", err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return k, fmt.Errorf("target: key file %s has mode %v: it must not be readable by group or others (chmod 600)", path, fi.Mode().Perm())
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return k, fmt.Errorf("target: key file: %w", err)
+		return Key{}, fmt.Errorf("target: key file: %w", err)
 	}
 	return parseKeyFile(path, b, passphrase)
 }

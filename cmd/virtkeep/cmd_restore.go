@@ -21,7 +21,7 @@ func (a *app) engine() (*engine.Engine, func(), error) {
 		conn.Close()
 		return nil, nil, fmt.Errorf("state_dir: %w", err)
 	}
-	return &engine.Engine{Conn: conn, StateDir: a.cfg.StateDir, Log: a.log}, func() { conn.Close() }, nil
+	return &engine.Engine{Conn: conn, StateDir: a.cfg.StateDir, Log: a.log, BootFileDirs: a.cfg.bootFileDirs()}, func() { conn.Close() }, nil
 }
 
 // serveArgv is how engine.Mount and engine.Boot start this binary as the
@@ -45,7 +45,7 @@ func (a *app) serveArgv(point string, disk string) ([]string, error) {
 func newRestoreCmd(a *app) *cobra.Command {
 	var targetName, to, as, format string
 	var disks []string
-	var force, verify, inPlace bool
+	var force, verify, inPlace, strict bool
 	cmd := &cobra.Command{
 		Use:   "restore POINT (--to DIR | --as NEWNAME [--to DIR] | --in-place --force)",
 		Short: "Restore disks to DIR/<disk>.<format>, or a whole domain under a new name",
@@ -92,7 +92,7 @@ func newRestoreCmd(a *app) *cobra.Command {
 					return err
 				}
 				defer done()
-				uuid, err := e.RestoreDomain(ctx, tp.repo, m.ID, engine.DomainRestore{Name: as, Dir: to, Format: format, Verify: verify, Progress: progress})
+				uuid, err := e.RestoreDomain(ctx, tp.repo, m.ID, engine.DomainRestore{Name: as, Dir: to, Format: format, Verify: verify, Progress: progress, Strict: strict})
 				a.endProgress(progress)
 				if err != nil {
 					return err
@@ -167,6 +167,7 @@ func newRestoreCmd(a *app) *cobra.Command {
 	f.BoolVar(&force, "force", false, "overwrite existing files")
 	f.BoolVar(&verify, "verify", false, "re-read what was written and compare it with the point")
 	f.BoolVar(&inPlace, "in-place", false, "write the point back over its shut-off domain's disks (needs --force)")
+	f.BoolVar(&strict, "strict", false, "with --as: refuse a saved definition with parts a restore drops (host devices, passthrough, ...)")
 	return cmd
 }
 

@@ -150,7 +150,7 @@ func newUmountCmd(a *app) *cobra.Command {
 
 func newBootCmd(a *app) *cobra.Command {
 	var targetName, as, dir string
-	var migrate bool
+	var migrate, strict bool
 	cmd := &cobra.Command{
 		Use:   "boot POINT --as NAME [--migrate]",
 		Short: "Start a new domain at once from a point (instant recovery)",
@@ -179,7 +179,7 @@ func newBootCmd(a *app) *cobra.Command {
 				return err
 			}
 			defer done()
-			b, err := e.Boot(ctx, tp.repo, engine.BootRequest{Point: m.ID, Name: as, Dir: dir, Serve: argv})
+			b, err := e.Boot(ctx, tp.repo, engine.BootRequest{Point: m.ID, Name: as, Dir: dir, Serve: argv, Strict: strict})
 			if err != nil {
 				return err
 			}
@@ -202,5 +202,6 @@ func newBootCmd(a *app) *cobra.Command {
 	f.StringVar(&as, "as", "", "name of the new domain")
 	f.StringVar(&dir, "dir", "", "where overlays (and migrated disks) go")
 	f.BoolVar(&migrate, "migrate", false, "then move the disks to local files and drop the backup dependency")
+	f.BoolVar(&strict, "strict", false, "refuse a saved definition with parts a boot drops (host devices, passthrough, ...)")
 	return cmd
 }

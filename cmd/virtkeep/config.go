@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/spf13/viper"
 
+	"github.com/virtkeep/virtkeep/hostd/engine"
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/all"
 	"github.com/virtkeep/virtkeep/target/s3"
@@ -23,6 +25,14 @@ type Config struct {
 	StateDir   string         `mapstructure:"state_dir"`
 	LibvirtURI string         `mapstructure:"libvirt_uri"`
 	Targets    []TargetConfig `mapstructure:"targets"`
+	// BootFileDirs are the directories a restored or booted domain may
+	// take firmware, kernels and initrds from, besides the distribution's
+	// firmware directories.
+	BootFileDirs []string `mapstructure:"boot_file_dirs"`
+}
+
+func (c *Config) bootFileDirs() []string {
+	return append(append([]string(nil), engine.DefaultBootFileDirs...), c.BootFileDirs...)
 }
 
 // TargetConfig is one entry of targets:.
@@ -52,7 +62,7 @@ type TargetConfig struct {
 	CAFile        string `mapstructure:"ca_file"`
 	PathStyle     bool   `mapstructure:"path_style"`
 
-	secretKey string // read from SecretKeyFile
+	secretKey target.Secret // read from SecretKeyFile
 }
 
 // kindSettings lists the settings each kind takes besides name, kind,
@@ -126,12 +136,12 @@ func (t *TargetConfig) check(where string) error {
 		if strings.Contains(t.Endpoint, "://") || strings.Contains(t.Endpoint, "/") {
 			return usageErr("%s (%s): endpoint %q: want host[:port] (insecure: true for plain HTTP)", where, t.Name, t.Endpoint)
 		}
-		b, err := os.ReadFile(t.SecretKeyFile)
+		b, err := target.ReadSecretFile(t.SecretKeyFile)
 		if err != nil {
 			return usageErr("%s (%s): secret_key_file: %v", where, t.Name, err)
 		}
-		t.secretKey = strings.TrimSpace(string(b))
-		if t.secretKey == "" {
+		t.secretKey = target.Secret(strings.TrimSpace(string(b)))
+		if t.secretKey.Empty() {
 			return usageErr("%s (%s): secret_key_file %s is empty", where, t.Name, t.SecretKeyFile)
 		}
 	}
@@ -165,6 +175,11 @@ func loadConfig(path string) (*Config, error) {
 	}
 	if c.StateDir == "" {
 		return nil, usageErr("config file %s: state_dir is empty", path)
+	}
+	for _, d := range c.BootFileDirs {
+		if !filepath.IsAbs(d) || filepath.Clean(d) == "/" {
+			return nil, usageErr("config file %s: boot_file_dirs: %q: want an absolute directory other than /", path, d)
+		}
 	}
 	if len(c.Targets) == 0 {
 		return nil, usageErr("config file %s: no targets: add one under targets:", path)

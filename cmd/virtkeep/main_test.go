@@ -34,7 +34,11 @@ func TestUsageErrors(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "ok.yaml")
 	os.WriteFile(good, []byte("targets:\n  - {name: a, kind: local, path: "+dir+"/repo}\n"), 0o600)
+	openSecret := filepath.Join(dir, "open-secret")
+	os.WriteFile(openSecret, []byte("s3cret\n"), 0o644)
+	os.Chmod(openSecret, 0o644)
 	bad := map[string]string{
+		"targets: [{name: a, kind: s3, endpoint: s3.example.com, bucket: b, access_key: k, secret_key_file: " + openSecret + "}]\n": "mode 0644",
 		"version: 2\ntargets: [{name: a, kind: local, path: /x}]\n": "version 2",
 		"targets: []\n": "no targets",
 		"targets: [{name: 'a b', kind: local, path: /x}]\n":                               `name "a b"`,

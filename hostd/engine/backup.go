@@ -55,6 +55,9 @@ type Engine struct {
 	Log      *slog.Logger
 	// CleanupTimeout bounds each cleanup step after a failure (default 30 s).
 	CleanupTimeout time.Duration
+	// BootFileDirs are the directories a restored or booted domain may
+	// take firmware, kernels and initrds from (default DefaultBootFileDirs).
+	BootFileDirs []string
 }
 
 // BackupRequest asks for one backup.
@@ -258,7 +261,9 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Result, error)
 	if err != nil {
 		return nil, fmt.Errorf("domain %s: xml: %w", name, err)
 	}
-	inactiveXML, _ := dom.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE | libvirt.DOMAIN_XML_SECURE)
+	// Without DOMAIN_XML_SECURE: VNC and SPICE passwords stay out of the
+	// repository.
+	inactiveXML, _ := dom.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
 	var dx libvirtxml.Domain
 	if err := dx.Unmarshal(liveXML); err != nil {
 		return nil, fmt.Errorf("domain %s: parse xml: %w", name, err)

@@ -28,6 +28,8 @@ type BootRequest struct {
 	// (export names = disk names) read-only over NBD on the unix socket
 	// given as its last argument, until killed (virtkeep serve).
 	Serve []string
+	// Strict refuses a saved definition with parts the boot would drop.
+	Strict bool
 }
 
 // Booted is a domain running from a backup.
@@ -52,13 +54,9 @@ func (e *Engine) Boot(ctx context.Context, repo *target.Repository, r BootReques
 	if err != nil {
 		return nil, err
 	}
-	src := m.DomainXMLInactive
-	if src == "" {
-		src = m.DomainXML
-	}
-	var dx libvirtxml.Domain
-	if err := dx.Unmarshal(src); err != nil {
-		return nil, fmt.Errorf("boot: point %s: domain XML: %w", m.ID, err)
+	dx, filter, err := e.savedDomain(m)
+	if err != nil {
+		return nil, fmt.Errorf("boot: %w", err)
 	}
 	if err := os.MkdirAll(r.Dir, 0o755); err != nil {
 		return nil, err
@@ -84,7 +82,7 @@ func (e *Engine) Boot(ctx context.Context, repo *target.Repository, r BootReques
 	}
 	// QEMU runs as libvirt-qemu: it must be able to connect.
 	_ = os.Chmod(b.Socket, 0o777)
-	err = rewriteDisks(&dx, m, e.log(), func(xd *libvirtxml.DomainDisk, dm target.DiskManifest) error {
+	err = rewriteDisks(dx, m, filter, func(xd *libvirtxml.DomainDisk, dm target.DiskManifest) error {
 		overlay := filepath.Join(r.Dir, dm.Name+".overlay.qcow2")
 		backing := fmt.Sprintf("nbd+unix:///%s?socket=%s", dm.Name, b.Socket)
 		if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "raw", overlay, fmt.Sprint(dm.VirtualSize)).CombinedOutput(); err != nil {
@@ -103,7 +101,10 @@ func (e *Engine) Boot(ctx context.Context, repo *target.Repository, r BootReques
 	if err != nil {
 		return nil, err
 	}
-	freshIdentity(&dx, r.Name, r.Dir)
+	if err := filter.report(e.log(), m.ID, r.Strict); err != nil {
+		return nil, fmt.Errorf("boot: %w", err)
+	}
+	freshIdentity(dx, r.Name, r.Dir)
 	xml, err := dx.Marshal()
 	if err != nil {
 		return nil, err

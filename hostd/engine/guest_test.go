@@ -32,7 +32,8 @@ func guestFixture(t *testing.T, spec vm.GuestSpec) (*fixture, *vm.Guest) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	t.Cleanup(cancel)
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	return &fixture{t: t, env: env, dom: g.Domain, ctx: ctx, e: &Engine{Conn: env.Conn, StateDir: state, Log: log}}, g
+	return &fixture{t: t, env: env, dom: g.Domain, ctx: ctx, e: &Engine{Conn: env.Conn, StateDir: state, Log: log,
+		BootFileDirs: append([]string{vm.GuestDir()}, DefaultBootFileDirs...)}}, g
 }
 
 // restoreToRaw writes a point's disk to a raw file for host tools.
@@ -258,10 +259,12 @@ func TestRestoreAsNewDomainBoots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dom.Free()
+	// Freed here, not by a defer: t.Cleanup runs after the test's defers,
+	// and a freed domain object can no longer be destroyed.
 	t.Cleanup(func() {
 		_ = dom.Destroy()
 		_ = dom.UndefineFlags(libvirt.DOMAIN_UNDEFINE_NVRAM | libvirt.DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+		dom.Free()
 	})
 	if uuid == g.UUID {
 		t.Fatal("restored domain has the original's UUID")
@@ -314,9 +317,9 @@ func TestBootFromPoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dom.Free()
 	t.Cleanup(func() {
 		_ = dom.Destroy()
+		dom.Free()
 		_ = syscall.Kill(booted.ServePID, syscall.SIGTERM)
 	})
 	bg := &vm.Guest{Domain: &vm.Domain{Name: g.Name + "-b", Dom: dom}, Agent: guestagent.LibvirtAgent{Dom: dom}}

@@ -21,6 +21,11 @@ import (
 // chunk) whose manifest carries details, as an attacker who can write the
 // target would.
 func hostilePoint(t *testing.T, details map[string]any) (*target.Repository, *target.Manifest) {
+	return hostileDomainPoint(t, details, "")
+}
+
+// hostileDomainPoint is hostilePoint with domainXML saved in the manifest.
+func hostileDomainPoint(t *testing.T, details map[string]any, domainXML string) (*target.Repository, *target.Manifest) {
 	t.Helper()
 	ctx := context.Background()
 	b, err := local.Open(local.Config{Path: filepath.Join(t.TempDir(), "repo")})
@@ -34,7 +39,7 @@ func hostilePoint(t *testing.T, details map[string]any) (*target.Repository, *ta
 	if err != nil {
 		t.Fatal(err)
 	}
-	pw, err := r.NewPoint(ctx, target.PointSpec{Domain: "vk-hostile", Level: target.LevelFull})
+	pw, err := r.NewPoint(ctx, target.PointSpec{Domain: "vk-hostile", Level: target.LevelFull, DomainXMLInactive: domainXML})
 	if err != nil {
 		t.Fatal(err)
 	}

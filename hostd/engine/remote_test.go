@@ -30,7 +30,7 @@ func TestRemoteTargets(t *testing.T) {
 				IdentityFile: sshd.IdentityFile, KnownHostsFile: sshd.KnownHostsFile, Timeout: 10 * time.Second}},
 		{Name: "s3", Kind: "s3", Compression: target.CompressionZstd,
 			S3: s3.Config{Endpoint: s3srv.Endpoint, Bucket: "virtkeep", Prefix: "host1", Region: s3srv.Region,
-				AccessKey: s3srv.AccessKey, SecretKey: s3srv.SecretKey, Insecure: true, PathStyle: true}},
+				AccessKey: s3srv.AccessKey, SecretKey: target.Secret(s3srv.SecretKey), Insecure: true, PathStyle: true}},
 	}
 	vda, _ := f.dom.Disk("vda")
 	rng := rand.New(rand.NewPCG(3, 9))

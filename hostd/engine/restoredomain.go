@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +22,10 @@ type DomainRestore struct {
 	Format   string // raw or qcow2 (default: each disk's own)
 	Verify   bool
 	Progress func(Progress)
+	// Strict refuses a saved definition with parts the restore would
+	// drop (host devices, passthrough, qemu:commandline, ...) instead of
+	// dropping them with a warning.
+	Strict bool
 	// InPlace restores onto the disks of the existing domain Name, which
 	// must be shut off; it needs Force. The domain's definition is kept; its
 	// virtkeep checkpoints go (the restored images have no bitmaps).
@@ -107,16 +110,9 @@ func (e *Engine) RestoreDomain(ctx context.Context, repo *target.Repository, poi
 	if err != nil {
 		return "", err
 	}
-	src := m.DomainXMLInactive
-	if src == "" {
-		src = m.DomainXML
-	}
-	if src == "" {
-		return "", fmt.Errorf("restore: point %s holds no domain XML", m.ID)
-	}
-	var dx libvirtxml.Domain
-	if err := dx.Unmarshal(src); err != nil {
-		return "", fmt.Errorf("restore: point %s: domain XML: %w", m.ID, err)
+	dx, filter, err := e.savedDomain(m)
+	if err != nil {
+		return "", fmt.Errorf("restore: %w", err)
 	}
 	if err := os.MkdirAll(r.Dir, 0o755); err != nil {
 		return "", fmt.Errorf("restore: %w", err)
@@ -129,7 +125,7 @@ func (e *Engine) RestoreDomain(ctx context.Context, repo *target.Repository, poi
 			}
 		}
 	}()
-	err = rewriteDisks(&dx, m, e.log(), func(xd *libvirtxml.DomainDisk, dm target.DiskManifest) error {
+	err = rewriteDisks(dx, m, filter, func(xd *libvirtxml.DomainDisk, dm target.DiskManifest) error {
 		format := r.Format
 		if format == "" {
 			format = dm.Format
@@ -143,13 +139,15 @@ func (e *Engine) RestoreDomain(ctx context.Context, repo *target.Repository, poi
 		}
 		made = append(made, path)
 		setDiskFile(xd, path, format)
-		xd.BackingStore = nil
 		return nil
 	})
 	if err != nil {
 		return "", err
 	}
-	freshIdentity(&dx, r.Name, r.Dir)
+	if err := filter.report(e.log(), m.ID, r.Strict); err != nil {
+		return "", fmt.Errorf("restore: %w", err)
+	}
+	freshIdentity(dx, r.Name, r.Dir)
 	if dx.OS != nil && dx.OS.NVRam != nil {
 		if id, ok := m.Blobs["nvram"]; ok {
 			data, err := repo.Blob(ctx, id)
@@ -178,6 +176,27 @@ func (e *Engine) RestoreDomain(ctx context.Context, repo *target.Repository, poi
 	return uuid, nil
 }
 
+// savedDomain is a point's domain definition as a restore or boot may use
+// it (safeDomain), with what it had to drop.
+func (e *Engine) savedDomain(m *target.Manifest) (*libvirtxml.Domain, *domainFilter, error) {
+	src := m.DomainXMLInactive
+	if src == "" {
+		src = m.DomainXML
+	}
+	if src == "" {
+		return nil, nil, fmt.Errorf("point %s holds no domain XML", m.ID)
+	}
+	dirs := e.BootFileDirs
+	if dirs == nil {
+		dirs = DefaultBootFileDirs
+	}
+	dx, f, err := safeDomain(src, dirs)
+	if err != nil {
+		return nil, nil, fmt.Errorf("point %s: %w", m.ID, err)
+	}
+	return dx, f, nil
+}
+
 // freshIdentity makes a saved domain definition a new domain's: its name,
 // a UUID and MAC addresses libvirt generates, serial logs in dir, and no
 // NVRAM file of the original's.
@@ -196,10 +215,12 @@ func freshIdentity(dx *libvirtxml.Domain, name, dir string) {
 	}
 }
 
-// rewriteDisks applies fn to every disk of dx that the point holds; disks
-// the point does not hold are dropped (with a warning), cdroms and floppies
-// are kept as they were.
-func rewriteDisks(dx *libvirtxml.Domain, m *target.Manifest, log *slog.Logger, fn func(xd *libvirtxml.DomainDisk, dm target.DiskManifest) error) error {
+// rewriteDisks applies fn to every disk of dx that the point holds, each
+// rebuilt from its guest-facing parts (no source, backing chain, secrets
+// or passthrough of the saved definition survive). Disks the point does
+// not hold are left out; cdroms and floppies stay, empty: their media
+// were host files or devices.
+func rewriteDisks(dx *libvirtxml.Domain, m *target.Manifest, f *domainFilter, fn func(xd *libvirtxml.DomainDisk, dm target.DiskManifest) error) error {
 	inPoint := map[string]target.DiskManifest{}
 	for _, d := range m.Disks {
 		inPoint[d.Name] = d
@@ -207,27 +228,57 @@ func rewriteDisks(dx *libvirtxml.Domain, m *target.Manifest, log *slog.Logger, f
 	var disks []libvirtxml.DomainDisk
 	for _, xd := range dx.Devices.Disks {
 		if xd.Target == nil {
+			f.drop("dropped a <disk> without a target")
 			continue
 		}
-		dm, ok := inPoint[xd.Target.Dev]
-		if !ok {
-			if xd.Device == "" || xd.Device == "disk" {
-				log.Warn("disk not in the point: left out of the new domain", "disk", xd.Target.Dev)
-				continue
+		dev := xd.Target.Dev
+		target := &libvirtxml.DomainDiskTarget{Dev: dev, Bus: xd.Target.Bus}
+		dm, ok := inPoint[dev]
+		switch {
+		case !ok && (xd.Device == "cdrom" || xd.Device == "floppy"):
+			if xd.Source != nil {
+				f.drop("dropped the media of %s %s: a host %s (%s)", xd.Device, dev, setField(xd.Source), diskSourcePath(xd.Source))
 			}
-			disks = append(disks, xd) // cdrom, floppy: as they were
+			disks = append(disks, libvirtxml.DomainDisk{Device: xd.Device, Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: "raw"},
+				Target: target, ReadOnly: &libvirtxml.DomainDiskReadOnly{}, Boot: xd.Boot, Address: xd.Address})
+			continue
+		case !ok:
+			f.change("disk %s is not in the point: left out", dev)
 			continue
 		}
 		if err := safeDiskName(dm.Name); err != nil {
 			return err
 		}
-		if err := fn(&xd, dm); err != nil {
+		nd := libvirtxml.DomainDisk{Device: "disk", Target: target, Boot: xd.Boot, Address: xd.Address, Serial: xd.Serial, WWN: xd.WWN,
+			Vendor: xd.Vendor, Product: xd.Product, BlockIO: xd.BlockIO, Geometry: xd.Geometry, IOTune: xd.IOTune, Model: xd.Model}
+		if xd.Driver != nil {
+			drv := *xd.Driver
+			drv.Name = "qemu"
+			nd.Driver = &drv
+		}
+		if xd.Device != "" && xd.Device != "disk" {
+			f.drop("disk %s: device %q restored as an ordinary disk", dev, xd.Device)
+		}
+		if err := fn(&nd, dm); err != nil {
 			return err
 		}
-		disks = append(disks, xd)
+		disks = append(disks, nd)
 	}
 	dx.Devices.Disks = disks
 	return nil
+}
+
+// diskSourcePath is the host path a disk source names, if any.
+func diskSourcePath(s *libvirtxml.DomainDiskSource) string {
+	switch {
+	case s.File != nil:
+		return s.File.File
+	case s.Block != nil:
+		return s.Block.Dev
+	case s.Dir != nil:
+		return s.Dir.Dir
+	}
+	return ""
 }
 
 // setDiskFile points a disk at an image file of the given format.

@@ -31,7 +31,7 @@ type Config struct {
 	Region string
 	// AccessKey and SecretKey are the credentials.
 	AccessKey string
-	SecretKey string
+	SecretKey target.Secret
 	// Insecure talks plain HTTP instead of HTTPS (test servers, a private
 	// network).
 	Insecure bool
@@ -64,7 +64,7 @@ func Open(ctx context.Context, cfg Config) (*S3, error) {
 	if cfg.Endpoint == "" || cfg.Bucket == "" {
 		return nil, errors.New("s3: endpoint and bucket are required")
 	}
-	if cfg.AccessKey == "" || cfg.SecretKey == "" {
+	if cfg.AccessKey == "" || cfg.SecretKey.Empty() {
 		return nil, errors.New("s3: access key and secret key are required")
 	}
 	if cfg.Timeout <= 0 {
@@ -93,7 +93,7 @@ func Open(ctx context.Context, cfg Config) (*S3, error) {
 		lookup = minio.BucketLookupPath
 	}
 	c, err := minio.New(cfg.Endpoint, &minio.Options{
-		Creds:        credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
+		Creds:        credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey.Reveal(), ""),
 		Secure:       !cfg.Insecure,
 		Transport:    tr,
 		Region:       cfg.Region,

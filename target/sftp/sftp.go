@@ -102,7 +102,7 @@ func Open(ctx context.Context, cfg Config) (*SFTP, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 30 * time.Second
 	}
-	pem, err := os.ReadFile(cfg.IdentityFile)
+	pem, err := target.ReadSecretFile(cfg.IdentityFile)
 	if err != nil {
 		return nil, fmt.Errorf("sftp: identity file: %w", err)
 	}
