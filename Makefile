@@ -53,6 +53,7 @@ install: build ## install the binaries under $(PREFIX)/bin, the systemd unit, th
 	sed 's|/usr/local/|$(PREFIX)/|g' systemd/virtkeepd.service > virtkeepd.service.tmp
 	install -D -m 0644 virtkeepd.service.tmp $(DESTDIR)/etc/systemd/system/virtkeepd.service
 	rm -f virtkeepd.service.tmp
+	install -D -m 0644 systemd/60-virtkeep-loop.rules $(DESTDIR)/etc/udev/rules.d/60-virtkeep-loop.rules
 	install -D -m 0644 -t $(DESTDIR)$(PREFIX)/share/doc/virtkeep docs/*.md
 
 clean: ## remove build output

@@ -111,8 +111,8 @@ func (f *Freezer) Freeze(ctx context.Context, p Policy) (*Frozen, error) {
 			}
 		}
 	}
-	in := f.Intent
-	in.Since, in.PID = time.Now().UTC(), os.Getpid()
+	in := f.Intent.self()
+	in.Since = time.Now().UTC()
 	if err := f.Journal.Record(in); err != nil {
 		return fail("cannot record the freeze intent", err)
 	}
@@ -279,31 +279,35 @@ func Exec(ctx context.Context, a Agent, path string, args []string) (ExecResult,
 	}
 }
 
+// ErrGone is returned by Recover's open for a guest that no longer
+// exists: its record is retired, there is nothing to thaw.
+var ErrGone = errors.New("guest no longer exists")
+
 // Recover thaws every guest the journal says was frozen by a process that
-// died before thawing it. open returns the agent of an intent's guest.
+// died before thawing it; a guest whose freezer still runs is left to it.
+// open returns the agent of an intent's guest. Every record is tried: the
+// first error (a damaged record, a thaw that failed) is returned.
 func Recover(ctx context.Context, j Journal, open func(Intent) (Agent, error), log *slog.Logger) error {
-	pend, err := j.Pending()
-	if err != nil {
-		return err
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	var first error
+	pend, first := j.Pending()
 	for _, in := range pend {
-		if in.PID == os.Getpid() {
+		if in.PID == os.Getpid() || in.OwnerAlive() {
 			continue
 		}
 		a, err := open(in)
-		if err == nil {
+		if errors.Is(err, ErrGone) {
+			log.Warn("retiring the freeze record of a guest that no longer exists", "guest", in.Name, "target", in.Target, "since", in.Since)
+			err = j.Done(in)
+		} else if err == nil {
 			f := &Freezer{Agent: a, Journal: j, Intent: in, Log: log}
-			err = f.thaw(ctx)
-		}
-		if err != nil {
-			if first == nil {
-				first = fmt.Errorf("thaw %s %s (%s): %w", in.Kind, in.Target, in.Name, err)
+			if err = f.thaw(ctx); err == nil {
+				log.Warn("thawed a guest left frozen by an interrupted run", "guest", in.Name, "since", in.Since, "pid", in.PID)
 			}
-			continue
 		}
-		if log != nil {
-			log.Warn("thawed a guest left frozen by an interrupted run", "guest", in.Name, "since", in.Since)
+		if err != nil && first == nil {
+			first = fmt.Errorf("thaw %s %s (%s): %w", in.Kind, in.Target, in.Name, err)
 		}
 	}
 	return first

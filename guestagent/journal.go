@@ -1,6 +1,7 @@
 package guestagent
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -10,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -25,6 +28,49 @@ type Intent struct {
 	Name   string    `json:"name,omitempty"`
 	Since  time.Time `json:"since"`
 	PID    int       `json:"pid"`
+	// Start is the owner's start time (clock ticks since boot, from
+	// /proc/PID/stat) and BootID the boot it ran in: together with PID
+	// they tell a live owner from a PID reused after it died.
+	Start  uint64 `json:"start,omitempty"`
+	BootID string `json:"boot_id,omitempty"`
+}
+
+// OwnerAlive reports whether the process that recorded in still runs:
+// same boot, same PID, same start time.
+func (in Intent) OwnerAlive() bool {
+	if in.PID <= 0 || in.BootID == "" || in.BootID != bootID() {
+		return false
+	}
+	start, err := processStart(in.PID)
+	return err == nil && (in.Start == 0 || start == in.Start)
+}
+
+// self fills in the recording process's identity.
+func (in Intent) self() Intent {
+	in.PID = os.Getpid()
+	in.Start, _ = processStart(in.PID)
+	in.BootID = bootID()
+	return in
+}
+
+func bootID() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	return strings.TrimSpace(string(b))
+}
+
+// processStart reads a process's start time (field 22 of /proc/PID/stat,
+// counted after the command name, which may hold spaces).
+func processStart(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 20 {
+		return 0, errors.New("malformed /proc stat")
+	}
+	return strconv.ParseUint(f[19], 10, 64)
 }
 
 // Journal keeps intent records in a directory.
@@ -77,7 +123,13 @@ func (j Journal) Done(in Intent) error {
 	return syncDir(j.Dir)
 }
 
-// Pending lists the records left, oldest first.
+// ErrDamagedRecord is wrapped by Pending's error for a record it cannot
+// read; the other records are returned all the same.
+var ErrDamagedRecord = errors.New("freeze journal record damaged")
+
+// Pending lists the records left, oldest first. A damaged record does not
+// hide the others: they are returned with an error wrapping
+// ErrDamagedRecord that names each damaged file.
 func (j Journal) Pending() ([]Intent, error) {
 	ents, err := os.ReadDir(j.Dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -87,21 +139,29 @@ func (j Journal) Pending() ([]Intent, error) {
 		return nil, fmt.Errorf("freeze journal: %w", err)
 	}
 	var out []Intent
+	var damaged []string
 	for _, e := range ents {
 		if filepath.Ext(e.Name()) != ".json" {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(j.Dir, e.Name()))
-		if err != nil {
-			return nil, fmt.Errorf("freeze journal: %w", err)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // thawed meanwhile
 		}
 		var in Intent
-		if err := json.Unmarshal(b, &in); err != nil || in.Target == "" {
-			return nil, fmt.Errorf("freeze journal: %s is damaged: remove it after thawing the guest it names by hand", e.Name())
+		if err == nil {
+			err = json.Unmarshal(b, &in)
+		}
+		if err != nil || in.Target == "" || (in.Kind != "libvirt" && in.Kind != "socket") {
+			damaged = append(damaged, e.Name())
+			continue
 		}
 		out = append(out, in)
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].Since.Before(out[b].Since) })
+	if len(damaged) > 0 {
+		return out, fmt.Errorf("%w: %s in %s: thaw the guests they name by hand, then remove them", ErrDamagedRecord, strings.Join(damaged, ", "), j.Dir)
+	}
 	return out, nil
 }
 

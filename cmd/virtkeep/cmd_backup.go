@@ -40,7 +40,7 @@ func newBackupCmd(a *app) *cobra.Command {
 				return fmt.Errorf("libvirt %s: %w", a.cfg.LibvirtURI, err)
 			}
 			defer conn.Close()
-			if err := os.MkdirAll(a.cfg.StateDir, 0o755); err != nil {
+			if err := os.MkdirAll(a.cfg.StateDir, 0o711); err != nil {
 				return fmt.Errorf("state_dir: %w", err)
 			}
 			eng := &engine.Engine{Conn: conn, StateDir: a.cfg.StateDir, Log: a.log}
@@ -69,6 +69,7 @@ func newBackupCmd(a *app) *cobra.Command {
 	f.StringVar(&targetName, "target", "", "target to back up into (default: the first configured)")
 	f.StringVar(&req.Consistency, "consistency", "crash", "crash, fs (freeze filesystems through the guest agent) or app")
 	f.BoolVar(&req.RequireConsistency, "require-consistency", false, "fail instead of falling back to crash consistency")
+	f.DurationVar(&req.FreezeTimeout, "freeze-timeout", 10*time.Second, "longest a guest stays frozen: for the freeze, then again to start the backup job (then it is thawed and the backup fails)")
 	f.StringSliceVar(&req.Disks, "disk", nil, "back up only this disk (repeatable)")
 	f.StringSliceVar(&req.Exclude, "exclude-disk", nil, "leave this disk out (repeatable)")
 	f.BoolVar(&wait, "wait", true, "wait for the backup to finish (it always does until the daemon runs jobs)")

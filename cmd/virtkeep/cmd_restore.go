@@ -17,7 +17,7 @@ func (a *app) engine() (*engine.Engine, func(), error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("libvirt %s: %w", a.cfg.LibvirtURI, err)
 	}
-	if err := os.MkdirAll(a.cfg.StateDir, 0o755); err != nil {
+	if err := os.MkdirAll(a.cfg.StateDir, 0o711); err != nil {
 		conn.Close()
 		return nil, nil, fmt.Errorf("state_dir: %w", err)
 	}

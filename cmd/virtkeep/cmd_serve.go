@@ -23,6 +23,11 @@ func newServeCmd(a *app) *cobra.Command {
 			if err := a.load(); err != nil {
 				return err
 			}
+			if listen != "" {
+				if err := loopbackOnly(listen); err != nil {
+					return err
+				}
+			}
 			ctx := cmd.Context()
 			m, tp, err := a.resolvePoint(ctx, args[0], targetName)
 			if err != nil {
@@ -46,14 +51,25 @@ func newServeCmd(a *app) *cobra.Command {
 				uriOf = func(name string) string { return fmt.Sprintf("nbd://%s/%s", addr, name) }
 			} else {
 				if socket == "" {
-					socket = filepath.Join(a.cfg.StateDir, "run", fmt.Sprintf("serve-%d.sock", os.Getpid()))
-					_ = os.MkdirAll(filepath.Dir(socket), 0o755)
+					dir := filepath.Join(a.cfg.StateDir, "run", fmt.Sprintf("serve-%d", os.Getpid()))
+					if err := os.MkdirAll(dir, 0o700); err != nil {
+						return err
+					}
+					defer os.RemoveAll(dir)
+					if err := engine.ShareWithQEMU(dir, 0o750); err != nil {
+						return err
+					}
+					socket = filepath.Join(dir, "nbd.sock")
 				}
 				if ln, err = net.Listen("unix", socket); err != nil {
 					return err
 				}
 				defer os.Remove(socket)
-				_ = os.Chmod(socket, 0o777) // QEMU (libvirt-qemu) may connect: instant recovery
+				// QEMU (instant recovery) may connect; other local users
+				// must not read the decrypted disk.
+				if err := engine.ShareWithQEMU(socket, 0o660); err != nil {
+					return err
+				}
 				uriOf = func(name string) string { return fmt.Sprintf("nbd+unix:///%s?socket=%s", name, socket) }
 			}
 			// One URI per export, the disk first; logical volumes found on
@@ -81,7 +97,7 @@ func newServeCmd(a *app) *cobra.Command {
 	f.StringVar(&targetName, "target", "", "only look in this target")
 	f.StringVar(&disk, "disk", "", "serve only this disk (default: every disk, export names = disk names)")
 	f.StringVar(&socket, "socket", "", "unix socket to listen on")
-	f.StringVar(&listen, "listen", "", "TCP address to listen on instead (127.0.0.1 only unless you mean it)")
+	f.StringVar(&listen, "listen", "", "loopback TCP address to listen on instead (NBD has no TLS here yet)")
 	return cmd
 }
 
@@ -204,4 +220,17 @@ func newBootCmd(a *app) *cobra.Command {
 	f.BoolVar(&migrate, "migrate", false, "then move the disks to local files and drop the backup dependency")
 	f.BoolVar(&strict, "strict", false, "refuse a saved definition with parts a boot drops (host devices, passthrough, ...)")
 	return cmd
+}
+
+// loopbackOnly refuses a --listen address off this host: the NBD server
+// has no TLS and no authentication yet, and it serves decrypted disks.
+func loopbackOnly(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return usageErr("--listen %s: %v", addr, err)
+	}
+	if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return usageErr("--listen %s: only loopback addresses (127.0.0.1, [::1]): NBD is served without TLS or authentication", addr)
 }

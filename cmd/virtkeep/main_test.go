@@ -76,6 +76,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"--config", good, "info", "vm@latest"}, exitNotFound, `domain "vm"`},
 		{[]string{"--config", good, "list", "--target", "zzz"}, exitNotFound, `no target "zzz"`},
 		{[]string{"--config", good, "backup", "x", "--bogus"}, exitUsage, "unknown flag"},
+		{[]string{"--config", good, "serve", "vm@latest", "--listen", "0.0.0.0:10809"}, exitUsage, "only loopback"},
+		{[]string{"--config", good, "serve", "vm@latest", "--listen", "192.0.2.1:10809"}, exitUsage, "only loopback"},
 	}
 	for _, c := range cases {
 		code, _, errw := runCLI(t, c.args...)

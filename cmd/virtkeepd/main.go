@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
@@ -132,10 +133,34 @@ func serve(ctx context.Context, e *engine.Engine, log *slog.Logger) error {
 			log.Error("watchdog", "err", err)
 		}
 	}()
+	go watchFrozen(wctx, e, log, time.Second)
 	<-ctx.Done()
 	_ = n.Stopping()
 	log.Info("virtkeepd stopping")
 	return nil
+}
+
+// watchFrozen thaws, every interval, the guests whose freezer died (a CLI
+// killed while a guest was frozen): the freeze journal names them and
+// their owner's PID. The same error is logged once, not every second.
+func watchFrozen(ctx context.Context, e *engine.Engine, log *slog.Logger, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	last := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := e.RecoverFrozen(ctx)
+		if msg := fmt.Sprint(err); err != nil && msg != last {
+			log.Error("thawing guests left frozen", "err", err)
+			last = msg
+		} else if err == nil {
+			last = ""
+		}
+	}
 }
 
 func run(ctx context.Context, args []string, out, errw io.Writer) int {

@@ -78,6 +78,9 @@ type BackupRequest struct {
 	Progress func(Progress)
 	// afterBegin is a test hook run once the backup job has started.
 	afterBegin func(ctx context.Context) error
+	// beforeBegin is a test hook run with the guest frozen, just before
+	// the job is started (a slow libvirt or QEMU).
+	beforeBegin func()
 }
 
 // Progress is the state of one disk's copy.
@@ -115,7 +118,10 @@ func (e *Engine) freezeJournal() guestagent.Journal {
 }
 
 // RecoverFrozen thaws every guest a killed run left frozen (the freeze
-// journal under StateDir names them). The daemon calls it when it starts;
+// journal under StateDir names them); a guest whose freezer still runs is
+// left to it, and the record of a domain that no longer exists is retired.
+// The daemon calls it when it starts and then every second, so a CLI
+// killed mid-freeze leaves its guest frozen for seconds at most;
 // virtkeepd --cleanup runs it alone.
 func (e *Engine) RecoverFrozen(ctx context.Context) error {
 	return guestagent.Recover(ctx, e.freezeJournal(), func(in guestagent.Intent) (guestagent.Agent, error) {
@@ -127,6 +133,9 @@ func (e *Engine) RecoverFrozen(ctx context.Context) error {
 			return nil, fmt.Errorf("intent of unknown kind %q", in.Kind)
 		}
 		dom, err := e.Conn.LookupDomainByUUIDString(in.Target)
+		if errors.Is(err, libvirt.ERR_NO_DOMAIN) {
+			return nil, fmt.Errorf("domain %s (%s): %w", in.Name, in.Target, guestagent.ErrGone)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -253,6 +262,11 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Result, error)
 		return nil, err
 	}
 	log := e.log().With("domain", name, "target", req.Target.Name)
+	unlock, err := e.lockDomain(ctx, uuid, name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	state, _, err := dom.GetState()
 	if err != nil {
 		return nil, fmt.Errorf("domain %s: state: %w", name, err)
@@ -323,17 +337,26 @@ type run struct {
 	agentSocket   string // plain QEMU: the guest agent's socket
 }
 
+// runDir makes the backup's private runtime directory: new (never one
+// that exists), 0700 and owned by QEMU's user, which creates its NBD
+// socket and scratch files in it; no other local user can replace the
+// socket (and feed forged data into the backup) or plant symlinks.
 func (b *run) runDir() (string, error) {
+	run, err := b.e.runDirs()
+	if err != nil {
+		return "", fmt.Errorf("runtime dir: %w", err)
+	}
 	// Short: a unix socket path must fit in 108 bytes.
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])
-	dir := filepath.Join(b.e.StateDir, "run", "b-"+hex.EncodeToString(rnd[:]))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	dir := filepath.Join(run, "b-"+hex.EncodeToString(rnd[:]))
+	if err := os.Mkdir(dir, 0o700); err != nil {
 		return "", fmt.Errorf("runtime dir: %w", err)
 	}
-	// QEMU runs as libvirt-qemu and creates its NBD socket here.
-	if err := os.Chmod(dir, 0o777); err != nil {
-		return "", err
+	uid, gid := QEMUIDs()
+	if err := os.Lchown(dir, uid, gid); err != nil {
+		os.Remove(dir)
+		return "", fmt.Errorf("runtime dir: %w", err)
 	}
 	return dir, nil
 }

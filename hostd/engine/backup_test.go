@@ -482,3 +482,40 @@ func TestRecoveryLeftovers(t *testing.T) {
 		t.Fatalf("checkpoints: %v", cps)
 	}
 }
+
+// TestConcurrentBackupsOfOneDomain: two backups of one domain at once (the
+// daemon and a CLI) are serialized by the domain's lock: the second waits,
+// and neither takes the other's running job for a stale one.
+func TestConcurrentBackupsOfOneDomain(t *testing.T) {
+	f := newFixture(t, vm.DomainSpec{Disks: []vm.DiskSpec{{Size: 16 << 20, Fill: testenv.Fill{Random: 1, Hole: 3}}}, Start: true})
+	tg := f.target("t")
+	started := make(chan struct{})
+	release := make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		_, err := f.e.Backup(f.ctx, BackupRequest{Domain: f.dom.Name, Target: tg, Level: LevelFull, afterBegin: func(context.Context) error {
+			close(started)
+			<-release
+			return nil
+		}})
+		first <- err
+	}()
+	<-started
+	second := make(chan error, 1)
+	go func() {
+		_, err := f.e.Backup(f.ctx, BackupRequest{Domain: f.dom.Name, Target: tg, Level: LevelInc})
+		second <- err
+	}()
+	select {
+	case err := <-second:
+		t.Fatalf("the second backup ran beside the first: %v", err)
+	case <-time.After(time.Second):
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatalf("first backup: %v", err)
+	}
+	if err := <-second; err != nil {
+		t.Fatalf("second backup: %v", err)
+	}
+}

@@ -61,8 +61,13 @@ func (e *Engine) Boot(ctx context.Context, repo *target.Repository, r BootReques
 	if err := os.MkdirAll(r.Dir, 0o755); err != nil {
 		return nil, err
 	}
+	// The NBD socket serves the decrypted point: its directory is open to
+	// QEMU's group only.
 	run := filepath.Join(r.Dir, "run")
-	if err := os.MkdirAll(run, 0o755); err != nil {
+	if err := os.MkdirAll(run, 0o700); err != nil {
+		return nil, err
+	}
+	if err := ShareWithQEMU(run, 0o750); err != nil {
 		return nil, err
 	}
 	b := &Booted{Socket: filepath.Join(run, "nbd.sock"), Overlays: map[string]string{}}
@@ -80,8 +85,10 @@ func (e *Engine) Boot(ctx context.Context, repo *target.Repository, r BootReques
 	if err != nil {
 		return nil, fmt.Errorf("boot: %w", err)
 	}
-	// QEMU runs as libvirt-qemu: it must be able to connect.
-	_ = os.Chmod(b.Socket, 0o777)
+	// QEMU runs as libvirt-qemu: it must be able to connect, and nobody else.
+	if err := ShareWithQEMU(b.Socket, 0o660); err != nil {
+		return nil, fmt.Errorf("boot: %w", err)
+	}
 	err = rewriteDisks(dx, m, filter, func(xd *libvirtxml.DomainDisk, dm target.DiskManifest) error {
 		overlay := filepath.Join(r.Dir, dm.Name+".overlay.qcow2")
 		backing := fmt.Sprintf("nbd+unix:///%s?socket=%s", dm.Name, b.Socket)
@@ -89,6 +96,10 @@ func (e *Engine) Boot(ctx context.Context, repo *target.Repository, r BootReques
 			return fmt.Errorf("boot: overlay for %s: %v: %s", dm.Name, err, bytes.TrimSpace(out))
 		}
 		b.Overlays[dm.Name] = overlay
+		// The guest's writes land here; libvirt gives it to QEMU at start.
+		if err := os.Chmod(overlay, 0o600); err != nil {
+			return err
+		}
 		setDiskFile(xd, overlay, "qcow2")
 		xd.BackingStore = &libvirtxml.DomainDiskBackingStore{
 			Format: &libvirtxml.DomainDiskFormat{Type: "raw"},

@@ -198,6 +198,37 @@ func TestGuestAgentFaults(t *testing.T) {
 			t.Fatalf("guest after a hung freeze: %q %v", st, err)
 		}
 	})
+	t.Run("job start past the freeze timeout", func(t *testing.T) {
+		f, g := guestFixture(t, vm.GuestSpec{})
+		tg := f.target("t")
+		if _, err := f.e.Backup(f.ctx, BackupRequest{Domain: g.Name, Target: tg, Consistency: ConsistencyFS}); err != nil {
+			t.Fatal(err)
+		}
+		before := f.checkpoints()
+		// libvirt (here: a hook) takes 3 s to start the job, the guest may
+		// stay frozen 1 s: it is thawed at 1 s, the job that starts later is
+		// undone, the backup fails.
+		start := time.Now()
+		_, err := f.e.Backup(f.ctx, BackupRequest{Domain: g.Name, Target: tg, Consistency: ConsistencyFS, RequireConsistency: true,
+			FreezeTimeout: time.Second, beforeBegin: func() { time.Sleep(3 * time.Second) }})
+		if !errors.Is(err, ErrFreezeDeadline) {
+			t.Fatalf("slow job start: %v", err)
+		}
+		t.Logf("backup failed after %v", time.Since(start).Round(time.Millisecond))
+		st, err := (&guestagent.Freezer{Agent: g.Agent}).Status(f.ctx)
+		if err != nil || st != "thawed" {
+			t.Fatalf("guest after a slow job start: %q %v", st, err)
+		}
+		if after := f.checkpoints(); strings.Join(after, ",") != strings.Join(before, ",") {
+			t.Fatalf("checkpoints %v, want %v as before", after, before)
+		}
+		if _, err := g.Dom.BackupGetXMLDesc(0); err == nil {
+			t.Fatal("a backup job is still running")
+		}
+		if _, err := f.e.Backup(f.ctx, BackupRequest{Domain: g.Name, Target: tg, Consistency: ConsistencyFS, RequireConsistency: true}); err != nil {
+			t.Fatalf("the next backup: %v", err)
+		}
+	})
 	t.Run("hooks", func(t *testing.T) {
 		f, g := guestFixture(t, vm.GuestSpec{})
 		tg := f.target("t")

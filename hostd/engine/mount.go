@@ -78,17 +78,24 @@ func (e *Engine) Mount(ctx context.Context, r MountRequest) (_ *MountState, err 
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// The guest's files are readable by whoever reaches them: only root.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("mount: %w", err)
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) > 0 {
 		return nil, fmt.Errorf("mount: %s is not empty", dir)
 	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("mount: %w", err)
+	}
 	if _, err := os.Stat(e.statePath(dir)); err == nil {
 		return nil, fmt.Errorf("mount: %s is already a virtkeep mount (virtkeep umount %s)", dir, dir)
 	}
-	if err := os.MkdirAll(e.mountsDir(), 0o700); err != nil {
-		return nil, err
+	if _, err := e.runDirs(); err != nil {
+		return nil, fmt.Errorf("mount: %w", err)
+	}
+	if err := privateDir(e.mountsDir(), 0o700, os.Geteuid(), os.Getegid()); err != nil {
+		return nil, fmt.Errorf("mount: state_dir: %w", err)
 	}
 	work, err := os.MkdirTemp(e.mountsDir(), "m-")
 	if err != nil {
@@ -151,24 +158,16 @@ func (e *Engine) Mount(ctx context.Context, r MountRequest) (_ *MountState, err 
 	for _, pd := range devs {
 		dev := pd.dev
 		typ := blkType(ctx, dev)
-		var opts string
-		switch typ {
-		case "ext2", "ext3", "ext4":
-			opts = "ro,noexec,nodev,nosuid,noload"
-		case "xfs":
-			opts = "ro,noexec,nodev,nosuid,norecovery"
-		case "btrfs":
-			opts = "ro,noexec,nodev,nosuid,nologreplay"
-		case "vfat", "ntfs", "ntfs3", "iso9660":
-			opts = "ro,noexec,nodev,nosuid"
-		case "":
+		opts, ok := mountOptions(typ)
+		switch {
+		case typ == "":
 			continue
-		default:
+		case !ok:
 			e.log().Info("filesystem type not mounted", "device", dev, "type", typ)
 			continue
 		}
 		path := filepath.Join(dir, pd.name)
-		if err := os.MkdirAll(path, 0o755); err != nil {
+		if err := os.MkdirAll(path, 0o700); err != nil {
 			return nil, err
 		}
 		if out, err := exec.CommandContext(ctx, "mount", "-t", typ, "-o", opts, dev, path).CombinedOutput(); err != nil {
@@ -185,6 +184,27 @@ func (e *Engine) Mount(ctx context.Context, r MountRequest) (_ *MountState, err 
 		return nil, fmt.Errorf("mount: no filesystem found on disk %s of point %s", r.Disk, r.Point)
 	}
 	return st, nil
+}
+
+// mountOptions are the options a guest filesystem of type typ is mounted
+// with: read-only, no devices, no set-uid, no execution, symlinks not
+// followed (a guest's link to /etc/shadow must not lead a restore there),
+// and no journal or log replay, which would write to the device. False for
+// types virtkeep does not mount.
+func mountOptions(typ string) (string, bool) {
+	const base = "ro,noexec,nodev,nosuid,nosymfollow"
+	switch typ {
+	case "ext2", "ext3", "ext4":
+		return base + ",noload", true
+	case "xfs":
+		return base + ",norecovery", true
+	case "btrfs":
+		// Kernels since 5.9 take only rescue=nologreplay.
+		return base + ",rescue=nologreplay", true
+	case "vfat", "ntfs", "ntfs3", "iso9660":
+		return base, true
+	}
+	return "", false
 }
 
 // readLayout reads the partition table and the logical volumes of the

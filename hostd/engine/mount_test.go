@@ -212,3 +212,94 @@ func TestMountPoint(t *testing.T) {
 		t.Fatal("umount of a directory that is no mount succeeded")
 	}
 }
+
+// fsPart is one partition of TestMountFilesystems' disk.
+type fsPart struct {
+	typ         string
+	start, size int64 // in MiB
+	mkfs        []string
+}
+
+// TestMountFilesystems: every filesystem the docs promise mounts with its
+// no-replay option on this kernel, read-only, without following the
+// guest's symlinks, under a directory only root can enter.
+func TestMountFilesystems(t *testing.T) {
+	testenv.RequireCommands(t, "nbdfuse", "losetup", "sfdisk", "mkfs.ext4", "mkfs.xfs", "mkfs.btrfs", "blkid", "fusermount3")
+	parts := []fsPart{{"ext4", 1, 32, []string{"mkfs.ext4", "-q"}}, {"xfs", 33, 320, []string{"mkfs.xfs", "-q"}}, {"btrfs", 353, 128, []string{"mkfs.btrfs", "-q"}}}
+	if fss, _ := os.ReadFile("/proc/filesystems"); strings.Contains(string(fss), "vfat") {
+		parts = append(parts, fsPart{"vfat", 481, 32, []string{"mkfs.vfat"}})
+	} else {
+		t.Log("this kernel has no vfat: not tested")
+	}
+	f := newFixture(t, vm.DomainSpec{Disks: []vm.DiskSpec{{Format: "raw", Size: 516 << 20}}})
+	vda, _ := f.dom.Disk("vda")
+	var table strings.Builder
+	table.WriteString("label: gpt\n")
+	for _, p := range parts {
+		fmt.Fprintf(&table, "start=%d, size=%d\n", p.start<<11, p.size<<11)
+	}
+	sf := exec.Command("sfdisk", "-q", vda.Path)
+	sf.Stdin = strings.NewReader(table.String())
+	if out, err := sf.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v %s", err, out)
+	}
+	scratch := t.TempDir()
+	for _, p := range parts {
+		dev := strings.TrimSpace(run1(t, "losetup", "-f", "--show", "--offset", fmt.Sprint(p.start<<20), "--sizelimit", fmt.Sprint(p.size<<20), vda.Path))
+		func() {
+			defer exec.Command("losetup", "-d", dev).Run()
+			run1(t, p.mkfs[0], append(p.mkfs[1:], dev)...)
+			mnt := filepath.Join(scratch, p.typ)
+			os.MkdirAll(mnt, 0o700)
+			run1(t, "mount", dev, mnt)
+			defer exec.Command("umount", mnt).Run()
+			os.WriteFile(filepath.Join(mnt, "hello.txt"), []byte("hello from "+p.typ+"\n"), 0o644)
+			if p.typ != "vfat" {
+				os.Symlink("/etc/hostname", filepath.Join(mnt, "escape"))
+			}
+		}()
+	}
+	tg := f.target("t")
+	res, err := f.e.Backup(f.ctx, BackupRequest{Domain: f.dom.Name, Target: tg, Level: LevelFull})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	os.Setenv("VIRTKEEP_SERVE", filepath.Join(f.dom.Dir, "repo-t")+","+res.Manifest.ID+",vda")
+	st, err := f.e.Mount(f.ctx, MountRequest{Point: res.Manifest.ID, Disk: "vda", Dir: mnt, Serve: []string{exe, "-test.run=^$"}})
+	os.Unsetenv("VIRTKEEP_SERVE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.e.Umount(context.WithoutCancel(f.ctx), mnt)
+	if fi, _ := os.Stat(mnt); fi.Mode().Perm() != 0o700 {
+		t.Fatalf("mount directory has mode %v, want 0700", fi.Mode().Perm())
+	}
+	byType := map[string]MountedFS{}
+	for _, m := range st.Mounts {
+		byType[m.Type] = m
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, p := range parts {
+		m, ok := byType[p.typ]
+		if !ok {
+			t.Errorf("%s was not mounted (mounted: %+v)", p.typ, st.Mounts)
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join(m.Path, "hello.txt")); err != nil || string(b) != "hello from "+p.typ+"\n" {
+			t.Errorf("%s: hello.txt: %q %v", p.typ, b, err)
+		}
+		if p.typ != "vfat" {
+			if _, err := os.ReadFile(filepath.Join(m.Path, "escape")); err == nil {
+				t.Errorf("%s: the guest's symlink to /etc/hostname was followed", p.typ)
+			}
+		}
+		for _, line := range strings.Split(string(mi), "\n") {
+			if strings.Contains(line, " "+m.Path+" ") && !(strings.Contains(line, "ro,") && strings.Contains(line, "nosymfollow")) {
+				t.Errorf("%s mounted without ro or nosymfollow: %s", p.typ, line)
+			}
+		}
+		testenv.Report(t, "%s mounts with %s", p.typ, func() string { o, _ := mountOptions(p.typ); return o }())
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"libvirt.org/go/libvirt"
@@ -53,12 +54,9 @@ func (b *run) online(ctx context.Context) error {
 
 	backupXML, cpXML := b.jobXML(sock, dir)
 	b.consistency = ConsistencyCrash
-	thaw, err := b.freeze(ctx)
-	if err != nil {
-		return err
-	}
-	err = b.dom.BackupBegin(backupXML, cpXML, 0)
-	thaw()
+	err = b.frozen(ctx, b.freeze, func(context.Context) error {
+		return b.dom.BackupBegin(backupXML, cpXML, 0)
+	}, func(cctx context.Context) { b.undoOnline(cctx, q) })
 	if err != nil {
 		return fmt.Errorf("domain %s: start backup job: %w", b.name, err)
 	}
@@ -358,6 +356,69 @@ func (b *run) dirtyContext(d diskInfo, since string) string {
 
 // freeze quiesces the guest's filesystems through the agent when asked;
 // the returned thaw must be called right after the backup job starts.
+// ErrFreezeDeadline means starting the backup job took longer than the
+// freeze timeout: the guest was thawed and the backup given up.
+var ErrFreezeDeadline = errors.New("the backup job did not start within the freeze timeout")
+
+// frozen runs begin (libvirt's BackupBegin, QEMU's transaction) with the
+// guest quiesced by freeze. The thaw is deferred, so it runs on every
+// path, a panic in begin included. begin has the freeze timeout (default
+// 10 s): past it the guest is thawed and the backup fails with
+// ErrFreezeDeadline; a begin that still succeeds afterwards is undone by
+// late, so the domain is left as it was.
+func (b *run) frozen(ctx context.Context, freeze func(context.Context) (func(), error), begin func(context.Context) error, late func(context.Context)) error {
+	thaw, err := freeze(ctx)
+	if err != nil {
+		return err
+	}
+	thawOnce := sync.OnceFunc(thaw)
+	defer thawOnce()
+	timeout := b.req.FreezeTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	bctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	type result struct {
+		err   error
+		panic any
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				done <- result{panic: p}
+			}
+		}()
+		if b.req.beforeBegin != nil {
+			b.req.beforeBegin()
+		}
+		done <- result{err: begin(bctx)}
+	}()
+	select {
+	case r := <-done:
+		if r.panic != nil {
+			thawOnce()
+			panic(r.panic)
+		}
+		return r.err
+	case <-time.After(timeout):
+	}
+	thawOnce()
+	b.log.Error("the backup job did not start within the freeze timeout: guest thawed, backup given up", "timeout", timeout)
+	cctx, ccancel := b.e.cleanupCtx(ctx)
+	defer ccancel()
+	select {
+	case r := <-done:
+		if r.err == nil && r.panic == nil {
+			late(cctx) // it started after all: undo it
+		}
+	case <-cctx.Done():
+		b.log.Error("starting the backup job has not returned; the next backup ends what it left")
+	}
+	return fmt.Errorf("%w (%v)", ErrFreezeDeadline, timeout)
+}
+
 func (b *run) freeze(ctx context.Context) (func(), error) {
 	uri, _ := b.e.Conn.GetURI()
 	return b.quiesce(ctx, guestagent.LibvirtAgent{Dom: b.dom}, guestagent.Intent{Kind: "libvirt", URI: uri, Target: b.uuid, Name: b.name})
@@ -462,7 +523,8 @@ func qcow2Details(path string) map[string]any {
 }
 
 // staleJob ends a backup job a killed virtkeep left running (its NBD socket
-// is under our runtime directory); another tool's job is an error.
+// is in one of our runtime directories; we hold the domain's lock, so no
+// live virtkeep owns it); another tool's job is an error.
 func (b *run) staleJob() error {
 	x, err := b.dom.BackupGetXMLDesc(0)
 	if err != nil {
@@ -470,8 +532,9 @@ func (b *run) staleJob() error {
 	}
 	var bx libvirtxml.DomainBackup
 	ours := false
+	var scratch string
 	if bx.Unmarshal(x) == nil && bx.Pull != nil && bx.Pull.Server != nil && bx.Pull.Server.UNIX != nil {
-		ours = strings.HasPrefix(bx.Pull.Server.UNIX.Socket, filepath.Join(b.e.StateDir, "run")+string(filepath.Separator))
+		scratch, ours = b.e.ownScratchDir(bx.Pull.Server.UNIX.Socket)
 	}
 	if !ours {
 		return fmt.Errorf("domain %s: another backup job is running (not started by virtkeep with this state_dir)", b.name)
@@ -485,7 +548,7 @@ func (b *run) staleJob() error {
 		return nil
 	}
 	b.waitJobEnded()
-	_ = os.RemoveAll(filepath.Dir(bx.Pull.Server.UNIX.Socket))
+	_ = os.RemoveAll(scratch)
 	b.res.Repairs = append(b.res.Repairs, "ended a stale backup job left by an interrupted run")
 	b.log.Warn("ended a stale backup job left by an interrupted run")
 	return nil

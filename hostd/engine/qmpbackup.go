@@ -176,6 +176,9 @@ func (b *run) qmpBackup(ctx context.Context, q *qmp.Client, nodes map[string]qmp
 		if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", f, fmt.Sprint(nodes[d.Target].Image.VirtualSize)).CombinedOutput(); err != nil {
 			return fmt.Errorf("fleece image: %v: %s", err, out)
 		}
+		if err := os.Chmod(f, 0o600); err != nil { // the guest's old data goes here
+			return err
+		}
 	}
 	var undo []func(context.Context)
 	ok := false
@@ -228,19 +231,9 @@ func (b *run) qmpBackup(ctx context.Context, q *qmp.Client, nodes map[string]qmp
 		actions = append(actions, qmp.Action{Type: "blockdev-backup", Data: map[string]any{
 			"job-id": job(d), "device": n.NodeName, "target": fleece(d), "sync": "none", "auto-finalize": true, "auto-dismiss": true}})
 	}
-	thaw, err := b.freezeSocket(ctx)
-	if err != nil {
-		return err
-	}
-	err = q.Transaction(ctx, actions...)
-	thaw()
-	if err != nil {
-		return fmt.Errorf("start fleecing: %w", err)
-	}
-	b.log.Info("fleecing started", "tag", tag, "level", b.level)
 	// Undo runs last-first: the export and job go before the bitmaps they
 	// hold busy are touched.
-	undo = append(undo, func(cctx context.Context) {
+	restoreBitmaps := func(cctx context.Context) {
 		// Give the chain back its state: the old bitmaps record again,
 		// with what was written meanwhile; the new ones go.
 		for _, d := range b.disks {
@@ -256,7 +249,15 @@ func (b *run) qmpBackup(ctx context.Context, q *qmp.Client, nodes map[string]qmp
 				b.log.Warn("restoring bitmaps failed", "disk", d.Target, "err", err)
 			}
 		}
-	}, teardown)
+	}
+	err = b.frozen(ctx, b.freezeSocket, func(bctx context.Context) error {
+		return q.Transaction(bctx, actions...)
+	}, func(cctx context.Context) { teardown(cctx); restoreBitmaps(cctx) })
+	if err != nil {
+		return fmt.Errorf("start fleecing: %w", err)
+	}
+	b.log.Info("fleecing started", "tag", tag, "level", b.level)
+	undo = append(undo, restoreBitmaps, teardown)
 	if err := q.Execute(ctx, "nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}}, nil); err != nil {
 		return fmt.Errorf("nbd-server-start: %w", err)
 	}

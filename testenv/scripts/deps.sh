@@ -12,6 +12,7 @@ PACKAGES=(
   qemu-guest-agent virtnbdbackup
   zstd e2fsprogs procps busybox-static fdisk fuse3 util-linux
   openssh-server openssh-client lvm2 systemd
+  xfsprogs btrfs-progs dosfstools
 )
 
 say() { echo "deps: $*"; }

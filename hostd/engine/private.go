@@ -1,0 +1,156 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// ErrNotPrivate is wrapped by errors for a directory virtkeep keeps state,
+// sockets or scratch files in that someone else owns or could write.
+var ErrNotPrivate = errors.New("directory is not private to virtkeep")
+
+// qemuUsers are the accounts libvirt runs QEMU as (Debian, then Fedora).
+var qemuUsers = []string{"libvirt-qemu", "qemu"}
+
+// QEMUIDs returns the user and group libvirt's QEMU runs as; root when
+// neither account exists (QEMU then runs as root).
+func QEMUIDs() (uid, gid int) {
+	for _, name := range qemuUsers {
+		u, err := user.Lookup(name)
+		if err != nil {
+			continue
+		}
+		uid, err1 := strconv.Atoi(u.Uid)
+		gid, err2 := strconv.Atoi(u.Gid)
+		if err1 == nil && err2 == nil {
+			return uid, gid
+		}
+	}
+	return 0, 0
+}
+
+// privateDir makes dir (if missing) and checks it: a real directory (no
+// symlink), owned by uid:gid and with exactly mode. A directory we made
+// is given to uid:gid; one someone else owns is refused, since whoever
+// owns it could swap what we put in it.
+func privateDir(dir string, mode fs.FileMode, uid, gid int) error {
+	err := os.Mkdir(dir, 0o700)
+	made := err == nil
+	if err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("%s is not a directory (%s): %w", dir, fi.Mode().Type(), ErrNotPrivate)
+	case !ok:
+		return fmt.Errorf("%s: no owner: %w", dir, ErrNotPrivate)
+	case !made && int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("%s is owned by uid %d: %w", dir, st.Uid, ErrNotPrivate)
+	}
+	if int(st.Uid) != uid || int(st.Gid) != gid {
+		if err := os.Lchown(dir, uid, gid); err != nil {
+			return err
+		}
+	}
+	if fi.Mode().Perm() != mode {
+		return os.Chmod(dir, mode)
+	}
+	return nil
+}
+
+// runDirs prepares state_dir (0711: QEMU may pass through, nobody may
+// list or write) and state_dir/run, and returns the latter.
+func (e *Engine) runDirs() (string, error) {
+	if e.StateDir == "" {
+		return "", errors.New("no state_dir")
+	}
+	if err := os.MkdirAll(filepath.Dir(filepath.Clean(e.StateDir)), 0o755); err != nil {
+		return "", err
+	}
+	if err := privateDir(e.StateDir, 0o711, os.Geteuid(), os.Getegid()); err != nil {
+		return "", fmt.Errorf("state_dir: %w", err)
+	}
+	run := filepath.Join(e.StateDir, "run")
+	if err := privateDir(run, 0o711, os.Geteuid(), os.Getegid()); err != nil {
+		return "", fmt.Errorf("state_dir: %w", err)
+	}
+	return run, nil
+}
+
+// ShareWithQEMU gives a socket or directory virtkeep made to the group
+// libvirt's QEMU runs in, with mode (0660 for a socket, 0750 for a
+// directory): QEMU can connect to an NBD socket, other local users
+// cannot read the decrypted disk behind it.
+func ShareWithQEMU(path string, mode fs.FileMode) error {
+	_, gid := QEMUIDs()
+	if err := os.Lchown(path, os.Geteuid(), gid); err != nil {
+		return err
+	}
+	return os.Chmod(path, mode)
+}
+
+// lockDomain serializes backups of one domain across processes (the
+// daemon and a CLI run): it holds an flock on state_dir/locks/UUID until
+// unlock, waiting while another process holds it. Under the lock, a
+// backup job found in our runtime directory has no live owner.
+func (e *Engine) lockDomain(ctx context.Context, uuid, name string) (unlock func(), err error) {
+	if _, err := e.runDirs(); err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(e.StateDir, "locks")
+	if err := privateDir(dir, 0o700, os.Geteuid(), os.Getegid()); err != nil {
+		return nil, fmt.Errorf("state_dir: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, uuid+".lock"), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("domain lock: %w", err)
+	}
+	for waited := false; ; {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("domain lock: %w", err)
+		}
+		if !waited {
+			e.log().Info("waiting for another backup of the domain to end", "domain", name)
+			waited = true
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("domain %s: waiting for another backup of it: %w", name, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return func() { f.Close() }, nil
+}
+
+var scratchDirRe = regexp.MustCompile(`^b-[0-9a-f]{8}$`)
+
+// ownScratchDir returns the runtime directory a backup job's NBD socket
+// is in when it is one of ours (state_dir/run/b-XXXXXXXX): only such a
+// directory is ever removed, whatever path libvirt reports.
+func (e *Engine) ownScratchDir(socket string) (string, bool) {
+	if !filepath.IsAbs(socket) {
+		return "", false
+	}
+	dir := filepath.Dir(filepath.Clean(socket))
+	return dir, filepath.Dir(dir) == filepath.Join(filepath.Clean(e.StateDir), "run") && scratchDirRe.MatchString(filepath.Base(dir))
+}
