@@ -39,7 +39,7 @@ func TestUsageErrors(t *testing.T) {
 	os.Chmod(openSecret, 0o644)
 	bad := map[string]string{
 		"targets: [{name: a, kind: s3, endpoint: s3.example.com, bucket: b, access_key: k, secret_key_file: " + openSecret + "}]\n": "mode 0644",
-		"version: 2\ntargets: [{name: a, kind: local, path: /x}]\n": "version 2",
+		"version: 2\ntargets: [{name: a, kind: local, path: /x}]\n":                                                                 "version 2",
 		"targets: []\n": "no targets",
 		"targets: [{name: 'a b', kind: local, path: /x}]\n":                               `name "a b"`,
 		"targets: [{name: a, kind: ftp, path: /x}]\n":                                     `kind "ftp"`,
