@@ -447,7 +447,7 @@ func TestRecoveryLeftovers(t *testing.T) {
 	f := newFixture(t, vm.DomainSpec{Disks: []vm.DiskSpec{{Size: 16 << 20}}, Start: true})
 	tg := f.target("t")
 	f.backup(tg, LevelFull)
-	run := filepath.Join(f.e.StateDir, "run", "b-dead")
+	run := filepath.Join(f.e.StateDir, "run", "b-deadbeef") // as a killed run names it
 	if err := os.MkdirAll(run, 0o777); err != nil {
 		t.Fatal(err)
 	}
