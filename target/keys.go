@@ -83,24 +83,24 @@ type KDFParams struct {
 // DefaultKDF costs about 0.1–0.3 s and 64 MiB on a server core.
 var DefaultKDF = KDFParams{Time: 3, MemoryKiB: 64 << 10, Threads: 2}
 
-// WriteKeyFile writes k to path with mode 0600, refusing to replace an
-// existing file. With a passphrase the key is wrapped under
-// Argon2id(passphrase); without, it is stored as is (protect the file).
-func WriteKeyFile(path string, k Key, passphrase []byte, p KDFParams) error {
+// MarshalKeyFile encodes k as a key file. With a passphrase the key is
+// wrapped under Argon2id(passphrase); without, it is stored as is
+// (protect the file).
+func MarshalKeyFile(k Key, passphrase []byte, p KDFParams) ([]byte, error) {
 	kf := keyFile{Version: 1, KDF: "none"}
 	if len(passphrase) == 0 {
 		kf.Key = base64.StdEncoding.EncodeToString(k.b[:])
 	} else {
 		salt := make([]byte, 16)
 		if _, err := rand.Read(salt); err != nil {
-			return err
+			return nil, err
 		}
 		kek := argon2.IDKey(passphrase, salt, p.Time, p.MemoryKiB, p.Threads, 32)
 		block, _ := aes.NewCipher(kek)
 		gcm, _ := cipher.NewGCM(block)
 		nonce := make([]byte, gcm.NonceSize())
 		if _, err := rand.Read(nonce); err != nil {
-			return err
+			return nil, err
 		}
 		kf = keyFile{Version: 1, KDF: "argon2id", Salt: base64.StdEncoding.EncodeToString(salt),
 			Time: p.Time, MemoryKiB: p.MemoryKiB, Threads: p.Threads,
@@ -108,13 +108,37 @@ func WriteKeyFile(path string, k Key, passphrase []byte, p KDFParams) error {
 	}
 	b, err := json.MarshalIndent(kf, "", "  ")
 	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
+
+// KeyFileNeedsPassphrase reports whether the key file at path is wrapped
+// under a passphrase.
+func KeyFileNeedsPassphrase(path string) (bool, error) {
+	b, err := ReadSecretFile(path)
+	if err != nil {
+		return false, fmt.Errorf("target: key file: %w", err)
+	}
+	var kf keyFile
+	if err := json.Unmarshal(b, &kf); err != nil {
+		return false, fmt.Errorf("target: key file %s: not a virtkeep key file: %v", path, err)
+	}
+	return kf.KDF == "argon2id", nil
+}
+
+// WriteKeyFile writes k to path with mode 0600, refusing to replace an
+// existing file (see MarshalKeyFile).
+func WriteKeyFile(path string, k Key, passphrase []byte, p KDFParams) error {
+	b, err := MarshalKeyFile(k, passphrase, p)
+	if err != nil {
 		return err
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("target: key file: %w", err)
 	}
-	_, err = f.Write(append(b, '\n'))
+	_, err = f.Write(b)
 	if err == nil {
 		err = f.Sync()
 	}

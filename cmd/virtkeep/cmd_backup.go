@@ -10,7 +10,6 @@ import (
 	"libvirt.org/go/libvirt"
 
 	"github.com/virtkeep/virtkeep/hostd/engine"
-	"github.com/virtkeep/virtkeep/target/all"
 )
 
 func newBackupCmd(a *app) *cobra.Command {
@@ -30,7 +29,7 @@ func newBackupCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			repo, err := all.Open(ctx, tc.open(), true, a.log)
+			repo, err := a.openTarget(ctx, tc, true)
 			if err != nil {
 				return err
 			}

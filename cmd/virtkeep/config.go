@@ -42,6 +42,9 @@ type TargetConfig struct {
 	Path        string `mapstructure:"path"`
 	Compression string `mapstructure:"compression"`
 	KeyFile     string `mapstructure:"key_file"`
+	// PassphraseFile holds the passphrase of a passphrase-protected
+	// key_file (unattended runs); without it the CLI asks on a terminal.
+	PassphraseFile string `mapstructure:"passphrase_file"`
 
 	// sftp
 	Host           string `mapstructure:"host"`
@@ -62,7 +65,8 @@ type TargetConfig struct {
 	CAFile        string `mapstructure:"ca_file"`
 	PathStyle     bool   `mapstructure:"path_style"`
 
-	secretKey target.Secret // read from SecretKeyFile
+	secretKey  target.Secret // read from SecretKeyFile
+	passphrase target.Secret // read from PassphraseFile
 }
 
 // kindSettings lists the settings each kind takes besides name, kind,
@@ -74,7 +78,7 @@ var kindSettings = map[string][]string{
 }
 
 // commonSettings are the settings of every kind.
-var commonSettings = []string{"name", "kind", "compression", "key_file"}
+var commonSettings = []string{"name", "kind", "compression", "key_file", "passphrase_file"}
 
 // set lists the kind-specific settings t has (fields not left at zero),
 // by their names in the file: read off the struct, so a new setting can
@@ -111,6 +115,18 @@ func (t *TargetConfig) check(where string) error {
 			return usageErr("%s (%s): kind %s needs %s", where, t.Name, t.Kind, name)
 		}
 		return nil
+	}
+	if t.PassphraseFile != "" {
+		if t.KeyFile == "" {
+			return usageErr("%s (%s): passphrase_file without key_file", where, t.Name)
+		}
+		b, err := target.ReadSecretFile(t.PassphraseFile)
+		if err != nil {
+			return usageErr("%s (%s): passphrase_file: %v", where, t.Name, err)
+		}
+		if t.passphrase = target.Secret(strings.TrimRight(string(b), "\r\n")); t.passphrase.Empty() {
+			return usageErr("%s (%s): passphrase_file %s is empty", where, t.Name, t.PassphraseFile)
+		}
 	}
 	switch t.Kind {
 	case "local":
@@ -226,7 +242,11 @@ func (t TargetConfig) open() all.Config {
 	if comp == "" {
 		comp = target.CompressionZstd
 	}
-	return all.Config{Name: t.Name, Kind: t.Kind, Path: t.Path, Compression: comp, KeyFile: t.KeyFile,
+	var pass []byte
+	if !t.passphrase.Empty() {
+		pass = []byte(t.passphrase.Reveal())
+	}
+	return all.Config{Name: t.Name, Kind: t.Kind, Path: t.Path, Compression: comp, KeyFile: t.KeyFile, Passphrase: pass,
 		SFTP: sftp.Config{Host: t.Host, Port: t.Port, User: t.User, Path: t.Path, IdentityFile: t.IdentityFile,
 			KnownHostsFile: t.KnownHostsFile, Connections: t.Connections},
 		S3: s3.Config{Endpoint: t.Endpoint, Bucket: t.Bucket, Prefix: t.Prefix, Region: t.Region, AccessKey: t.AccessKey,

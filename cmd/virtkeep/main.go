@@ -76,7 +76,7 @@ domain/point/disk/target, 4 consistency not reached (--require-consistency),
 		return cmd.Help()
 	}
 	root.AddCommand(newBackupCmd(a), newListCmd(a), newInfoCmd(a), newRestoreCmd(a), newExportCmd(a),
-		newServeCmd(a), newMountCmd(a), newUmountCmd(a), newBootCmd(a), newVerifyCmd(a))
+		newServeCmd(a), newMountCmd(a), newUmountCmd(a), newBootCmd(a), newVerifyCmd(a), newKeyCmd(a))
 	return root
 }
 

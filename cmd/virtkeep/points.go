@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/virtkeep/virtkeep/target"
-	"github.com/virtkeep/virtkeep/target/all"
 )
 
 // pointRecord is a point as list and info print it (the CLI contract).
@@ -73,11 +72,13 @@ func (a *app) loadPoints(ctx context.Context, only string, tolerate bool) ([]tar
 	}
 	var out []targetPoints
 	for _, tc := range tcs {
-		repo, err := all.Open(ctx, tc.open(), false, a.log)
+		repo, err := a.openTarget(ctx, tc, false)
 		if errors.Is(err, target.ErrNotRepository) {
 			continue
 		}
-		if err != nil && tolerate && only == "" {
+		// A configuration error (a key that needs a passphrase) is the
+		// operator's to fix, not an unreachable target.
+		if err != nil && tolerate && only == "" && exitCode(err) != exitUsage {
 			a.log.Warn("target skipped: cannot open its repository", "target", tc.Name, "err", err)
 			a.unreachable = append(a.unreachable, tc.Name)
 			continue
