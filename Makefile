@@ -7,6 +7,7 @@ LDFLAGS := -X main.version=$(VERSION)
 PREFIX ?= /usr/local
 GOTEST_TIMEOUT ?= 25m
 ITEST_LOG := $(CURDIR)/.itest.log
+LEFTOVERS := $(CURDIR)/.leftovers.before
 
 .PHONY: help deps build test unit lint bench reliability demo install clean
 
@@ -20,11 +21,13 @@ deps: ## install packages, start libvirtd/virtlogd, fetch Go modules (idempotent
 build: ## build bin/virtkeep and bin/virtkeepd
 	go build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 
-test: deps ## vet, then every unit and real-component integration test with -race
+test: deps ## vet, then every unit and real-component integration test with -race; fails on anything left behind
 	go vet ./...
 	@rm -f $(ITEST_LOG)
+	@bash testenv/scripts/leftovers.sh snapshot $(LEFTOVERS)
 	VIRTKEEP_ITEST_LOG=$(ITEST_LOG) go test -race -count=1 -timeout $(GOTEST_TIMEOUT) ./... ; rc=$$?; \
-	  bash testenv/scripts/count-itests.sh $(ITEST_LOG); exit $$rc
+	  bash testenv/scripts/count-itests.sh $(ITEST_LOG); \
+	  bash testenv/scripts/leftovers.sh check $(LEFTOVERS) || rc=1; exit $$rc
 
 unit: ## unit tests only: -short skips every test against real components
 	go test -short -count=1 ./...
@@ -46,6 +49,7 @@ reliability: deps ## long runs: 200 writer kills, every fuzz target for FUZZ_TIM
 	for f in FuzzEnvelope FuzzIndex FuzzManifest; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./target/ || exit 1; done
 	go test -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(FUZZ_TIME) ./cmd/virtkeep/
 	for f in FuzzMetadata FuzzDisk; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./hostd/layout/ || exit 1; done
+	for f in FuzzSafeDomain FuzzQcow2Options; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./hostd/engine/ || exit 1; done
 
 install: build ## install the binaries under $(PREFIX)/bin, the systemd unit, the docs
 	install -D -m 0755 bin/virtkeep $(DESTDIR)$(PREFIX)/bin/virtkeep
@@ -57,4 +61,4 @@ install: build ## install the binaries under $(PREFIX)/bin, the systemd unit, th
 	install -D -m 0644 -t $(DESTDIR)$(PREFIX)/share/doc/virtkeep docs/*.md
 
 clean: ## remove build output
-	rm -rf bin $(ITEST_LOG)
+	rm -rf bin $(ITEST_LOG) $(LEFTOVERS)
