@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"libvirt.org/go/libvirt"
+
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/local"
 	"github.com/virtkeep/virtkeep/testenv"
@@ -517,5 +519,22 @@ func TestConcurrentBackupsOfOneDomain(t *testing.T) {
 	}
 	if err := <-second; err != nil {
 		t.Fatalf("second backup: %v", err)
+	}
+}
+
+// TestBackupLeavesGraphicsPasswordsOut: a domain's VNC password is not
+// saved with its points (the repository may be read by others).
+func TestBackupLeavesGraphicsPasswordsOut(t *testing.T) {
+	f := newFixture(t, vm.DomainSpec{Disks: []vm.DiskSpec{{Size: 8 << 20}}, Start: true,
+		Devices: "    <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1' passwd='s3cr3tvn'/>\n"})
+	if secure, _ := f.dom.Dom.GetXMLDesc(libvirt.DOMAIN_XML_SECURE | libvirt.DOMAIN_XML_INACTIVE); !strings.Contains(secure, "s3cr3tvn") {
+		t.Fatal("the test domain has no VNC password")
+	}
+	res := f.backup(f.target("t"), LevelFull)
+	if strings.Contains(res.Manifest.DomainXML+res.Manifest.DomainXMLInactive, "s3cr3tvn") {
+		t.Fatal("the VNC password was saved with the point")
+	}
+	if !strings.Contains(res.Manifest.DomainXMLInactive, "graphics type='vnc'") {
+		t.Fatal("the graphics device itself was lost")
 	}
 }

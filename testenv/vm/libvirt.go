@@ -56,6 +56,8 @@ type DomainSpec struct {
 	Start bool
 	// Running starts the domain and lets it run.
 	Running bool
+	// Devices is extra device XML put into <devices> as it is.
+	Devices string
 }
 
 // Domain is a persistent libvirt domain made for one test, removed with its
@@ -96,7 +98,7 @@ func (e *Env) NewDomain(t testing.TB, spec DomainSpec) *Domain {
 		t.Fatal(err)
 	}
 	name := "vk-" + filepath.Base(dir)
-	xml := domainXML(name, spec.MemoryMiB, disks)
+	xml := domainXML(name, spec.MemoryMiB, disks, spec.Devices)
 	dom, err := e.Conn.DomainDefineXML(xml)
 	if err != nil {
 		t.Fatalf("testenv: define domain %s: %v\n%s", name, err, xml)
@@ -112,7 +114,7 @@ func (e *Env) NewDomain(t testing.TB, spec DomainSpec) *Domain {
 	return d
 }
 
-func domainXML(name string, memMiB uint, disks []*Disk) string {
+func domainXML(name string, memMiB uint, disks []*Disk, devices string) string {
 	if memMiB == 0 {
 		memMiB = 64
 	}
@@ -124,6 +126,7 @@ func domainXML(name string, memMiB uint, disks []*Disk) string {
 		fmt.Fprintf(&b, "    <disk type='file' device='disk'><driver name='qemu' type='%s'/><source file='%s'/><target dev='%s' bus='virtio'/></disk>\n",
 			d.Format, html.EscapeString(d.Path), d.Target)
 	}
+	b.WriteString(devices)
 	b.WriteString("    <controller type='usb' model='none'/>\n    <memballoon model='none'/>\n  </devices>\n</domain>\n")
 	return b.String()
 }
