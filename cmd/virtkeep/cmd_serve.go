@@ -51,8 +51,12 @@ func newServeCmd(a *app) *cobra.Command {
 				uriOf = func(name string) string { return fmt.Sprintf("nbd://%s/%s", addr, name) }
 			} else {
 				if socket == "" {
-					dir := filepath.Join(a.cfg.StateDir, "run", fmt.Sprintf("serve-%d", os.Getpid()))
-					if err := os.MkdirAll(dir, 0o700); err != nil {
+					run, err := (&engine.Engine{StateDir: a.cfg.StateDir}).RunDir()
+					if err != nil {
+						return err
+					}
+					dir := filepath.Join(run, fmt.Sprintf("serve-%d", os.Getpid()))
+					if err := os.Mkdir(dir, 0o700); err != nil {
 						return err
 					}
 					defer os.RemoveAll(dir)

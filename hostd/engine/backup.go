@@ -342,7 +342,7 @@ type run struct {
 // socket and scratch files in it; no other local user can replace the
 // socket (and feed forged data into the backup) or plant symlinks.
 func (b *run) runDir() (string, error) {
-	run, err := b.e.runDirs()
+	run, err := b.e.RunDir()
 	if err != nil {
 		return "", fmt.Errorf("runtime dir: %w", err)
 	}

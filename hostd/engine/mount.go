@@ -91,7 +91,7 @@ func (e *Engine) Mount(ctx context.Context, r MountRequest) (_ *MountState, err 
 	if _, err := os.Stat(e.statePath(dir)); err == nil {
 		return nil, fmt.Errorf("mount: %s is already a virtkeep mount (virtkeep umount %s)", dir, dir)
 	}
-	if _, err := e.runDirs(); err != nil {
+	if _, err := e.RunDir(); err != nil {
 		return nil, fmt.Errorf("mount: %w", err)
 	}
 	if err := privateDir(e.mountsDir(), 0o700, os.Geteuid(), os.Getegid()); err != nil {

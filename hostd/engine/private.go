@@ -72,9 +72,10 @@ func privateDir(dir string, mode fs.FileMode, uid, gid int) error {
 	return nil
 }
 
-// runDirs prepares state_dir (0711: QEMU may pass through, nobody may
-// list or write) and state_dir/run, and returns the latter.
-func (e *Engine) runDirs() (string, error) {
+// RunDir prepares state_dir (0711: QEMU may pass through, nobody may
+// list or write) and state_dir/run, checking that root owns both, and
+// returns the latter.
+func (e *Engine) RunDir() (string, error) {
 	if e.StateDir == "" {
 		return "", errors.New("no state_dir")
 	}
@@ -108,7 +109,7 @@ func ShareWithQEMU(path string, mode fs.FileMode) error {
 // unlock, waiting while another process holds it. Under the lock, a
 // backup job found in our runtime directory has no live owner.
 func (e *Engine) lockDomain(ctx context.Context, uuid, name string) (unlock func(), err error) {
-	if _, err := e.runDirs(); err != nil {
+	if _, err := e.RunDir(); err != nil {
 		return nil, err
 	}
 	dir := filepath.Join(e.StateDir, "locks")
