@@ -14,9 +14,8 @@ import (
 
 // slowMapper counts the block status walks running at once.
 type slowMapper struct {
-	size        int64
-	now, most   atomic.Int32
-	releaseOnce sync.Once
+	size      int64
+	now, most atomic.Int32
 }
 
 func (m *slowMapper) Size() int64 { return m.size }

@@ -54,15 +54,13 @@ func TestLocksTwoHostsOneHostname(t *testing.T) {
 	me := target.OwnerOf(dead)
 	me.PID, me.Start = 999999, 1
 	target.SetOwner(dead, me)
-	l, err := dead.Lock(ctx, true)
-	if err == nil {
+	if _, err := dead.Lock(ctx, true); err == nil {
 		t.Fatal("exclusive lock beside host A's shared one")
 	}
 	held.Unlock(ctx)
-	if l, err = dead.Lock(ctx, true); err != nil {
+	if _, err := dead.Lock(ctx, true); err != nil { // never unlocked: the process "died"
 		t.Fatal(err)
 	}
-	_ = l // never unlocked: the process "died"
 	x, err := hostB.Lock(ctx, true)
 	if err != nil {
 		t.Fatalf("our own dead process's lock was not broken: %v", err)
