@@ -160,10 +160,12 @@ func (s *Server) Serve(ln net.Listener) error {
 			if err := sc.serve(); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
 				sc.log.Debug("nbd connection ended", "err", err)
 			}
-			conn.Close()
+			// Out of the count before the client sees the close, so a
+			// client that reconnects at once finds its slot free.
 			s.mu.Lock()
 			delete(s.conns, conn)
 			s.mu.Unlock()
+			conn.Close()
 		}()
 	}
 }
