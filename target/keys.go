@@ -59,6 +59,10 @@ func (s *subkeys) keyCheck() string {
 	return hex.EncodeToString(m.Sum(nil))
 }
 
+// ErrPassphraseNeeded is wrapped by ReadKeyFile's error for a key file
+// wrapped under a passphrase when none was given.
+var ErrPassphraseNeeded = errors.New("the key file needs a passphrase")
+
 // ErrWrongKey is returned when a key does not open a repository or key file.
 var ErrWrongKey = errors.New("wrong key or passphrase")
 
@@ -111,20 +115,6 @@ func MarshalKeyFile(k Key, passphrase []byte, p KDFParams) ([]byte, error) {
 		return nil, err
 	}
 	return append(b, '\n'), nil
-}
-
-// KeyFileNeedsPassphrase reports whether the key file at path is wrapped
-// under a passphrase.
-func KeyFileNeedsPassphrase(path string) (bool, error) {
-	b, err := ReadSecretFile(path)
-	if err != nil {
-		return false, fmt.Errorf("target: key file: %w", err)
-	}
-	var kf keyFile
-	if err := json.Unmarshal(b, &kf); err != nil {
-		return false, fmt.Errorf("target: key file %s: not a virtkeep key file: %v", path, err)
-	}
-	return kf.KDF == "argon2id", nil
 }
 
 // WriteKeyFile writes k to path with mode 0600, refusing to replace an
@@ -182,7 +172,7 @@ func parseKeyFile(path string, b, passphrase []byte) (Key, error) {
 		return k, nil
 	case "argon2id":
 		if len(passphrase) == 0 {
-			return k, fmt.Errorf("target: key file %s needs a passphrase", path)
+			return k, fmt.Errorf("target: key file %s: %w", path, ErrPassphraseNeeded)
 		}
 		salt, err1 := base64.StdEncoding.DecodeString(kf.Salt)
 		wrapped, err2 := base64.StdEncoding.DecodeString(kf.Wrapped)

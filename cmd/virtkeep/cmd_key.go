@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -20,9 +21,11 @@ func (a *app) targetConfig(tc TargetConfig) (all.Config, error) {
 	if c.KeyFile == "" || len(c.Passphrase) > 0 {
 		return c, nil
 	}
-	need, err := target.KeyFileNeedsPassphrase(c.KeyFile)
-	if err != nil || !need {
-		return c, nil // a missing key file is created with the repository; errors surface on open
+	// A missing key file is created with the repository; other errors
+	// surface when the target is opened.
+	_, err := target.ReadKeyFile(c.KeyFile, nil)
+	if !errors.Is(err, target.ErrPassphraseNeeded) {
+		return c, nil
 	}
 	if c.Passphrase, err = readPassphrase(fmt.Sprintf("Passphrase for %s (target %s): ", c.KeyFile, tc.Name), false); err != nil {
 		return c, usageErr("target %s: key file %s needs a passphrase: set passphrase_file or run on a terminal (%v)", tc.Name, c.KeyFile, err)
@@ -68,17 +71,27 @@ func readPassphrase(prompt string, confirm bool) ([]byte, error) {
 	return p, nil
 }
 
+// readPassphraseFile reads a passphrase from a secret file: its content
+// without the line end, never empty.
+func readPassphraseFile(path string) ([]byte, error) {
+	b, err := target.ReadSecretFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if b = bytes.TrimRight(b, "\r\n"); len(b) == 0 {
+		return nil, fmt.Errorf("%s is empty", path)
+	}
+	return b, nil
+}
+
 // newPassphrase is the passphrase for a key file virtkeep writes: from
 // file (a secret file), asked for twice with ask, or none.
 func newPassphrase(file string, ask bool) ([]byte, error) {
 	switch {
 	case file != "":
-		b, err := target.ReadSecretFile(file)
+		b, err := readPassphraseFile(file)
 		if err != nil {
 			return nil, usageErr("--passphrase-file: %v", err)
-		}
-		if b = bytes.TrimRight(b, "\r\n"); len(b) == 0 {
-			return nil, usageErr("--passphrase-file %s is empty", file)
 		}
 		return b, nil
 	case ask:

@@ -120,13 +120,11 @@ func (t *TargetConfig) check(where string) error {
 		if t.KeyFile == "" {
 			return usageErr("%s (%s): passphrase_file without key_file", where, t.Name)
 		}
-		b, err := target.ReadSecretFile(t.PassphraseFile)
+		b, err := readPassphraseFile(t.PassphraseFile)
 		if err != nil {
 			return usageErr("%s (%s): passphrase_file: %v", where, t.Name, err)
 		}
-		if t.passphrase = target.Secret(strings.TrimRight(string(b), "\r\n")); t.passphrase.Empty() {
-			return usageErr("%s (%s): passphrase_file %s is empty", where, t.Name, t.PassphraseFile)
-		}
+		t.passphrase = target.Secret(b)
 	}
 	switch t.Kind {
 	case "local":

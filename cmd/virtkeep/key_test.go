@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,8 +24,8 @@ func TestKeyCommands(t *testing.T) {
 	if code, _, errw := runCLI(t, "key", "create", key, "--passphrase-file", pf); code != 0 {
 		t.Fatalf("key create: %d %s", code, errw)
 	}
-	if need, err := target.KeyFileNeedsPassphrase(key); err != nil || !need {
-		t.Fatalf("created key file: needs passphrase %v, %v", need, err)
+	if _, err := target.ReadKeyFile(key, nil); !errors.Is(err, target.ErrPassphraseNeeded) {
+		t.Fatalf("created key file read without a passphrase: %v, want ErrPassphraseNeeded", err)
 	}
 	if code, _, _ := runCLI(t, "key", "create", key); code == 0 {
 		t.Fatal("key create replaced an existing key file")
