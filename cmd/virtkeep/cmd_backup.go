@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"libvirt.org/go/libvirt"
 
 	"github.com/virtkeep/virtkeep/hostd/engine"
 )
@@ -34,15 +33,11 @@ func newBackupCmd(a *app) *cobra.Command {
 				return err
 			}
 			defer repo.Close()
-			conn, err := libvirt.NewConnect(a.cfg.LibvirtURI)
+			eng, done, err := a.engine()
 			if err != nil {
-				return fmt.Errorf("libvirt %s: %w", a.cfg.LibvirtURI, err)
+				return err
 			}
-			defer conn.Close()
-			if err := os.MkdirAll(a.cfg.StateDir, 0o711); err != nil {
-				return fmt.Errorf("state_dir: %w", err)
-			}
-			eng := &engine.Engine{Conn: conn, StateDir: a.cfg.StateDir, Log: a.log}
+			defer done()
 			req.Domain = args[0]
 			req.Target = engine.Target{Name: tc.Name, Repo: repo}
 			req.Progress = a.progress()

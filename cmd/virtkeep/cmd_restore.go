@@ -17,11 +17,13 @@ func (a *app) engine() (*engine.Engine, func(), error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("libvirt %s: %w", a.cfg.LibvirtURI, err)
 	}
-	if err := os.MkdirAll(a.cfg.StateDir, 0o711); err != nil {
+	e := &engine.Engine{Conn: conn, StateDir: a.cfg.StateDir, Log: a.log, BootFileDirs: a.cfg.bootFileDirs()}
+	// The engine makes state_dir (0711) and checks that root owns it.
+	if _, err := e.RunDir(); err != nil {
 		conn.Close()
-		return nil, nil, fmt.Errorf("state_dir: %w", err)
+		return nil, nil, err
 	}
-	return &engine.Engine{Conn: conn, StateDir: a.cfg.StateDir, Log: a.log, BootFileDirs: a.cfg.bootFileDirs()}, func() { conn.Close() }, nil
+	return e, func() { conn.Close() }, nil
 }
 
 // serveArgv is how engine.Mount and engine.Boot start this binary as the
