@@ -59,15 +59,19 @@ func bootID() string {
 }
 
 // processStart reads a process's start time (field 22 of /proc/PID/stat,
-// counted after the command name, which may hold spaces).
+// counted after the command name, which may hold spaces). target/lock.go
+// has its twin: neither package may import the other.
 func processStart(pid int) (uint64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return 0, err
 	}
 	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("malformed /proc stat")
+	}
 	f := strings.Fields(string(b[i+1:]))
-	if i < 0 || len(f) < 20 {
+	if len(f) < 20 {
 		return 0, errors.New("malformed /proc stat")
 	}
 	return strconv.ParseUint(f[19], 10, 64)
