@@ -289,14 +289,14 @@ func (l *Lock) Check(ctx context.Context) error {
 	if err := l.unchanged(ctx); err != nil {
 		return err
 	}
-	if !l.info.Exclusive {
-		other, err := l.r.conflict(ctx, l, true)
-		if err != nil {
-			return fmt.Errorf("lock: %w", err)
-		}
-		if other != nil && other.Exclusive {
-			return fmt.Errorf("%w: an exclusive lock of pid %d on %s was taken beside ours", ErrLockLost, other.PID, other.Host)
-		}
+	// The locks that conflict with ours (for a shared lock: exclusive
+	// ones only) can only be there if their holder took ours as stale.
+	other, err := l.r.conflict(ctx, l, l.info.Exclusive)
+	if err != nil {
+		return fmt.Errorf("lock: %w", err)
+	}
+	if other != nil {
+		return fmt.Errorf("%w: a conflicting lock of pid %d on %s (exclusive=%v) was taken beside ours", ErrLockLost, other.PID, other.Host, other.Exclusive)
 	}
 	return nil
 }

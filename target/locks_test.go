@@ -160,3 +160,37 @@ func TestLockRefreshFailsMidBackup(t *testing.T) {
 		t.Fatalf("commit after the lock object was removed: %v", err)
 	}
 }
+
+// TestCommitSeesExclusiveBesideOtherBackups: with another backup's shared
+// lock listed first, an exclusive lock taken beside ours is still found
+// before the manifest is written.
+func TestCommitSeesExclusiveBesideOtherBackups(t *testing.T) {
+	ctx := context.Background()
+	r, _ := localRepo(t, nil) // lists in name order
+	b := r.Backend()
+	other, err := r.Lock(ctx, false) // another backup
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Unlock(ctx)
+	pw, err := r.NewPoint(ctx, target.PointSpec{Domain: "vm1", Level: target.LevelFull})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pw.Abort(ctx)
+	dw, err := pw.AddDisk(ctx, target.DiskSpec{Name: "vda", VirtualSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dw.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A GC elsewhere that took ours as stale; "z" sorts after the hex
+	// names of the shared locks.
+	if err := b.Put(ctx, "locks/zzzz", []byte(`{"host":"elsewhere","pid":1,"exclusive":true}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pw.Commit(ctx); !errors.Is(err, target.ErrLockLost) {
+		t.Fatalf("commit beside an exclusive lock: %v, want ErrLockLost", err)
+	}
+}
