@@ -94,7 +94,7 @@ func (e *Engine) Mount(ctx context.Context, r MountRequest) (_ *MountState, err 
 	if _, err := e.RunDir(); err != nil {
 		return nil, fmt.Errorf("mount: %w", err)
 	}
-	if err := privateDir(e.mountsDir(), 0o700, os.Geteuid(), os.Getegid()); err != nil {
+	if err := privateDir(e.mountsDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("mount: state_dir: %w", err)
 	}
 	work, err := os.MkdirTemp(e.mountsDir(), "m-")

@@ -39,13 +39,11 @@ func QEMUIDs() (uid, gid int) {
 }
 
 // privateDir makes dir (if missing) and checks it: a real directory (no
-// symlink), owned by uid:gid and with exactly mode. A directory we made
-// is given to uid:gid; one someone else owns is refused, since whoever
-// owns it could swap what we put in it.
-func privateDir(dir string, mode fs.FileMode, uid, gid int) error {
-	err := os.Mkdir(dir, 0o700)
-	made := err == nil
-	if err != nil && !errors.Is(err, fs.ErrExist) {
+// symlink), ours (the user virtkeep runs as) and with exactly mode. One
+// someone else owns is refused, since whoever owns it could swap what we
+// put in it.
+func privateDir(dir string, mode fs.FileMode) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	}
 	fi, err := os.Lstat(dir)
@@ -58,13 +56,8 @@ func privateDir(dir string, mode fs.FileMode, uid, gid int) error {
 		return fmt.Errorf("%s is not a directory (%s): %w", dir, fi.Mode().Type(), ErrNotPrivate)
 	case !ok:
 		return fmt.Errorf("%s: no owner: %w", dir, ErrNotPrivate)
-	case !made && int(st.Uid) != os.Geteuid():
+	case int(st.Uid) != os.Geteuid():
 		return fmt.Errorf("%s is owned by uid %d: %w", dir, st.Uid, ErrNotPrivate)
-	}
-	if int(st.Uid) != uid || int(st.Gid) != gid {
-		if err := os.Lchown(dir, uid, gid); err != nil {
-			return err
-		}
 	}
 	if fi.Mode().Perm() != mode {
 		return os.Chmod(dir, mode)
@@ -82,11 +75,11 @@ func (e *Engine) RunDir() (string, error) {
 	if err := os.MkdirAll(filepath.Dir(filepath.Clean(e.StateDir)), 0o755); err != nil {
 		return "", err
 	}
-	if err := privateDir(e.StateDir, 0o711, os.Geteuid(), os.Getegid()); err != nil {
+	if err := privateDir(e.StateDir, 0o711); err != nil {
 		return "", fmt.Errorf("state_dir: %w", err)
 	}
 	run := filepath.Join(e.StateDir, "run")
-	if err := privateDir(run, 0o711, os.Geteuid(), os.Getegid()); err != nil {
+	if err := privateDir(run, 0o711); err != nil {
 		return "", fmt.Errorf("state_dir: %w", err)
 	}
 	return run, nil
@@ -113,7 +106,7 @@ func (e *Engine) lockDomain(ctx context.Context, uuid, name string) (unlock func
 		return nil, err
 	}
 	dir := filepath.Join(e.StateDir, "locks")
-	if err := privateDir(dir, 0o700, os.Geteuid(), os.Getegid()); err != nil {
+	if err := privateDir(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state_dir: %w", err)
 	}
 	f, err := os.OpenFile(filepath.Join(dir, uuid+".lock"), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
