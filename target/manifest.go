@@ -177,6 +177,13 @@ func (r *Repository) pointIDs(ctx context.Context, stray func(key string)) ([]st
 	return ids, err
 }
 
+// PointIDs lists the IDs of the points the repository holds, sorted, with
+// one listing and without reading a manifest: a cache of the points (the
+// catalog) compares it with what it has. Stray objects are left out.
+func (r *Repository) PointIDs(ctx context.Context) ([]string, error) {
+	return r.pointIDs(ctx, func(string) {})
+}
+
 // Points lists every point's manifest, oldest first (by time). A manifest
 // that cannot be read is reported to bad (if not nil) and left out; so is
 // a stray object under points/, with an error wrapping ErrStray.

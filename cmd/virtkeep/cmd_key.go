@@ -2,45 +2,15 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"errors"
 	"fmt"
 	"os"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"github.com/virtkeep/virtkeep/target"
-	"github.com/virtkeep/virtkeep/target/all"
+	"github.com/virtkeep/virtkeep/cmd/internal/config"
+	"github.com/virtkeep/virtkeep/hostd/service"
 )
-
-// targetConfig is tc as target/all opens it, with the key file's
-// passphrase from passphrase_file or, on a terminal, asked for.
-func (a *app) targetConfig(tc TargetConfig) (all.Config, error) {
-	c := tc.open()
-	if c.KeyFile == "" || len(c.Passphrase) > 0 {
-		return c, nil
-	}
-	// A missing key file is created with the repository; other errors
-	// surface when the target is opened.
-	_, err := target.ReadKeyFile(c.KeyFile, nil)
-	if !errors.Is(err, target.ErrPassphraseNeeded) {
-		return c, nil
-	}
-	if c.Passphrase, err = readPassphrase(fmt.Sprintf("Passphrase for %s (target %s): ", c.KeyFile, tc.Name), false); err != nil {
-		return c, usageErr("target %s: key file %s needs a passphrase: set passphrase_file or run on a terminal (%v)", tc.Name, c.KeyFile, err)
-	}
-	return c, nil
-}
-
-// openTarget opens tc's repository (see targetConfig).
-func (a *app) openTarget(ctx context.Context, tc TargetConfig, create bool) (*target.Repository, error) {
-	c, err := a.targetConfig(tc)
-	if err != nil {
-		return nil, err
-	}
-	return all.Open(ctx, c, create, a.log)
-}
 
 // readPassphrase asks on the terminal, twice when confirm is set.
 func readPassphrase(prompt string, confirm bool) ([]byte, error) {
@@ -71,25 +41,12 @@ func readPassphrase(prompt string, confirm bool) ([]byte, error) {
 	return p, nil
 }
 
-// readPassphraseFile reads a passphrase from a secret file: its content
-// without the line end, never empty.
-func readPassphraseFile(path string) ([]byte, error) {
-	b, err := target.ReadSecretFile(path)
-	if err != nil {
-		return nil, err
-	}
-	if b = bytes.TrimRight(b, "\r\n"); len(b) == 0 {
-		return nil, fmt.Errorf("%s is empty", path)
-	}
-	return b, nil
-}
-
 // newPassphrase is the passphrase for a key file virtkeep writes: from
 // file (a secret file), asked for twice with ask, or none.
 func newPassphrase(file string, ask bool) ([]byte, error) {
 	switch {
 	case file != "":
-		b, err := readPassphraseFile(file)
+		b, err := config.ReadPassphraseFile(file)
 		if err != nil {
 			return nil, usageErr("--passphrase-file: %v", err)
 		}
@@ -122,11 +79,7 @@ func newKeyCreateCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			k, err := target.NewKey()
-			if err != nil {
-				return err
-			}
-			if err := target.WriteKeyFile(args[0], k, pass, target.DefaultKDF); err != nil {
+			if err := service.CreateKeyFile(args[0], pass); err != nil {
 				return err
 			}
 			fmt.Fprintf(a.errw, "wrote a new key to %s: name it as key_file of a target; keep a copy away from this host (virtkeep key export)\n", args[0])
@@ -151,43 +104,24 @@ it exports is known to open it. Without the key, nothing in the
 repository can be read: keep the export away from this host.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.load(); err != nil {
-				return err
-			}
-			tc, err := a.cfg.target(targetName)
-			if err != nil {
-				return err
-			}
-			if tc.KeyFile == "" {
-				return usageErr("target %s is not encrypted: it has no key_file", tc.Name)
-			}
-			c, err := a.targetConfig(tc)
-			if err != nil {
-				return err
-			}
-			k, err := target.ReadKeyFile(c.KeyFile, c.Passphrase)
-			if err != nil {
-				return err
-			}
-			repo, err := all.Open(cmd.Context(), c, false, a.log)
-			if err != nil {
-				return fmt.Errorf("the key was not checked against the repository: %w", err)
-			}
-			repo.Close()
 			pass, err := newPassphrase(passFile, ask)
 			if err != nil {
 				return err
 			}
-			if out != "" {
-				if err := target.WriteKeyFile(out, k, pass, target.DefaultKDF); err != nil {
-					return err
-				}
-				fmt.Fprintf(a.errw, "exported the key of target %s to %s\n", tc.Name, out)
-				return nil
+			// The key is checked here, in this process: a key file is a
+			// file of the host the CLI runs on.
+			a.local = true
+			if err := a.connect(cmd.Context(), reads); err != nil {
+				return err
 			}
-			b, err := target.MarshalKeyFile(k, pass, target.DefaultKDF)
+			defer a.close()
+			b, err := a.inproc.ExportKey(cmd.Context(), targetName, out, pass)
 			if err != nil {
 				return err
+			}
+			if out != "" {
+				fmt.Fprintf(a.errw, "exported the key of target %s to %s\n", targetName, out)
+				return nil
 			}
 			_, err = a.out.Write(b)
 			return err

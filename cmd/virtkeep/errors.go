@@ -4,10 +4,8 @@ import (
 	"errors"
 	"fmt"
 
-	"libvirt.org/go/libvirt"
-
-	"github.com/virtkeep/virtkeep/hostd/engine"
-	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/cmd/internal/config"
+	"github.com/virtkeep/virtkeep/hostd/api"
 )
 
 // Exit codes (documented in docs/CLI.md; scripts depend on them).
@@ -15,9 +13,10 @@ const (
 	exitOK          = 0
 	exitFailure     = 1 // the operation failed
 	exitUsage       = 2 // bad flags, arguments or configuration
-	exitNotFound    = 3 // no such domain, point, disk or target
+	exitNotFound    = 3 // no such domain, point, disk, target, job or session
 	exitConsistency = 4 // --require-consistency and it was not reached
 	exitLocked      = 5 // the repository is locked by another operation
+	exitBusy        = 6 // the domain has a job already, or the daemon holds the host
 )
 
 // cliError carries an exit code with a message for the user.
@@ -33,11 +32,7 @@ func usageErr(format string, args ...any) error {
 	return &cliError{exitUsage, fmt.Errorf(format, args...)}
 }
 
-func notFoundErr(format string, args ...any) error {
-	return &cliError{exitNotFound, fmt.Errorf(format, args...)}
-}
-
-// exitCode maps an error to the documented exit code.
+// exitCode maps an error to the documented exit code, by its code only.
 func exitCode(err error) int {
 	var ce *cliError
 	switch {
@@ -45,12 +40,32 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.As(err, &ce):
 		return ce.code
-	case errors.Is(err, engine.ErrConsistency):
-		return exitConsistency
-	case errors.Is(err, target.ErrLocked):
-		return exitLocked
-	case errors.Is(err, libvirt.ERR_NO_DOMAIN), errors.Is(err, target.ErrNoPoint), errors.Is(err, target.ErrNotFound):
+	case errors.Is(err, config.ErrInvalid):
+		return exitUsage
+	}
+	switch api.CodeOf(err) {
+	case api.CodeBadRequest:
+		return exitUsage
+	case api.CodeNotFound:
 		return exitNotFound
+	case api.CodeConsistency:
+		return exitConsistency
+	case api.CodeLocked:
+		return exitLocked
+	case api.CodeBusy:
+		return exitBusy
 	}
 	return exitFailure
+}
+
+// withAdvice adds what the user can do about an error: the service's
+// errors say what is wrong, the CLI says which flag changes it.
+func withAdvice(err error) error {
+	switch api.CodeOf(err) {
+	case api.CodeExists:
+		return fmt.Errorf("%w (use --force to overwrite)", err)
+	case api.CodeShutdown:
+		return fmt.Errorf("%w (virtkeepd is stopping; try again when it is back)", err)
+	}
+	return err
 }

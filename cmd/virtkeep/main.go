@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,25 +12,45 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/virtkeep/virtkeep/cmd/internal/config"
+	"github.com/virtkeep/virtkeep/hostd/api"
+	"github.com/virtkeep/virtkeep/hostd/client"
+	"github.com/virtkeep/virtkeep/hostd/service"
 )
 
 // version is set at build time (make build).
 var version = "dev"
 
-// app is what every command shares: flags, configuration, output.
+// app is what every command shares: flags, configuration, the service,
+// output.
 type app struct {
 	configPath string
+	explicit   bool // --config given
 	json       bool
 	verbose    bool
-	cfg        *Config
+	local      bool
+	cfg        *config.Config
 	log        *slog.Logger
 	out, errw  io.Writer
-	// unreachable names the targets loadPoints had to skip.
-	unreachable []string
+	svc        api.Service
+	// inproc is the service when it runs in this process.
+	inproc *service.Service
 }
 
+// need says what a command needs of the service.
+type need int
+
+const (
+	// writes: jobs, mounts, boots; in process it needs the host lock.
+	writes need = iota
+	// reads: list, info, job info; in process without the host lock it
+	// answers from the catalog as it is.
+	reads
+)
+
 func (a *app) load() error {
-	cfg, err := loadConfig(a.configPath)
+	cfg, err := config.Load(a.configPath, a.explicit)
 	if err != nil {
 		return err
 	}
@@ -39,13 +60,84 @@ func (a *app) load() error {
 		level = slog.LevelInfo
 	}
 	a.log = slog.New(slog.NewTextHandler(a.errw, &slog.HandlerOptions{Level: level}))
+	if cfg.ZeroConfig {
+		fmt.Fprintf(a.errw, "virtkeep: no %s: using a local target at %s and %s\n", a.configPath, config.ZeroTarget().Path, cfg.LibvirtURI)
+	}
 	return nil
+}
+
+// connect loads the configuration and reaches the service: virtkeepd when
+// it answers on its socket (unless --local), else in this process under
+// the host lock.
+func (a *app) connect(ctx context.Context, n need) error {
+	if err := a.load(); err != nil {
+		return err
+	}
+	if !a.local {
+		c, err := client.Dial(ctx, a.cfg.Socket)
+		if err == nil {
+			a.svc = c
+			return nil
+		}
+	}
+	sc := a.cfg.Service(version, a.log)
+	sc.Mode, sc.Lock, sc.Passphrase = "local", service.LockOrFail, terminalPassphrase
+	if n == reads {
+		sc.Lock = service.LockIfFree
+	}
+	sc.ServeArgv = a.serveArgv
+	s, err := service.New(ctx, sc)
+	if errors.Is(err, service.ErrHostBusy) {
+		return &cliError{exitBusy, fmt.Errorf("%v: virtkeepd runs this host's backups; drop --local to go through it, or stop it first", err)}
+	}
+	if err != nil {
+		return err
+	}
+	a.svc, a.inproc = s, s
+	return nil
+}
+
+// close ends an in-process service. Its NBD servers (serve) end with it.
+func (a *app) close() {
+	if a.inproc != nil {
+		a.inproc.Close()
+	}
+}
+
+// serveArgv is how a mount or boot made in process starts this binary as
+// its NBD server (the socket path follows): the server outlives this
+// process.
+func (a *app) serveArgv(point, target, disk string) []string {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = os.Args[0]
+	}
+	argv := []string{exe}
+	if !a.cfg.ZeroConfig {
+		argv = append(argv, "--config", a.cfg.Path)
+	}
+	argv = append(argv, "--local", "serve", point, "--target", target)
+	if disk != "" {
+		argv = append(argv, "--disk", disk)
+	}
+	return append(argv, "--socket")
 }
 
 func (a *app) printJSON(v any) error {
 	enc := json.NewEncoder(a.out)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// withService wraps a command's body: it connects, runs, and closes.
+func (a *app) withService(n need, run func(cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := a.connect(cmd.Context(), n); err != nil {
+			return err
+		}
+		defer a.close()
+		return run(cmd, args)
+	}
 }
 
 func newRootCmd(a *app) *cobra.Command {
@@ -56,16 +148,24 @@ func newRootCmd(a *app) *cobra.Command {
 content-addressed, deduplicated, compressed and optionally encrypted
 repositories, and restores disks, domains and files.
 
+It goes through virtkeepd when the daemon runs (its socket is in the
+configuration), and otherwise runs the same service in its own process
+(--local forces that; it is refused while the daemon runs).
+
 Exit codes: 0 success, 1 failure, 2 usage or configuration error, 3 no such
-domain/point/disk/target, 4 consistency not reached (--require-consistency),
-5 repository locked.`,
+domain/point/disk/target/job/session, 4 consistency not reached
+(--require-consistency), 5 repository locked, 6 busy (the domain has a job,
+or the daemon holds the host).`,
 		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.PersistentFlags().StringVar(&a.configPath, "config", "/etc/virtkeep/virtkeep.yaml", "configuration file")
-	root.PersistentFlags().BoolVar(&a.json, "json", false, "print machine-readable JSON")
-	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log what is done")
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.configPath, "config", config.DefaultPath, "configuration file")
+	pf.BoolVar(&a.json, "json", false, "print machine-readable JSON")
+	pf.BoolVarP(&a.verbose, "verbose", "v", false, "log what is done")
+	pf.BoolVar(&a.local, "local", false, "run in this process, not through virtkeepd")
+	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) { a.explicit = cmd.Flags().Changed("config") }
 	root.SetVersionTemplate("virtkeep {{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr("%v", err) })
 	root.Args = cobra.ArbitraryArgs
@@ -76,7 +176,8 @@ domain/point/disk/target, 4 consistency not reached (--require-consistency),
 		return cmd.Help()
 	}
 	root.AddCommand(newBackupCmd(a), newListCmd(a), newInfoCmd(a), newRestoreCmd(a), newExportCmd(a),
-		newServeCmd(a), newMountCmd(a), newUmountCmd(a), newBootCmd(a), newVerifyCmd(a), newKeyCmd(a))
+		newServeCmd(a), newMountCmd(a), newUmountCmd(a), newBootCmd(a), newVerifyCmd(a), newKeyCmd(a),
+		newJobsCmd(a), newJobCmd(a), newSessionsCmd(a), newCatalogCmd(a), newVersionCmd(a))
 	return root
 }
 
@@ -89,7 +190,7 @@ func run(ctx context.Context, args []string, out, errw io.Writer) int {
 	root.SetErr(errw)
 	err := root.ExecuteContext(ctx)
 	if err != nil {
-		fmt.Fprintln(errw, "virtkeep:", err)
+		fmt.Fprintln(errw, "virtkeep:", withAdvice(err))
 	}
 	return exitCode(err)
 }

@@ -7,12 +7,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/virtkeep/virtkeep/hostd/api"
 	"github.com/virtkeep/virtkeep/testenv/vm"
 )
+
+var pointIDRe = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$`)
 
 func runCLI(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
@@ -33,7 +37,7 @@ func TestVersionAndHelp(t *testing.T) {
 func TestUsageErrors(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "ok.yaml")
-	os.WriteFile(good, []byte("targets:\n  - {name: a, kind: local, path: "+dir+"/repo}\n"), 0o600)
+	os.WriteFile(good, []byte("state_dir: "+dir+"/st\ntargets:\n  - {name: a, kind: local, path: "+dir+"/repo}\n"), 0o600)
 	openSecret := filepath.Join(dir, "open-secret")
 	os.WriteFile(openSecret, []byte("s3cret\n"), 0o644)
 	os.Chmod(openSecret, 0o644)
@@ -131,7 +135,7 @@ targets:
 	if code != 0 {
 		t.Fatalf("second backup: %d %s", code, errw)
 	}
-	var inc pointRecord
+	var inc api.Point
 	if err := json.Unmarshal([]byte(out), &inc); err != nil {
 		t.Fatalf("backup --json: %v: %s", err, out)
 	}
@@ -168,14 +172,14 @@ targets:
 	}
 	// info by ID, DOMAIN@latest and DOMAIN@time.
 	code, out, _ = runCLI(t, "--config", cfg, "--json", "info", dom.Name+"@latest", "--target", "local")
-	var latest pointRecord
+	var latest api.Point
 	if code != 0 || json.Unmarshal([]byte(out), &latest) != nil || latest.ID != inc.ID {
 		t.Fatalf("info @latest: %d %s", code, out)
 	}
 	firstRec := recs[0]
 	tm, _ := time.Parse(time.RFC3339Nano, firstRec["time"].(string))
 	code, out, _ = runCLI(t, "--config", cfg, "--json", "info", dom.Name+"@"+tm.Truncate(time.Second).Add(time.Second).Format(time.RFC3339), "--target", "local")
-	var at pointRecord
+	var at api.Point
 	if code != 0 || json.Unmarshal([]byte(out), &at) != nil || at.ID != first {
 		t.Fatalf("info @time: %d %s (want %s)", code, out, first)
 	}

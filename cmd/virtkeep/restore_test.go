@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/virtkeep/virtkeep/testenv"
+	"github.com/virtkeep/virtkeep/hostd/api"
 	"github.com/virtkeep/virtkeep/testenv/vm"
 )
 
@@ -206,7 +207,7 @@ targets:
 		}
 	}
 	code, out, errw := runCLI(t, "--config", cfg, "--json", "list", dom.Name)
-	var recs []pointRecord
+	var recs []api.Point
 	if code != 0 || json.Unmarshal([]byte(out), &recs) != nil || len(recs) != 2 {
 		t.Fatalf("list: %d %s %s", code, out, errw)
 	}

@@ -125,7 +125,7 @@ func TestDaemonStartCleansMounts(t *testing.T) {
 	defer ln.Close()
 	t.Setenv("NOTIFY_SOCKET", sock)
 	cfg := filepath.Join(dir, "virtkeep.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir: %s\nlibvirt_uri: test:///default\ntargets: []\n", state)), 0o600)
+	os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir: %s\nlibvirt_uri: test:///default\nsocket: %s/d.sock\ntargets: [{name: t, kind: local, path: %s/repo}]\n", state, dir, dir)), 0o600)
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	var out, errw bytes.Buffer

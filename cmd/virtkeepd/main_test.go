@@ -70,7 +70,7 @@ func TestCleanupThawsAfterKill(t *testing.T) {
 	g := env.NewGuest(t, vm.GuestSpec{})
 	state := filepath.Join(g.Dir, "state")
 	cfg := filepath.Join(g.Dir, "virtkeep.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir: %s\nlibvirt_uri: %s\ntargets: []\n", state, vm.URI())), 0o600)
+	os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir: %s\nlibvirt_uri: %s\nsocket: %s/d.sock\ntargets: [{name: t, kind: local, path: %s/repo}]\n", state, vm.URI(), g.Dir, g.Dir)), 0o600)
 	exe, _ := os.Executable()
 	cmd := exec.Command(exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), "VIRTKEEPD_CHILD=freeze-and-hang", "VIRTKEEP_URI="+vm.URI(), "VIRTKEEP_UUID="+g.UUID, "VIRTKEEP_STATE="+state)
@@ -120,7 +120,7 @@ func TestDaemonThawsAfterKill(t *testing.T) {
 	}
 	os.WriteFile(filepath.Join(journal.Dir, "damaged.json"), []byte(`{"kind": "libvirt", "tar`), 0o600)
 	cfg := filepath.Join(g.Dir, "virtkeep.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir: %s\nlibvirt_uri: %s\ntargets: []\n", state, vm.URI())), 0o600)
+	os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir: %s\nlibvirt_uri: %s\nsocket: %s/d.sock\ntargets: [{name: t, kind: local, path: %s/repo}]\n", state, vm.URI(), g.Dir, g.Dir)), 0o600)
 	t.Setenv("NOTIFY_SOCKET", "")
 	ctx, stop := context.WithCancel(context.Background())
 	var out, errw syncBuffer

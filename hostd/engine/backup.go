@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -287,7 +286,7 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Result, error)
 		return nil, err
 	}
 	for _, s := range skipped {
-		if strings.Contains(s.Reason, "WARNING") {
+		if s.Unprotected {
 			log.Warn("disk skipped", "disk", s.Disk, "reason", s.Reason)
 		} else {
 			log.Info("disk skipped", "disk", s.Disk, "reason", s.Reason)

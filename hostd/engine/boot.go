@@ -28,6 +28,9 @@ type BootRequest struct {
 	// (export names = disk names) read-only over NBD on the unix socket
 	// given as its last argument, until killed (virtkeep serve).
 	Serve []string
+	// Start, instead of Serve, serves the point in the caller's process
+	// (the daemon); it returns once the server accepts on the socket.
+	Start func(ctx context.Context, socket string) error
 	// Strict refuses a saved definition with parts the boot would drop.
 	Strict bool
 }
@@ -43,8 +46,8 @@ type Booted struct {
 // Boot defines and starts the domain. Its disks depend on the NBD server
 // until Migrate moves them to local files.
 func (e *Engine) Boot(ctx context.Context, repo *target.Repository, r BootRequest) (_ *Booted, err error) {
-	if len(r.Serve) == 0 {
-		return nil, errors.New("boot: no serve command")
+	if len(r.Serve) == 0 && r.Start == nil {
+		return nil, errors.New("boot: no NBD server")
 	}
 	if d, err := e.Conn.LookupDomainByName(r.Name); err == nil {
 		d.Free()
@@ -81,7 +84,11 @@ func (e *Engine) Boot(ctx context.Context, repo *target.Repository, r BootReques
 			}
 		}
 	}()
-	b.ServePID, err = startServer(ctx, r.Serve, b.Socket, filepath.Join(run, "serve.log"))
+	if r.Start != nil {
+		err = r.Start(ctx, b.Socket)
+	} else {
+		b.ServePID, err = startServer(ctx, r.Serve, b.Socket, filepath.Join(run, "serve.log"))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("boot: %w", err)
 	}
@@ -170,6 +177,23 @@ func (e *Engine) Migrate(ctx context.Context, b *Booted, dir string) error {
 	}
 	for _, o := range b.Overlays {
 		os.Remove(o)
+	}
+	return nil
+}
+
+// DestroyBooted stops a domain Boot started (it is transient: it is gone
+// then); a domain that no longer exists needs nothing.
+func (e *Engine) DestroyBooted(ctx context.Context, uuid string) error {
+	dom, err := e.Conn.LookupDomainByUUIDString(uuid)
+	if errors.Is(err, libvirt.ERR_NO_DOMAIN) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer dom.Free()
+	if err := dom.Destroy(); err != nil && !errors.Is(err, libvirt.ERR_NO_DOMAIN) && !errors.Is(err, libvirt.ERR_OPERATION_INVALID) {
+		return fmt.Errorf("destroy booted domain %s: %w", uuid, err)
 	}
 	return nil
 }

@@ -35,7 +35,7 @@ func openDestination(final, format string, force bool) (*destination, error) {
 	lfi, err := os.Lstat(final)
 	switch {
 	case err == nil && !force:
-		return nil, ErrExists
+		return nil, fmt.Errorf("%s: %w", final, ErrExists)
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
 		return nil, err
 	case err == nil && lfi.Mode()&fs.ModeSymlink != 0:
@@ -119,7 +119,7 @@ func (d *destination) commit() error {
 		// Something appeared at the final name meanwhile: keep it.
 		err = unix.Renameat2(unix.AT_FDCWD, d.path, unix.AT_FDCWD, d.final, unix.RENAME_NOREPLACE)
 		if errors.Is(err, unix.EEXIST) {
-			err = ErrExists
+			err = fmt.Errorf("%s: %w", d.final, ErrExists)
 		}
 	}
 	if err != nil {

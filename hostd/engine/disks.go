@@ -20,6 +20,10 @@ type diskInfo struct {
 type Skipped struct {
 	Disk   string `json:"disk"`
 	Reason string `json:"reason"`
+	// Unprotected is set for a disk that holds the guest's data and is
+	// left out only because virtkeep cannot read it (a network disk): the
+	// operator must hear of it. Excluded, empty or read-only drives are not.
+	Unprotected bool `json:"unprotected,omitempty"`
 }
 
 // selectDisks returns the disks to back up from a domain's XML: device
@@ -39,7 +43,7 @@ func selectDisks(dx *libvirtxml.Domain, include, exclude []string) ([]diskInfo, 
 		}
 		name := d.Target.Dev
 		seen[name] = true
-		skip := func(reason string) { skipped = append(skipped, Skipped{name, reason}) }
+		skip := func(reason string) { skipped = append(skipped, Skipped{Disk: name, Reason: reason}) }
 		switch {
 		case len(include) > 0 && !slices.Contains(include, name):
 			skip("not included")
@@ -60,7 +64,7 @@ func selectDisks(dx *libvirtxml.Domain, include, exclude []string) ([]diskInfo, 
 			skip("no source (empty drive)")
 			continue
 		case d.Source.Network != nil:
-			skip("network disk: not supported yet (WARNING: it is not backed up)")
+			skipped = append(skipped, Skipped{Disk: name, Reason: "network disk: not supported yet, it is not backed up", Unprotected: true})
 			continue
 		}
 		di := diskInfo{Target: name, Format: "raw"}

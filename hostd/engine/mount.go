@@ -31,6 +31,10 @@ type MountRequest struct {
 	// over NBD on the unix socket given as its last argument, until killed
 	// (virtkeep serve). It outlives the caller, as does nbdfuse.
 	Serve []string
+	// Start, instead of Serve, serves the disk in the caller's process
+	// (the daemon): it returns once the server accepts on the socket, and
+	// the caller stops it after Umount.
+	Start func(ctx context.Context, socket string) error
 }
 
 // MountState records a mount so umount (or a daemon restart) undoes it.
@@ -71,8 +75,8 @@ func (e *Engine) statePath(dir string) string {
 // nodev, nosuid and without journal replay under Dir/<partition>. Nothing
 // is written to the backup. On failure it undoes what it did.
 func (e *Engine) Mount(ctx context.Context, r MountRequest) (_ *MountState, err error) {
-	if len(r.Serve) == 0 {
-		return nil, errors.New("mount: no serve command")
+	if len(r.Serve) == 0 && r.Start == nil {
+		return nil, errors.New("mount: no NBD server")
 	}
 	dir, err := filepath.Abs(r.Dir)
 	if err != nil {
@@ -108,7 +112,11 @@ func (e *Engine) Mount(ctx context.Context, r MountRequest) (_ *MountState, err 
 		}
 	}()
 	sock := filepath.Join(work, "nbd.sock")
-	st.ServePID, err = startServer(ctx, r.Serve, sock, filepath.Join(work, "serve.log"))
+	if r.Start != nil {
+		err = r.Start(ctx, sock)
+	} else {
+		st.ServePID, err = startServer(ctx, r.Serve, sock, filepath.Join(work, "serve.log"))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("mount: %w", err)
 	}
@@ -381,6 +389,10 @@ func (e *Engine) saveMount(st *MountState) error {
 	return os.Rename(tmp, e.statePath(st.Dir))
 }
 
+// ErrNotMounted is returned by Umount for a directory that is no virtkeep
+// mount.
+var ErrNotMounted = errors.New("not a virtkeep mount")
+
 // Umount undoes Mount for dir: filesystems, loop device, FUSE mount,
 // server process, state.
 func (e *Engine) Umount(ctx context.Context, dir string) error {
@@ -390,7 +402,7 @@ func (e *Engine) Umount(ctx context.Context, dir string) error {
 	}
 	b, err := os.ReadFile(e.statePath(dir))
 	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("umount: %s is not a virtkeep mount", dir)
+		return fmt.Errorf("umount: %s: %w", dir, ErrNotMounted)
 	}
 	if err != nil {
 		return err

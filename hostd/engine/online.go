@@ -563,3 +563,42 @@ func (b *run) waitJobEnded() {
 		}
 	}
 }
+
+// EndStaleJob ends the backup job an interrupted virtkeep (a daemon
+// killed mid-backup) left on domain uuid, and deletes its scratch files;
+// the next backup repairs the checkpoints. A domain without a job, or one
+// that is gone, needs nothing.
+func (e *Engine) EndStaleJob(ctx context.Context, uuid string) error {
+	dom, err := e.Conn.LookupDomainByUUIDString(uuid)
+	if errors.Is(err, libvirt.ERR_NO_DOMAIN) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer dom.Free()
+	name, _ := dom.GetName()
+	unlock, err := e.lockDomain(ctx, uuid, name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	b := &run{e: e, dom: dom, name: name, uuid: uuid, log: e.log().With("domain", name), res: &Result{}}
+	return b.staleJob()
+}
+
+// DomainID returns the name and UUID of the domain called name (or with
+// that UUID).
+func (e *Engine) DomainID(name string) (string, string, error) {
+	dom, err := e.lookup(name)
+	if err != nil {
+		return "", "", err
+	}
+	defer dom.Free()
+	n, err := dom.GetName()
+	if err != nil {
+		return "", "", err
+	}
+	u, err := dom.GetUUIDString()
+	return n, u, err
+}

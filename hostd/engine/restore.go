@@ -51,7 +51,7 @@ type RestoreOptions struct {
 
 // ErrExists is returned when a restore would overwrite something without
 // Force.
-var ErrExists = errors.New("destination exists (use --force to overwrite)")
+var ErrExists = errors.New("destination exists")
 
 var diskNameRe = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 

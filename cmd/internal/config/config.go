@@ -1,6 +1,14 @@
-package main
+// Package config reads virtkeep's one configuration file
+// (/etc/virtkeep/virtkeep.yaml) for the CLI and the daemon alike: strictly
+// (an unknown key is an error that names it), with VIRTKEEP_* environment
+// overrides of the top-level settings, and with every secret file read and
+// checked. With no file at the default path it gives the zero
+// configuration: one local target under /var/lib/virtkeep/repo. Only cmd/
+// reads configuration; the rest of virtkeep takes the typed structs.
+package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -9,15 +17,29 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/viper"
 
-	"github.com/virtkeep/virtkeep/hostd/engine"
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/all"
 	"github.com/virtkeep/virtkeep/target/s3"
 	"github.com/virtkeep/virtkeep/target/sftp"
 )
+
+// DefaultPath is where the configuration file is looked for.
+const DefaultPath = "/etc/virtkeep/virtkeep.yaml"
+
+// ErrInvalid is wrapped by every error about the configuration (exit 2).
+var ErrInvalid = errors.New("invalid configuration")
+
+// Error is a configuration error; errors.Is(err, ErrInvalid) holds.
+type Error struct{ msg string }
+
+func (e *Error) Error() string        { return e.msg }
+func (e *Error) Is(target error) bool { return target == ErrInvalid }
+
+func usageErr(format string, args ...any) error { return &Error{fmt.Sprintf(format, args...)} }
 
 // Config is the virtkeep configuration file (YAML).
 type Config struct {
@@ -29,10 +51,24 @@ type Config struct {
 	// take firmware, kernels and initrds from, besides the distribution's
 	// firmware directories.
 	BootFileDirs []string `mapstructure:"boot_file_dirs"`
-}
 
-func (c *Config) bootFileDirs() []string {
-	return append(append([]string(nil), engine.DefaultBootFileDirs...), c.BootFileDirs...)
+	// Socket is the daemon's API socket; SocketGroup may use it besides root.
+	Socket      string `mapstructure:"socket"`
+	SocketGroup string `mapstructure:"socket_group"`
+	// MaxJobs and MaxJobsPerTarget bound the jobs running at once.
+	MaxJobs          int `mapstructure:"max_jobs"`
+	MaxJobsPerTarget int `mapstructure:"max_jobs_per_target"`
+	// ShutdownTimeout is how long SIGTERM waits for cancelled jobs to
+	// undo what they started.
+	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+	// ReconcileInterval is how often the daemon compares the catalog with
+	// each target (points added or removed by another host).
+	ReconcileInterval time.Duration `mapstructure:"reconcile_interval"`
+
+	// Path is the file read; ZeroConfig is set when there was none and the
+	// defaults are used.
+	Path       string `mapstructure:"-"`
+	ZeroConfig bool   `mapstructure:"-"`
 }
 
 // TargetConfig is one entry of targets:.
@@ -67,6 +103,11 @@ type TargetConfig struct {
 
 	secretKey  target.Secret // read from SecretKeyFile
 	passphrase target.Secret // read from PassphraseFile
+}
+
+// ZeroTarget is the target of the zero configuration.
+func ZeroTarget() TargetConfig {
+	return TargetConfig{Name: "local", Kind: "local", Path: "/var/lib/virtkeep/repo"}
 }
 
 // kindSettings lists the settings each kind takes besides name, kind,
@@ -120,7 +161,7 @@ func (t *TargetConfig) check(where string) error {
 		if t.KeyFile == "" {
 			return usageErr("%s (%s): passphrase_file without key_file", where, t.Name)
 		}
-		b, err := readPassphraseFile(t.PassphraseFile)
+		b, err := ReadPassphraseFile(t.PassphraseFile)
 		if err != nil {
 			return usageErr("%s (%s): passphrase_file: %v", where, t.Name, err)
 		}
@@ -164,25 +205,55 @@ func (t *TargetConfig) check(where string) error {
 
 var nameRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
 
-// loadConfig reads and checks the configuration file. Every error names the
-// file and the setting that is wrong.
-func loadConfig(path string) (*Config, error) {
+// defaults are the top-level settings' defaults; each can be overridden
+// by VIRTKEEP_<KEY> in the environment (VIRTKEEP_STATE_DIR, ...).
+var defaults = map[string]any{
+	"version":             1,
+	"state_dir":           "/var/lib/virtkeep",
+	"libvirt_uri":         "qemu:///system",
+	"socket":              "/run/virtkeep/virtkeepd.sock",
+	"socket_group":        "virtkeep",
+	"max_jobs":            2,
+	"max_jobs_per_target": 1,
+	"shutdown_timeout":    "90s",
+	"reconcile_interval":  "10m",
+}
+
+// Load reads and checks the configuration file at path. Every error names
+// the file and the setting that is wrong. A missing file is an error,
+// except at DefaultPath when explicit is false: then the zero
+// configuration is returned, with ZeroConfig set.
+func Load(path string, explicit bool) (*Config, error) {
 	v := viper.New()
-	v.SetConfigFile(path)
 	v.SetConfigType("yaml")
-	v.SetDefault("version", 1)
-	v.SetDefault("state_dir", "/var/lib/virtkeep")
-	v.SetDefault("libvirt_uri", "qemu:///system")
-	if err := v.ReadInConfig(); err != nil {
-		var nf viper.ConfigFileNotFoundError
-		if errors.As(err, &nf) || errors.Is(err, os.ErrNotExist) {
-			return nil, usageErr("config file %s does not exist (--config)", path)
+	for k, d := range defaults {
+		v.SetDefault(k, d)
+	}
+	v.SetEnvPrefix("VIRTKEEP")
+	v.AutomaticEnv()
+	zero := false
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && !explicit && path == DefaultPath {
+		zero = true
+	} else {
+		v.SetConfigFile(path)
+		if err := v.ReadInConfig(); err != nil {
+			var nf viper.ConfigFileNotFoundError
+			if errors.As(err, &nf) || errors.Is(err, os.ErrNotExist) {
+				return nil, usageErr("config file %s does not exist (--config)", path)
+			}
+			return nil, usageErr("config file %s: %v", path, err)
 		}
-		return nil, usageErr("config file %s: %v", path, err)
 	}
 	var c Config
 	if err := v.UnmarshalExact(&c); err != nil {
 		return nil, usageErr("config file %s: %v", path, err)
+	}
+	c.Path, c.ZeroConfig = path, zero
+	if zero {
+		c.Targets = []TargetConfig{ZeroTarget()}
+	}
+	if err := c.checkDaemon(path); err != nil {
+		return nil, err
 	}
 	if c.Version != 1 {
 		return nil, usageErr("config file %s: version %d is not supported (1)", path, c.Version)
@@ -220,22 +291,26 @@ func loadConfig(path string) (*Config, error) {
 	return &c, nil
 }
 
-// target returns the named target, or the first one for "".
-func (c *Config) target(name string) (TargetConfig, error) {
-	if name == "" {
-		return c.Targets[0], nil
+func (c *Config) checkDaemon(path string) error {
+	switch {
+	case !filepath.IsAbs(c.Socket):
+		return usageErr("config file %s: socket %q: want an absolute path", path, c.Socket)
+	case c.MaxJobs < 1 || c.MaxJobs > 64:
+		return usageErr("config file %s: max_jobs %d: want 1-64", path, c.MaxJobs)
+	case c.MaxJobsPerTarget < 1 || c.MaxJobsPerTarget > 64:
+		return usageErr("config file %s: max_jobs_per_target %d: want 1-64", path, c.MaxJobsPerTarget)
+	case c.ShutdownTimeout < time.Second:
+		return usageErr("config file %s: shutdown_timeout %s: want at least 1s", path, c.ShutdownTimeout)
+	case c.ReconcileInterval < time.Second:
+		return usageErr("config file %s: reconcile_interval %s: want at least 1s", path, c.ReconcileInterval)
 	}
-	var names []string
-	for _, t := range c.Targets {
-		if t.Name == name {
-			return t, nil
-		}
-		names = append(names, t.Name)
-	}
-	return TargetConfig{}, notFoundErr("no target %q (configured: %s)", name, strings.Join(names, ", "))
+	return nil
 }
 
-func (t TargetConfig) open() all.Config {
+// Open is how target/all opens t's repository. Passphrase is set from
+// passphrase_file; without one, a passphrase-protected key needs one
+// asked for (the CLI on a terminal).
+func (t TargetConfig) Open() all.Config {
 	comp := target.Compression(t.Compression)
 	if comp == "" {
 		comp = target.CompressionZstd
@@ -250,4 +325,17 @@ func (t TargetConfig) open() all.Config {
 		S3: s3.Config{Endpoint: t.Endpoint, Bucket: t.Bucket, Prefix: t.Prefix, Region: t.Region, AccessKey: t.AccessKey,
 			SecretKey: t.secretKey, Insecure: t.Insecure, CAFile: t.CAFile, PathStyle: t.PathStyle},
 	}
+}
+
+// ReadPassphraseFile reads a passphrase from a secret file (owned by root,
+// no group or other access): its content without the line end, never empty.
+func ReadPassphraseFile(path string) ([]byte, error) {
+	b, err := target.ReadSecretFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if b = bytes.TrimRight(b, "\r\n"); len(b) == 0 {
+		return nil, fmt.Errorf("%s is empty", path)
+	}
+	return b, nil
 }

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"os"
@@ -22,7 +22,7 @@ func FuzzConfig(f *testing.F) {
 		if err := os.WriteFile(p, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		c, err := loadConfig(p)
+		c, err := Load(p, true)
 		if err != nil {
 			return
 		}
@@ -35,7 +35,7 @@ func FuzzConfig(f *testing.F) {
 				t.Fatalf("loaded a bad target name %q", tc.Name)
 			}
 			seen[tc.Name] = true
-			_ = tc.open()
+			_ = tc.Open()
 		}
 	})
 }

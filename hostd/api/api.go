@@ -1,0 +1,319 @@
+// Package api holds virtkeep's service interface and its wire types: every
+// operation the CLI offers, with the request and response types that
+// travel as JSON over the daemon's unix socket (docs/API.md). It imports
+// only the standard library; hostd/service implements Service in process
+// and hostd/client implements it over the socket.
+package api
+
+import (
+	"context"
+	"time"
+)
+
+// Version is the API's version, the first element of every path.
+const Version = "v1"
+
+// Service is every operation virtkeep offers. Operations that run longer
+// than a moment return a Job at once; Watch and Log follow it.
+type Service interface {
+	Version(ctx context.Context) (VersionInfo, error)
+
+	// Points lists the points the catalog holds, oldest first.
+	Points(ctx context.Context, r ListRequest) ([]Point, error)
+	// Point resolves an ID, DOMAIN@latest or DOMAIN@<RFC 3339 time>.
+	Point(ctx context.Context, r PointRequest) (Point, error)
+
+	Backup(ctx context.Context, r BackupRequest) (Job, error)
+	Restore(ctx context.Context, r RestoreRequest) (Job, error)
+	Export(ctx context.Context, r ExportRequest) (Job, error)
+	Verify(ctx context.Context, r VerifyRequest) (Job, error)
+	RebuildCatalog(ctx context.Context, r RebuildRequest) (Job, error)
+
+	Jobs(ctx context.Context, r JobsRequest) ([]Job, error)
+	Job(ctx context.Context, id string) (Job, error)
+	CancelJob(ctx context.Context, id string) (Job, error)
+	// Watch calls fn with the job now and after every change (progress
+	// at most a few times a second) until it has ended, fn fails or ctx
+	// is done. The last call sees the job's final state.
+	Watch(ctx context.Context, id string, fn func(Job) error) error
+	// Log calls fn with the job's log lines; with follow, it waits for
+	// more until the job has ended.
+	Log(ctx context.Context, id string, follow bool, fn func(LogLine) error) error
+
+	Mount(ctx context.Context, r MountRequest) (Session, error)
+	Serve(ctx context.Context, r ServeRequest) (Session, error)
+	Boot(ctx context.Context, r BootRequest) (Session, error)
+	Sessions(ctx context.Context) ([]Session, error)
+	// EndSession undoes a session: by ID, or a mount by its directory.
+	EndSession(ctx context.Context, r EndSessionRequest) error
+}
+
+// VersionInfo says who answers.
+type VersionInfo struct {
+	Version string `json:"version"`
+	API     string `json:"api"`
+	// Mode is "daemon" when virtkeepd answers, "local" in process.
+	Mode string `json:"mode"`
+	PID  int    `json:"pid"`
+}
+
+// Point is one backup point as list and info show it.
+type Point struct {
+	ID          string      `json:"id"`
+	Domain      string      `json:"domain"`
+	DomainUUID  string      `json:"domain_uuid"`
+	Target      string      `json:"target"`
+	Time        time.Time   `json:"time"`
+	Level       string      `json:"level"`
+	Consistency string      `json:"consistency"`
+	FreezeMS    int64       `json:"freeze_ms"`
+	Checkpoint  string      `json:"checkpoint"`
+	Parent      string      `json:"parent"`
+	Disks       []PointDisk `json:"disks"`
+}
+
+// PointDisk is one disk of a point.
+type PointDisk struct {
+	Name        string `json:"name"`
+	Format      string `json:"format"`
+	VirtualSize int64  `json:"virtual_size"`
+	BytesRead   int64  `json:"bytes_read"`
+	BytesStored int64  `json:"bytes_stored"`
+	Checkpoint  string `json:"checkpoint,omitempty"`
+}
+
+// ListRequest filters Points; empty fields match everything.
+type ListRequest struct {
+	Domain string `json:"domain,omitempty"` // name or UUID
+	Target string `json:"target,omitempty"`
+}
+
+// PointRequest names one point, optionally in one target.
+type PointRequest struct {
+	Point  string `json:"point"`
+	Target string `json:"target,omitempty"`
+}
+
+// BackupRequest asks for a backup of one domain into one target.
+type BackupRequest struct {
+	Domain             string   `json:"domain"`
+	Target             string   `json:"target,omitempty"` // default: the first configured
+	Level              string   `json:"level,omitempty"`  // full, inc, diff, auto (default)
+	Consistency        string   `json:"consistency,omitempty"`
+	RequireConsistency bool     `json:"require_consistency,omitempty"`
+	FreezeTimeoutMS    int64    `json:"freeze_timeout_ms,omitempty"` // default 10000
+	Disks              []string `json:"disks,omitempty"`
+	Exclude            []string `json:"exclude,omitempty"`
+}
+
+// RestoreRequest restores disks to a directory (To), a whole domain under
+// a new name (As), or a shut-off domain over itself (InPlace with Force).
+type RestoreRequest struct {
+	Point   string   `json:"point"`
+	Target  string   `json:"target,omitempty"`
+	To      string   `json:"to,omitempty"`
+	As      string   `json:"as,omitempty"`
+	Format  string   `json:"format,omitempty"` // qcow2, raw (default: each disk's own)
+	Disks   []string `json:"disks,omitempty"`
+	Force   bool     `json:"force,omitempty"`
+	Verify  bool     `json:"verify,omitempty"`
+	InPlace bool     `json:"in_place,omitempty"`
+	Strict  bool     `json:"strict,omitempty"`
+}
+
+// ExportRequest writes one disk of a point to a file or block device.
+type ExportRequest struct {
+	Point  string `json:"point"`
+	Target string `json:"target,omitempty"`
+	Disk   string `json:"disk"`
+	Format string `json:"format"`
+	Output string `json:"output"`
+	Force  bool   `json:"force,omitempty"`
+}
+
+// VerifyRequest checks one point, or (All) every target's repository.
+type VerifyRequest struct {
+	Point    string `json:"point,omitempty"`
+	Target   string `json:"target,omitempty"`
+	All      bool   `json:"all,omitempty"`
+	ReadData bool   `json:"read_data,omitempty"`
+}
+
+// RebuildRequest recreates the catalog's points from the targets (one, or
+// all when Target is empty).
+type RebuildRequest struct {
+	Target string `json:"target,omitempty"`
+}
+
+// JobsRequest filters Jobs: by default the queued and running jobs and
+// those that ended in the last 24 hours; All gives every job kept.
+type JobsRequest struct {
+	All    bool   `json:"all,omitempty"`
+	Domain string `json:"domain,omitempty"`
+}
+
+// JobState is where a job is in its life.
+type JobState string
+
+const (
+	Queued    JobState = "queued"
+	Running   JobState = "running"
+	Succeeded JobState = "succeeded"
+	Failed    JobState = "failed"
+	Cancelled JobState = "cancelled"
+)
+
+// Ended reports whether s is final.
+func (s JobState) Ended() bool { return s == Succeeded || s == Failed || s == Cancelled }
+
+// Job kinds.
+const (
+	KindBackup  = "backup"
+	KindRestore = "restore"
+	KindExport  = "export"
+	KindVerify  = "verify"
+	KindRebuild = "catalog-rebuild"
+)
+
+// Job is one long operation.
+type Job struct {
+	ID      string    `json:"id"`
+	Kind    string    `json:"kind"`
+	Domain  string    `json:"domain,omitempty"`
+	Target  string    `json:"target,omitempty"`
+	State   JobState  `json:"state"`
+	Created time.Time `json:"created"`
+	Started time.Time `json:"started,omitzero"`
+	Ended   time.Time `json:"ended,omitzero"`
+	// Progress is the latest progress; Total is 0 until it is known.
+	Progress Progress   `json:"progress"`
+	Result   *JobResult `json:"result,omitempty"`
+	Error    string     `json:"error,omitempty"`
+	// ErrorCode classifies Error (see Code); empty when the job did not fail.
+	ErrorCode Code `json:"error_code,omitempty"`
+	// Attempts counts the runs of a job retried after a transient error.
+	Attempts int `json:"attempts,omitempty"`
+}
+
+// Progress of a job: bytes done of total, the rate over the last seconds,
+// the estimated seconds left, and the same per disk.
+type Progress struct {
+	Done       int64          `json:"done"`
+	Total      int64          `json:"total"`
+	Rate       float64        `json:"rate"` // bytes per second
+	ETASeconds float64        `json:"eta_seconds"`
+	Disks      []DiskProgress `json:"disks,omitempty"`
+}
+
+// DiskProgress is one disk's part of a job's progress.
+type DiskProgress struct {
+	Disk  string `json:"disk"`
+	Done  int64  `json:"done"`
+	Total int64  `json:"total"`
+}
+
+// JobResult is what a job made; which fields are set depends on its kind.
+type JobResult struct {
+	Point    *Point   `json:"point,omitempty"`    // backup
+	Files    []string `json:"files,omitempty"`    // restore --to, export
+	Domain   string   `json:"domain,omitempty"`   // restore --as, --in-place
+	UUID     string   `json:"uuid,omitempty"`     // restore --as
+	Dir      string   `json:"dir,omitempty"`      // restore --as
+	Warnings []string `json:"warnings,omitempty"` // what went less well than asked
+	// FullReasons says, per disk, why an incremental read a disk in full.
+	FullReasons map[string]string `json:"full_reasons,omitempty"`
+	// Checks is verify --all's report per target.
+	Checks map[string]CheckReport `json:"checks,omitempty"`
+	// Points counts the points a catalog rebuild found, per target.
+	Points map[string]int `json:"points,omitempty"`
+}
+
+// CheckReport is one target's verify report.
+type CheckReport struct {
+	OK      bool   `json:"ok"`
+	Summary string `json:"summary"`
+	// Report is the repository's own report (its fields are documented
+	// with target.CheckReport).
+	Report any `json:"report"`
+}
+
+// LogLine is one line of a job's log.
+type LogLine struct {
+	Job     string            `json:"job"`
+	Seq     int64             `json:"seq"`
+	Time    time.Time         `json:"time"`
+	Level   string            `json:"level"`
+	Message string            `json:"message"`
+	Attrs   map[string]string `json:"attrs,omitempty"`
+}
+
+// MountRequest mounts a point's disk's filesystems under Dir.
+type MountRequest struct {
+	Point  string `json:"point"`
+	Target string `json:"target,omitempty"`
+	Disk   string `json:"disk,omitempty"` // default: the first
+	Dir    string `json:"dir"`
+}
+
+// ServeRequest serves a point's disks read-only over NBD on a unix socket
+// (one is made under state_dir when Socket is empty) or a loopback TCP
+// address (Listen).
+type ServeRequest struct {
+	Point  string `json:"point"`
+	Target string `json:"target,omitempty"`
+	Disk   string `json:"disk,omitempty"`
+	Socket string `json:"socket,omitempty"`
+	Listen string `json:"listen,omitempty"`
+}
+
+// BootRequest starts a new domain from a point (instant recovery); with
+// Migrate its disks then move to local files.
+type BootRequest struct {
+	Point   string `json:"point"`
+	Target  string `json:"target,omitempty"`
+	Name    string `json:"name"`
+	Dir     string `json:"dir,omitempty"`
+	Migrate bool   `json:"migrate,omitempty"`
+	Strict  bool   `json:"strict,omitempty"`
+}
+
+// Session kinds.
+const (
+	SessionMount = "mount"
+	SessionServe = "serve"
+	SessionBoot  = "boot"
+)
+
+// Session is something lasting made from a point: a mount, an NBD server,
+// a domain booted from a backup. Whoever made it holds it (the daemon, or
+// a CLI process: Holder) until it is ended.
+type Session struct {
+	ID      string    `json:"id"`
+	Kind    string    `json:"kind"`
+	Point   string    `json:"point"`
+	Target  string    `json:"target"`
+	Created time.Time `json:"created"`
+	Holder  string    `json:"holder"` // "virtkeepd" or "pid N"
+	Dir     string    `json:"dir,omitempty"`
+	URIs    []string  `json:"uris,omitempty"`
+	Exports []string  `json:"exports,omitempty"`
+	Mounts  []Mounted `json:"mounts,omitempty"`
+	Domain  string    `json:"domain,omitempty"` // boot
+	UUID    string    `json:"uuid,omitempty"`   // boot
+	// Migrated is set for a boot whose disks moved to local files: it no
+	// longer needs the backup, and ending the session leaves the domain.
+	Migrated bool `json:"migrated,omitempty"`
+}
+
+// Mounted is one filesystem of a mount session.
+type Mounted struct {
+	Device string `json:"device"`
+	Type   string `json:"type"`
+	Path   string `json:"path"`
+}
+
+// EndSessionRequest names a session by ID, or a mount by its directory.
+type EndSessionRequest struct {
+	ID  string `json:"id,omitempty"`
+	Dir string `json:"dir,omitempty"`
+}

@@ -1,0 +1,210 @@
+// Package daemon is virtkeepd's life: it takes the host lock (waiting for
+// a CLI that holds it), repairs what an interrupted run left (jobs, libvirt
+// backup jobs, frozen guests, mounts, sessions), serves the API on the
+// unix socket, thaws guests whose freezer died, reconciles the catalog
+// with the targets, tells systemd how it is, and on SIGTERM cancels the
+// running jobs within a deadline and exits.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/virtkeep/virtkeep/hostd/api"
+	"github.com/virtkeep/virtkeep/hostd/apiserver"
+	"github.com/virtkeep/virtkeep/hostd/service"
+	"github.com/virtkeep/virtkeep/systemd"
+)
+
+// Config is what the daemon runs with.
+type Config struct {
+	Service     service.Config
+	Socket      string
+	SocketGroup string // may use the socket besides root ("" or missing: root only)
+	// ShutdownTimeout bounds the wait for cancelled jobs at SIGTERM.
+	ShutdownTimeout time.Duration
+	// ReconcileInterval is how often the catalog is compared with each
+	// target.
+	ReconcileInterval time.Duration
+	// ThawInterval is how often the freeze journal is looked at (1 s).
+	ThawInterval time.Duration
+	Log          *slog.Logger
+}
+
+// ErrJobsLeft is returned when jobs were still running at the shutdown
+// deadline.
+var ErrJobsLeft = errors.New("jobs still running at the shutdown deadline")
+
+// Cleanup does the start-up repairs alone (virtkeepd --cleanup).
+func Cleanup(ctx context.Context, cfg Config) error {
+	sc := cfg.Service
+	sc.Mode, sc.Lock, sc.Log = "daemon", service.LockOrFail, cfg.Log
+	svc, err := service.New(ctx, sc)
+	if err != nil {
+		return err
+	}
+	defer svc.Close()
+	return svc.Recover(ctx)
+}
+
+// Run runs the daemon until ctx is done (SIGTERM).
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Log
+	n := systemd.Notifier{}
+	_ = n.Status("waiting for the host lock")
+	sc := cfg.Service
+	sc.Mode, sc.Lock, sc.Log = "daemon", service.LockWait, log
+	svc, err := service.New(ctx, sc)
+	if err != nil {
+		return err
+	}
+	defer svc.Close()
+	_ = n.Status("recovering what an interrupted run left")
+	if err := svc.Recover(ctx); err != nil {
+		// Keep running: the daemon is how the rest gets repaired; the
+		// operator sees the error in the journal and in the status.
+		log.Error("start-up recovery incomplete", "err", err)
+	}
+	gid := socketGroup(cfg.SocketGroup, log)
+	if err := os.MkdirAll(filepath.Dir(cfg.Socket), 0o755); err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	ln, err := apiserver.Listen(cfg.Socket, gid)
+	if err != nil {
+		return fmt.Errorf("API socket %s: %w", cfg.Socket, err)
+	}
+	defer os.Remove(cfg.Socket)
+	srv := &apiserver.Server{Service: svc, Log: log, GID: gid}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	if err := n.Ready(); err != nil {
+		return err
+	}
+	log.Info("virtkeepd ready", "version", sc.Version, "state_dir", sc.StateDir, "socket", cfg.Socket)
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var beat atomic.Int64
+	beat.Store(time.Now().UnixNano())
+	go func() {
+		alive := func() bool { return time.Since(time.Unix(0, beat.Load())) < 30*time.Second }
+		if err := n.Watchdog(wctx, alive); err != nil {
+			log.Error("watchdog", "err", err)
+		}
+	}()
+	go watchFrozen(wctx, svc, log, cmp(cfg.ThawInterval, time.Second))
+	go every(wctx, cmp(cfg.ReconcileInterval, 10*time.Minute), func() { svc.ReconcileAll(wctx) })
+	status := ""
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	for running := true; running; {
+		select {
+		case <-ctx.Done():
+			running = false
+		case err := <-served:
+			return fmt.Errorf("API server: %w", err)
+		case <-tick.C:
+			beat.Store(time.Now().UnixNano())
+			if s := describe(svc.Running()); s != status {
+				status = s
+				_ = n.Status(s)
+			}
+		}
+	}
+	return shutdown(svc, srv, cfg, n, log)
+}
+
+// shutdown: no new jobs, cancel the running ones within the deadline,
+// then stop the API.
+func shutdown(svc *service.Service, srv *apiserver.Server, cfg Config, n systemd.Notifier, log *slog.Logger) error {
+	_ = n.Stopping()
+	running := svc.Running()
+	_ = n.Status("stopping: cancelling " + describe(running))
+	log.Info("virtkeepd stopping", "jobs", len(running))
+	sctx, cancel := context.WithTimeout(context.Background(), cmp(cfg.ShutdownTimeout, 90*time.Second))
+	defer cancel()
+	left := svc.Shutdown(sctx)
+	hctx, hcancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer hcancel()
+	_ = srv.Shutdown(hctx)
+	if len(left) > 0 {
+		return fmt.Errorf("%s: %w", describe(left), ErrJobsLeft)
+	}
+	log.Info("virtkeepd stopped")
+	return nil
+}
+
+// describe is a STATUS= line for the jobs.
+func describe(js []api.Job) string {
+	if len(js) == 0 {
+		return "ready: no jobs running"
+	}
+	var parts []string
+	for _, j := range js {
+		s := j.Kind + " " + j.Domain
+		if j.Progress.Total > 0 {
+			s += fmt.Sprintf(" %d%%", 100*j.Progress.Done/j.Progress.Total)
+		}
+		parts = append(parts, strings.TrimSpace(s)+" ("+string(j.State)+")")
+	}
+	return fmt.Sprintf("%d jobs: %s", len(js), strings.Join(parts, ", "))
+}
+
+// socketGroup is the GID of the group that may use the socket, or -1.
+func socketGroup(name string, log *slog.Logger) int {
+	if name == "" {
+		return -1
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		log.Warn("socket group missing: only root may use the API", "group", name, "err", err)
+		return -1
+	}
+	gid, _ := strconv.Atoi(g.Gid)
+	return gid
+}
+
+// watchFrozen thaws, every interval, the guests whose freezer died (a CLI
+// killed while a guest was frozen). The same error is logged once, not
+// every second.
+func watchFrozen(ctx context.Context, svc *service.Service, log *slog.Logger, interval time.Duration) {
+	last := ""
+	every(ctx, interval, func() {
+		err := svc.ThawOrphans(ctx)
+		if msg := fmt.Sprint(err); err != nil && msg != last {
+			log.Error("thawing guests left frozen", "err", err)
+			last = msg
+		} else if err == nil {
+			last = ""
+		}
+	})
+}
+
+func every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn()
+		}
+	}
+}
+
+func cmp(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}

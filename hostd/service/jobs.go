@@ -1,0 +1,211 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/virtkeep/virtkeep/hostd/api"
+	"github.com/virtkeep/virtkeep/hostd/catalog"
+)
+
+func checkJobID(id string) error {
+	if !jobIDRe.MatchString(id) {
+		return api.Errorf(api.CodeBadRequest, "job ID %q: want YYYYMMDDTHHMMSSZ-xxxxxxxx", id)
+	}
+	return nil
+}
+
+// Jobs lists jobs: the live ones as they are now, the rest as recorded.
+func (s *Service) Jobs(ctx context.Context, r api.JobsRequest) ([]api.Job, error) {
+	if r.Domain != "" {
+		if err := checkDomainName("domain", r.Domain); err != nil {
+			return nil, err
+		}
+	}
+	q := catalog.JobQuery{Domain: r.Domain}
+	if !r.All {
+		q.EndedAfter = time.Now().Add(-24 * time.Hour)
+	}
+	rec, err := s.cat.Jobs(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	for i, j := range rec {
+		if live, ok := s.jobs.Get(j.ID); ok {
+			rec[i] = live
+		}
+	}
+	sort.SliceStable(rec, func(i, j int) bool { return rec[i].Created.Before(rec[j].Created) })
+	return rec, nil
+}
+
+// Job returns one job.
+func (s *Service) Job(ctx context.Context, id string) (api.Job, error) {
+	if err := checkJobID(id); err != nil {
+		return api.Job{}, err
+	}
+	if j, ok := s.jobs.Get(id); ok {
+		return j, nil
+	}
+	j, err := s.cat.Job(ctx, id)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return api.Job{}, api.Errorf(api.CodeNotFound, "no job %s", id)
+	}
+	return j, err
+}
+
+// CancelJob cancels a queued or running job.
+func (s *Service) CancelJob(ctx context.Context, id string) (api.Job, error) {
+	j, err := s.Job(ctx, id)
+	if err != nil {
+		return j, err
+	}
+	if j.State.Ended() {
+		return j, api.Errorf(api.CodeBadRequest, "job %s has ended already (%s)", id, j.State)
+	}
+	j, err = s.jobs.Cancel(id)
+	if err != nil {
+		// Recorded as running by a process that is not this one.
+		return j, api.Errorf(api.CodeNotFound, "job %s is not run by this %s", id, s.cfg.Mode)
+	}
+	return j, nil
+}
+
+// Watch follows a job until it ends.
+func (s *Service) Watch(ctx context.Context, id string, fn func(api.Job) error) error {
+	j, err := s.Job(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !j.State.Ended() {
+		err := s.jobs.Watch(ctx, id, 250*time.Millisecond, fn)
+		if api.CodeOf(coded(err)) != api.CodeNotFound {
+			return err
+		}
+		// It ended between the two looks.
+		if j, err = s.Job(ctx, id); err != nil {
+			return err
+		}
+	}
+	return fn(j)
+}
+
+// Log sends a job's log lines; with follow it waits for more until the
+// job has ended.
+func (s *Service) Log(ctx context.Context, id string, follow bool, fn func(api.LogLine) error) error {
+	if _, err := s.Job(ctx, id); err != nil {
+		return err
+	}
+	var seq int64
+	for {
+		changed := s.jobs.Changed(id) // before reading: no line is missed
+		lines, err := s.cat.Logs(ctx, id, seq)
+		if err != nil {
+			return err
+		}
+		for _, l := range lines {
+			if err := fn(l); err != nil {
+				return err
+			}
+			seq = l.Seq
+		}
+		if !follow || changed == nil {
+			if follow {
+				// Ended: lines written as it ended are in now.
+				lines, err := s.cat.Logs(ctx, id, seq)
+				if err != nil {
+					return err
+				}
+				for _, l := range lines {
+					if err := fn(l); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// Recover repairs what an interrupted run left, at daemon start: jobs
+// recorded as running by a process that is gone are marked failed with
+// the reason, and their domains' libvirt backup jobs and scratch files
+// are ended; guests left frozen are thawed; sessions whose holder is gone
+// are undone.
+func (s *Service) Recover(ctx context.Context) error {
+	if err := s.writable(); err != nil {
+		return err
+	}
+	un, err := s.cat.UnfinishedJobs(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	// Jobs run only under the host lock, which this process holds now:
+	// whoever recorded them running is gone.
+	for _, u := range un {
+		j := u.Job
+		j.State, j.Ended, j.ErrorCode = api.Failed, time.Now().UTC(), api.CodeFailed
+		j.Error = "interrupted: the virtkeep process running it (pid " + strconv.Itoa(u.Holder) + ") stopped before it ended"
+		if err := s.cat.SaveJob(ctx, j, u.Holder, nil); err != nil {
+			errs = append(errs, err)
+		}
+		s.log.Warn("job marked failed: its process stopped", "job", j.ID, "kind", j.Kind, "domain", j.Domain, "pid", u.Holder)
+		if j.Kind == api.KindBackup && j.Domain != "" {
+			if err := s.endStaleJob(ctx, j.Domain); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if e, err := s.engine(); err == nil {
+		if err := e.RecoverFrozen(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		if err := e.CleanupMounts(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	} else {
+		errs = append(errs, err)
+	}
+	if err := s.recoverSessions(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Service) endStaleJob(ctx context.Context, domain string) error {
+	e, err := s.engine()
+	if err != nil {
+		return err
+	}
+	_, uuid, err := e.DomainID(domain)
+	if err != nil {
+		return nil // gone: nothing to end
+	}
+	return e.EndStaleJob(ctx, uuid)
+}
+
+// alive reports whether process pid exists.
+func alive(pid int) bool {
+	return pid > 0 && (syscall.Kill(pid, 0) == nil || errors.Is(syscall.Kill(pid, 0), syscall.EPERM))
+}
+
+// ThawOrphans thaws the guests whose freezer died (see
+// engine.RecoverFrozen); the daemon calls it every second.
+func (s *Service) ThawOrphans(ctx context.Context) error {
+	e, err := s.engine()
+	if err != nil {
+		return err
+	}
+	return e.RecoverFrozen(ctx)
+}

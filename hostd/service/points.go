@@ -1,0 +1,234 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/virtkeep/virtkeep/hostd/api"
+	"github.com/virtkeep/virtkeep/hostd/catalog"
+	"github.com/virtkeep/virtkeep/target"
+)
+
+// record is a manifest as the API shows it.
+func record(m *target.Manifest, targetName string) api.Point {
+	p := api.Point{ID: m.ID, Domain: m.Domain, DomainUUID: m.DomainUUID, Target: targetName, Time: m.Time.UTC(),
+		Level: m.Level, Consistency: m.Consistency, FreezeMS: m.FreezeMS, Parent: m.Parent, Disks: []api.PointDisk{}}
+	for _, d := range m.Disks {
+		if p.Checkpoint == "" {
+			p.Checkpoint = d.Checkpoint
+		}
+		p.Disks = append(p.Disks, api.PointDisk{Name: d.Name, Format: d.Format, VirtualSize: d.VirtualSize, BytesRead: d.BytesRead, BytesStored: d.BytesStored, Checkpoint: d.Checkpoint})
+	}
+	return p
+}
+
+// Points lists the catalog's points. A target the catalog has never
+// compared with its repository is compared first.
+func (s *Service) Points(ctx context.Context, r api.ListRequest) ([]api.Point, error) {
+	ts, err := s.targets(r.Target)
+	if err != nil {
+		return nil, err
+	}
+	if r.Domain != "" {
+		if err := checkDomainName("domain", r.Domain); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := s.syncUnsynced(ctx, ts); err != nil {
+		return nil, err
+	}
+	return s.cat.Points(ctx, catalog.Query{Target: r.Target, Domain: r.Domain})
+}
+
+// targets returns the named target, or all for "".
+func (s *Service) targets(name string) ([]Target, error) {
+	if name == "" {
+		return s.cfg.Targets, nil
+	}
+	t, err := s.target(name)
+	return []Target{t}, err
+}
+
+// syncUnsynced reconciles the targets the catalog never compared with their
+// repository, skipping (and returning) those that cannot be reached.
+func (s *Service) syncUnsynced(ctx context.Context, ts []Target) ([]string, error) {
+	if s.readOnly {
+		return nil, nil
+	}
+	var unreachable []string
+	for _, t := range ts {
+		synced, err := s.cat.Synced(ctx, t.Name)
+		if err != nil {
+			return nil, err
+		}
+		if !synced.IsZero() {
+			continue
+		}
+		if err := s.Reconcile(ctx, t.Name, false); err != nil {
+			if api.CodeOf(err) != api.CodeUnavailable {
+				return nil, err
+			}
+			s.log.Warn("target skipped: cannot open its repository", "target", t.Name, "err", err)
+			unreachable = append(unreachable, t.Name)
+		}
+	}
+	return unreachable, nil
+}
+
+// Reconcile compares the catalog with target's repository: one listing of
+// the point IDs, then only the new manifests are read. With rebuild every
+// manifest is read again and the target's points are replaced.
+func (s *Service) Reconcile(ctx context.Context, name string, rebuild bool) error {
+	t, err := s.target(name)
+	if err != nil {
+		return err
+	}
+	if err := s.writable(); err != nil {
+		return err
+	}
+	repo, err := s.open(ctx, t, false)
+	if errors.Is(err, target.ErrNotRepository) {
+		return s.cat.Sync(ctx, t.Name, nil, nil, true, time.Now())
+	}
+	if err != nil {
+		return err
+	}
+	defer repo.Close()
+	ids, err := repo.PointIDs(ctx)
+	if err != nil {
+		return api.WithCode(api.CodeUnavailable, fmt.Errorf("target %s: %w", t.Name, err))
+	}
+	have := map[string]bool{}
+	if !rebuild {
+		if have, err = s.cat.PointIDs(ctx, t.Name); err != nil {
+			return err
+		}
+	}
+	var add []api.Point
+	for _, id := range ids {
+		if have[id] {
+			delete(have, id)
+			continue
+		}
+		m, err := repo.Point(ctx, id)
+		if err != nil {
+			s.log.Warn("point unreadable", "target", t.Name, "point", id, "err", err)
+			continue
+		}
+		add = append(add, record(m, t.Name))
+	}
+	var remove []string
+	for id := range have {
+		remove = append(remove, id)
+	}
+	if len(add)+len(remove) > 0 && !rebuild {
+		s.log.Info("catalog reconciled with target", "target", t.Name, "added", len(add), "removed", len(remove))
+	}
+	return s.cat.Sync(ctx, t.Name, add, remove, rebuild, time.Now())
+}
+
+// ReconcileAll reconciles every target; unreachable ones are logged.
+func (s *Service) ReconcileAll(ctx context.Context) {
+	for _, t := range s.cfg.Targets {
+		if err := s.Reconcile(ctx, t.Name, false); err != nil {
+			s.log.Warn("catalog not reconciled with target", "target", t.Name, "err", err)
+		}
+	}
+}
+
+// Point resolves a point.
+func (s *Service) Point(ctx context.Context, r api.PointRequest) (api.Point, error) {
+	p, err := s.resolve(ctx, r.Point, r.Target)
+	return p, err
+}
+
+// resolve finds spec: an ID, DOMAIN@latest, or DOMAIN@<RFC 3339 time> (the
+// newest point at or before it), in target only (if set). A miss in the
+// catalog reconciles the targets (another host may have added it) and
+// looks again.
+func (s *Service) resolve(ctx context.Context, spec, only string) (api.Point, error) {
+	q, err := parsePoint(spec)
+	if err != nil {
+		return api.Point{}, err
+	}
+	ts, err := s.targets(only)
+	if err != nil {
+		return api.Point{}, err
+	}
+	q.Target = only
+	unreachable, err := s.syncUnsynced(ctx, ts)
+	if err != nil {
+		return api.Point{}, err
+	}
+	ps, err := s.cat.Points(ctx, q)
+	if err != nil {
+		return api.Point{}, err
+	}
+	if len(ps) == 0 && !s.readOnly {
+		unreachable = nil
+		for _, t := range ts {
+			if err := s.Reconcile(ctx, t.Name, false); err != nil {
+				if api.CodeOf(err) != api.CodeUnavailable {
+					return api.Point{}, err
+				}
+				unreachable = append(unreachable, t.Name)
+			}
+		}
+		if ps, err = s.cat.Points(ctx, q); err != nil {
+			return api.Point{}, err
+		}
+	}
+	if len(ps) == 0 {
+		where := "any target"
+		if only != "" {
+			where = "target " + only
+		} else if len(unreachable) > 0 {
+			where = "any reachable target (unreachable: " + strings.Join(unreachable, ", ") + ")"
+		}
+		if q.ID != "" {
+			return api.Point{}, api.Errorf(api.CodeNotFound, "no point %s in %s", spec, where)
+		}
+		dom, when, _ := strings.Cut(spec, "@")
+		return api.Point{}, api.Errorf(api.CodeNotFound, "no point of domain %q at or before %s in %s", dom, when, where)
+	}
+	return ps[len(ps)-1], nil
+}
+
+// parsePoint makes a catalog query of a point spec.
+func parsePoint(spec string) (catalog.Query, error) {
+	if pointIDRe.MatchString(spec) {
+		return catalog.Query{ID: spec}, nil
+	}
+	dom, when, ok := strings.Cut(spec, "@")
+	if !ok || dom == "" || when == "" {
+		return catalog.Query{}, api.Errorf(api.CodeBadRequest, "point %q: give an ID (20261122T020000Z-1a2b3c4d), DOMAIN@latest or DOMAIN@<RFC 3339 time>", spec)
+	}
+	if err := checkDomainName("point "+spec+": domain", dom); err != nil {
+		return catalog.Query{}, err
+	}
+	q := catalog.Query{Domain: dom, Latest: true}
+	if when != "latest" {
+		t, err := time.Parse(time.RFC3339, when)
+		if err != nil {
+			return catalog.Query{}, api.Errorf(api.CodeBadRequest, "point %q: time %q is not RFC 3339 (2026-11-22T02:00:00Z)", spec, when)
+		}
+		q.Before = t
+	}
+	return q, nil
+}
+
+// pointDisk checks that p has disk.
+func pointDisk(p api.Point, disk string) error {
+	var names []string
+	for _, d := range p.Disks {
+		names = append(names, d.Name)
+	}
+	if !slices.Contains(names, disk) {
+		return api.Errorf(api.CodeNotFound, "point %s has no disk %q (disks: %s)", p.ID, disk, strings.Join(names, ", "))
+	}
+	return nil
+}

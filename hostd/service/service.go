@@ -1,0 +1,322 @@
+// Package service implements api.Service once, for the daemon and for the
+// CLI running in its own process: request validation, point resolution
+// from the catalog (reconciled with the targets), jobs for backups,
+// restores, exports, verifies and catalog rebuilds, and sessions for
+// mounts, NBD servers and booted domains. It holds the host lock, so
+// libvirt checkpoints and the catalog never have two writers.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"libvirt.org/go/libvirt"
+
+	"github.com/virtkeep/virtkeep/hostd/api"
+	"github.com/virtkeep/virtkeep/hostd/catalog"
+	"github.com/virtkeep/virtkeep/hostd/engine"
+	"github.com/virtkeep/virtkeep/hostd/jobs"
+	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/target/all"
+)
+
+// Target is a configured target.
+type Target struct {
+	Name string
+	Open all.Config
+}
+
+// Config is what the service runs with (cmd/internal/config makes it).
+type Config struct {
+	Mode       string // "daemon" or "local"
+	Version    string
+	StateDir   string
+	LibvirtURI string
+	Targets    []Target // the first is the default
+	// BootFileDirs are added to engine.DefaultBootFileDirs.
+	BootFileDirs     []string
+	MaxJobs          int
+	MaxJobsPerTarget int
+	// RetryBackoff is the wait before retrying a job after a transient
+	// error (default 5 s).
+	RetryBackoff time.Duration
+	Log          *slog.Logger
+	// Passphrase, when set, asks for the passphrase of a key file that
+	// has none configured (the CLI, on a terminal).
+	Passphrase func(target, keyFile string) ([]byte, error)
+	// ServeArgv, when set, makes mounts and boots start this command (the
+	// CLI's own serve, with --socket to follow) as their NBD server, so
+	// that they outlive the process; unset, the server runs in this
+	// process (the daemon), which holds it.
+	ServeArgv func(point, target, disk string) []string
+	// Lock says how to take the host lock.
+	Lock LockMode
+}
+
+// Service implements api.Service.
+type Service struct {
+	cfg  Config
+	log  *slog.Logger
+	conn *libvirt.Connect
+	eng  *engine.Engine
+	cat  *catalog.DB
+	jobs *jobs.Manager
+	lock *hostLock
+	// readOnly is set when the host lock is held elsewhere and Lock was
+	// LockIfFree: answers come from the catalog as it is, nothing is
+	// changed.
+	readOnly bool
+
+	// ctx lives as long as the service: sessions' servers run on it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	sessions map[string]*liveSession
+	passes   map[string][]byte
+}
+
+var _ api.Service = (*Service)(nil)
+
+// New opens libvirt and the catalog and takes the host lock.
+func New(ctx context.Context, cfg Config) (*Service, error) {
+	if len(cfg.Targets) == 0 {
+		return nil, api.Errorf(api.CodeBadRequest, "no targets configured")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{cfg: cfg, log: cfg.Log, sessions: map[string]*liveSession{}, passes: map[string][]byte{}}
+	s.eng = &engine.Engine{StateDir: cfg.StateDir, Log: cfg.Log, BootFileDirs: append(append([]string(nil), engine.DefaultBootFileDirs...), cfg.BootFileDirs...)}
+	// The engine makes state_dir (0711) and checks that root owns it.
+	if _, err := s.eng.RunDir(); err != nil {
+		return nil, err
+	}
+	lock, err := takeHostLock(ctx, cfg.StateDir, cfg.Lock, cfg.Log)
+	switch {
+	case errors.Is(err, ErrHostBusy) && cfg.Lock == LockIfFree:
+		s.readOnly = true
+	case err != nil:
+		return nil, err
+	}
+	s.lock = lock
+	s.cat, err = catalog.Open(ctx, filepath.Join(cfg.StateDir, "catalog.db"))
+	if err != nil {
+		s.lock.release()
+		return nil, err
+	}
+	if !s.readOnly {
+		names := make([]string, len(cfg.Targets))
+		for i, t := range cfg.Targets {
+			names[i] = t.Name
+		}
+		if err := s.cat.KeepTargets(ctx, names); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	s.jobs = jobs.New(jobs.Config{Store: s.cat, Log: cfg.Log, MaxJobs: cfg.MaxJobs, MaxPerTarget: cfg.MaxJobsPerTarget, Backoff: cfg.RetryBackoff})
+	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	return s, nil
+}
+
+// libvirt connects on first use: list and info need no libvirt.
+func (s *Service) engine() (*engine.Engine, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil {
+		c, err := libvirt.NewConnect(s.cfg.LibvirtURI)
+		if err != nil {
+			return nil, api.WithCode(api.CodeUnavailable, fmt.Errorf("libvirt %s: %w", s.cfg.LibvirtURI, err))
+		}
+		s.conn = c
+		s.eng.Conn = c
+	}
+	return s.eng, nil
+}
+
+// jobEngine is the engine with the job's logger.
+func (s *Service) jobEngine(h *jobs.Handle) (*engine.Engine, error) {
+	e, err := s.engine()
+	if err != nil {
+		return nil, err
+	}
+	c := *e
+	c.Log = h.Log()
+	return &c, nil
+}
+
+// Shutdown stops taking jobs and cancels the running ones, waiting for
+// them until ctx is done; it returns those still running then.
+func (s *Service) Shutdown(ctx context.Context) []api.Job { return s.jobs.Shutdown(ctx) }
+
+// Running returns the queued and running jobs.
+func (s *Service) Running() []api.Job { return s.jobs.Live() }
+
+// Close ends what this process holds (its sessions' servers, the catalog,
+// libvirt, the host lock). Jobs must have ended (Shutdown).
+func (s *Service) Close() error {
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.mu.Lock()
+	for _, l := range s.sessions {
+		l.stop()
+	}
+	s.mu.Unlock()
+	if s.cat != nil {
+		s.cat.Close()
+	}
+	if s.conn != nil {
+		s.conn.Close()
+	}
+	s.lock.release()
+	return nil
+}
+
+// Version says who answers.
+func (s *Service) Version(context.Context) (api.VersionInfo, error) {
+	return api.VersionInfo{Version: s.cfg.Version, API: api.Version, Mode: s.cfg.Mode, PID: os.Getpid()}, nil
+}
+
+func (s *Service) target(name string) (Target, error) {
+	if name == "" {
+		return s.cfg.Targets[0], nil
+	}
+	var names []string
+	for _, t := range s.cfg.Targets {
+		if t.Name == name {
+			return t, nil
+		}
+		names = append(names, t.Name)
+	}
+	return Target{}, api.Errorf(api.CodeNotFound, "no target %q (configured: %s)", name, strings.Join(names, ", "))
+}
+
+// open opens t's repository; with create an empty location gets one.
+func (s *Service) open(ctx context.Context, t Target, create bool) (*target.Repository, error) {
+	c, err := s.withPassphrase(t)
+	if err != nil {
+		return nil, err
+	}
+	r, err := all.Open(ctx, c, create, s.log)
+	if err != nil && !errors.Is(err, target.ErrNotRepository) && !errors.Is(err, target.ErrPassphraseNeeded) && !errors.Is(err, target.ErrLocked) {
+		// A key file that does not open it is a configuration problem,
+		// anything else (a server that is down) may pass.
+		if errors.Is(err, target.ErrWrongKey) {
+			return nil, api.WithCode(api.CodeBadRequest, err)
+		}
+		return nil, api.WithCode(api.CodeUnavailable, err)
+	}
+	return r, err
+}
+
+// withPassphrase is t's open configuration with the passphrase its key
+// file needs, asked for once per process when none is configured.
+func (s *Service) withPassphrase(t Target) (all.Config, error) {
+	c := t.Open
+	if c.KeyFile == "" || len(c.Passphrase) > 0 {
+		return c, nil
+	}
+	s.mu.Lock()
+	p, ok := s.passes[t.Name]
+	s.mu.Unlock()
+	if ok {
+		c.Passphrase = p
+		return c, nil
+	}
+	// A missing key file is created with the repository; other errors
+	// surface when the target is opened.
+	if _, err := target.ReadKeyFile(c.KeyFile, nil); !errors.Is(err, target.ErrPassphraseNeeded) {
+		return c, nil
+	}
+	if s.cfg.Passphrase == nil {
+		return c, api.Errorf(api.CodeBadRequest, "target %s: key file %s needs a passphrase: set passphrase_file", t.Name, c.KeyFile)
+	}
+	p, err := s.cfg.Passphrase(t.Name, c.KeyFile)
+	if err != nil {
+		return c, api.Errorf(api.CodeBadRequest, "target %s: key file %s needs a passphrase: set passphrase_file or run on a terminal (%v)", t.Name, c.KeyFile, err)
+	}
+	s.mu.Lock()
+	s.passes[t.Name] = p
+	s.mu.Unlock()
+	c.Passphrase = p
+	return c, nil
+}
+
+// codeOf classifies an error of an operation.
+func codeOf(err error) api.Code {
+	var ae *api.Error
+	switch {
+	case errors.As(err, &ae):
+		return ae.Code
+	case errors.Is(err, context.Canceled):
+		return api.CodeCancelled
+	case errors.Is(err, engine.ErrConsistency):
+		return api.CodeConsistency
+	case errors.Is(err, target.ErrLocked):
+		return api.CodeLocked
+	case errors.Is(err, engine.ErrExists):
+		return api.CodeExists
+	case errors.Is(err, libvirt.ERR_NO_DOMAIN), errors.Is(err, target.ErrNoPoint), errors.Is(err, catalog.ErrNotFound), errors.Is(err, jobs.ErrNotLive),
+		errors.Is(err, engine.ErrNotMounted):
+		return api.CodeNotFound
+	case errors.Is(err, jobs.ErrBusy), errors.Is(err, ErrHostBusy):
+		return api.CodeBusy
+	case errors.Is(err, jobs.ErrShutdown):
+		return api.CodeShutdown
+	case errors.Is(err, engine.ErrDestination), errors.Is(err, target.ErrPassphraseNeeded), errors.Is(err, target.ErrSecretFile), errors.Is(err, target.ErrWrongKey):
+		return api.CodeBadRequest
+	}
+	return api.CodeFailed
+}
+
+// coded gives err its code (see codeOf).
+func coded(err error) error { return api.WithCode(codeOf(err), err) }
+
+var (
+	nameRe    = regexp.MustCompile(`^[A-Za-z0-9_.+-]{1,64}$`)
+	uuidRe    = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	diskRe    = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+	jobIDRe   = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$`)
+	pointIDRe = jobIDRe
+)
+
+// checkDomainName refuses what no libvirt domain is called.
+func checkDomainName(what, n string) error {
+	if !nameRe.MatchString(n) && !uuidRe.MatchString(n) {
+		return api.Errorf(api.CodeBadRequest, "%s %q: want a domain name (letters, digits, _ . + -) or UUID", what, n)
+	}
+	return nil
+}
+
+func checkDisks(names []string) error {
+	for _, d := range names {
+		if !diskRe.MatchString(d) {
+			return api.Errorf(api.CodeBadRequest, "disk %q: want a disk name such as vda", d)
+		}
+	}
+	return nil
+}
+
+func checkAbs(what, p string) error {
+	if !filepath.IsAbs(p) || strings.ContainsRune(p, 0) {
+		return api.Errorf(api.CodeBadRequest, "%s %q: want an absolute path", what, p)
+	}
+	return nil
+}
+
+func (s *Service) writable() error {
+	if s.readOnly {
+		return api.Errorf(api.CodeBusy, "%v", s.lockHolder())
+	}
+	return nil
+}
