@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/virtkeep/virtkeep/testenv"
 	"github.com/virtkeep/virtkeep/hostd/api"
+	"github.com/virtkeep/virtkeep/testenv"
 	"github.com/virtkeep/virtkeep/testenv/vm"
 )
 

@@ -111,7 +111,9 @@ func peerOf(c net.Conn) *Peer {
 	}
 	var cred *syscall.Ucred
 	var cerr error
-	if err := raw.Control(func(fd uintptr) { cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED) }); err != nil || cerr != nil {
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil || cerr != nil {
 		return nil
 	}
 	return &Peer{PID: int(cred.Pid), UID: int(cred.Uid), GID: int(cred.Gid)}

@@ -77,7 +77,9 @@ func (s *Service) Backup(ctx context.Context, r api.BackupRequest) (api.Job, err
 	}
 	r.Target = t.Name
 	return s.submit(jobs.Spec{Kind: api.KindBackup, Domain: name, Key: uuid, Target: t.Name, Request: r, Retry: transient,
-		Run: func(ctx context.Context, h *jobs.Handle) (*api.JobResult, error) { return s.runBackup(ctx, h, t, uuid, r) }})
+		Run: func(ctx context.Context, h *jobs.Handle) (*api.JobResult, error) {
+			return s.runBackup(ctx, h, t, uuid, r)
+		}})
 }
 
 func (s *Service) runBackup(ctx context.Context, h *jobs.Handle, t Target, uuid string, r api.BackupRequest) (*api.JobResult, error) {
@@ -160,7 +162,9 @@ func (s *Service) Restore(ctx context.Context, r api.RestoreRequest) (api.Job, e
 		key = p.DomainUUID // it writes the domain's own disks
 	}
 	return s.submit(jobs.Spec{Kind: api.KindRestore, Domain: p.Domain, Key: key, Target: t.Name, Request: r, Retry: transient,
-		Run: func(ctx context.Context, h *jobs.Handle) (*api.JobResult, error) { return s.runRestore(ctx, h, t, p, r) }})
+		Run: func(ctx context.Context, h *jobs.Handle) (*api.JobResult, error) {
+			return s.runRestore(ctx, h, t, p, r)
+		}})
 }
 
 // resolveTarget resolves a point and its target.
@@ -295,7 +299,9 @@ func (s *Service) Verify(ctx context.Context, r api.VerifyRequest) (api.Job, err
 			return api.Job{}, err
 		}
 		return s.submit(jobs.Spec{Kind: api.KindVerify, Target: r.Target, Request: r,
-			Run: func(ctx context.Context, h *jobs.Handle) (*api.JobResult, error) { return s.verifyAll(ctx, h, ts, r.ReadData) }})
+			Run: func(ctx context.Context, h *jobs.Handle) (*api.JobResult, error) {
+				return s.verifyAll(ctx, h, ts, r.ReadData)
+			}})
 	}
 	p, t, err := s.resolveTarget(ctx, r.Point, r.Target)
 	if err != nil {
