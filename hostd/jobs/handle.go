@@ -96,8 +96,9 @@ func (h *Handle) update(fn func(*api.Job), persist bool) {
 	h.mu.Lock()
 	fn(&h.job)
 	h.notifyLocked()
+	persist = persist || time.Since(h.saved) > 2*time.Second
 	h.mu.Unlock()
-	h.save(persist || time.Since(h.saved) > 2*time.Second)
+	h.save(persist)
 }
 
 func (h *Handle) save(now bool) {
@@ -126,7 +127,7 @@ func (l *logHandler) Enabled(_ context.Context, lv slog.Level) bool { return lv 
 
 func (l *logHandler) Handle(ctx context.Context, r slog.Record) error {
 	h := l.h
-	line := api.LogLine{Job: h.job.ID, Time: r.Time.UTC(), Level: r.Level.String(), Message: r.Message}
+	line := api.LogLine{Job: h.ID(), Time: r.Time.UTC(), Level: r.Level.String(), Message: r.Message}
 	add := func(a slog.Attr) bool {
 		if line.Attrs == nil {
 			line.Attrs = map[string]string{}

@@ -119,7 +119,8 @@ func (m *Manager) Submit(s Spec) (api.Job, error) {
 	if s.Key != "" {
 		for _, j := range m.live {
 			if j.spec.Key == s.Key {
-				return api.Job{}, fmt.Errorf("domain %s: job %s (%s) is %s: %w", s.Domain, j.h.job.ID, j.h.job.Kind, j.h.job.State, ErrBusy)
+				o := j.h.snapshot()
+				return api.Job{}, fmt.Errorf("domain %s: job %s (%s) is %s: %w", s.Domain, o.ID, o.Kind, o.State, ErrBusy)
 			}
 		}
 	}
@@ -132,9 +133,10 @@ func (m *Manager) Submit(s Spec) (api.Job, error) {
 	m.live[j.h.job.ID] = j
 	m.order = append(m.order, j)
 	j.h.save(true)
-	m.cfg.Log.Info("job queued", "job", j.h.job.ID, "kind", s.Kind, "domain", s.Domain, "target", s.Target)
+	first := j.h.snapshot()
+	m.cfg.Log.Info("job queued", "job", first.ID, "kind", s.Kind, "domain", s.Domain, "target", s.Target)
 	m.dispatchLocked()
-	return j.h.job, nil
+	return first, nil
 }
 
 // dispatchLocked starts the queued jobs that fit the limits, in order.
@@ -217,9 +219,9 @@ func (m *Manager) finish(j *job, res *api.JobResult, err error) {
 	h.update(func(a *api.Job) {
 		a.State, a.Ended, a.Result, a.Error, a.ErrorCode = state, time.Now().UTC(), res, msg, code
 	}, true)
-	m.cfg.Log.Info("job ended", "job", h.job.ID, "kind", h.job.Kind, "domain", h.job.Domain, "state", state, "err", msg)
+	m.cfg.Log.Info("job ended", "job", h.ID(), "kind", j.spec.Kind, "domain", j.spec.Domain, "state", state, "err", msg)
 	m.mu.Lock()
-	delete(m.live, h.job.ID)
+	delete(m.live, h.ID())
 	m.running--
 	m.perTgt[j.spec.Target]--
 	m.dispatchLocked()
