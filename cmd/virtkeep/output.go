@@ -56,7 +56,7 @@ func progressLine(j api.Job) string {
 	}
 	if p := j.Progress; p.Rate > 0 {
 		fmt.Fprintf(&b, "%s/s", human(int64(p.Rate)))
-		if p.ETASeconds > 0 {
+		if p.ETASeconds >= 1 {
 			fmt.Fprintf(&b, ", %s left", (time.Duration(p.ETASeconds) * time.Second).String())
 		}
 	}

@@ -87,7 +87,7 @@ func (s *Service) runBackup(ctx context.Context, h *jobs.Handle, t Target, uuid 
 	if err != nil {
 		return nil, err
 	}
-	repo, err := s.open(ctx, t, true)
+	repo, err := s.openForBackup(ctx, t)
 	if err != nil {
 		return nil, err
 	}
@@ -117,6 +117,26 @@ func (s *Service) runBackup(ctx context.Context, h *jobs.Handle, t Target, uuid 
 	}
 	h.Log().Info("backup done", "point", p.ID, "level", p.Level, "consistency", p.Consistency)
 	return out, nil
+}
+
+// openForBackup opens t's repository, making one where there is none,
+// unless the catalog knows points of t: then the repository is out of
+// reach (a share not mounted, a bucket renamed), and a new one there would
+// hide it when it comes back.
+func (s *Service) openForBackup(ctx context.Context, t Target) (*target.Repository, error) {
+	repo, err := s.open(ctx, t, false)
+	if !errors.Is(err, target.ErrNotRepository) {
+		return repo, err
+	}
+	have, cerr := s.cat.PointIDs(ctx, t.Name)
+	if cerr != nil {
+		return nil, cerr
+	}
+	if len(have) > 0 {
+		return nil, api.Errorf(api.CodeUnavailable, "target %s holds no repository, but the catalog knows %d points of it: is its storage mounted?; a catalog rebuild of the target forgets them: %w",
+			t.Name, len(have), err)
+	}
+	return s.open(ctx, t, true)
 }
 
 // Restore queues a restore.

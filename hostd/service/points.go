@@ -92,6 +92,16 @@ func (s *Service) Reconcile(ctx context.Context, name string, rebuild bool) erro
 	}
 	repo, err := s.open(ctx, t, false)
 	if errors.Is(err, target.ErrNotRepository) {
+		// No repository yet: no points. But one the catalog knows points
+		// of has not vanished, it is out of reach (an unmounted share, a
+		// bucket renamed): its points stay listed.
+		have, cerr := s.cat.PointIDs(ctx, t.Name)
+		if cerr != nil {
+			return cerr
+		}
+		if len(have) > 0 {
+			return api.WithCode(api.CodeUnavailable, fmt.Errorf("target %s: the catalog holds %d points of it: %w", t.Name, len(have), err))
+		}
 		return s.cat.Sync(ctx, t.Name, nil, nil, true, time.Now())
 	}
 	if err != nil {

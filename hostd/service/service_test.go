@@ -169,9 +169,28 @@ func serviceTable(t *testing.T, s api.Service, dom *vm.Domain, dir, mode string)
 	if _, err := s.CancelJob(ctx, j.ID); api.CodeOf(err) != api.CodeBadRequest {
 		t.Errorf("cancel of an ended job: %v", err)
 	}
-	js, err := s.Jobs(ctx, api.JobsRequest{})
+	js, err := s.Jobs(ctx, api.JobsRequest{Domain: dom.Name})
 	if err != nil || len(js) != 1 || js[0].ID != j.ID || js[0].State != api.Succeeded {
 		t.Fatalf("jobs: %+v %v", js, err)
+	}
+
+	// A target whose repository is gone gets no new one while the catalog
+	// knows its points.
+	repo := filepath.Join(dir, "repo-"+mode)
+	if err := os.Rename(repo, repo+".away"); err != nil {
+		t.Fatal(err)
+	}
+	gj, err := s.Backup(ctx, api.BackupRequest{Domain: dom.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gj = waitJob(t, s, gj)
+	os.Remove(repo)
+	if err := os.Rename(repo+".away", repo); err != nil {
+		t.Fatal(err)
+	}
+	if gj.State != api.Failed || gj.ErrorCode != api.CodeUnavailable || !strings.Contains(gj.Error, "is its storage mounted") || gj.Attempts != 3 {
+		t.Fatalf("backup into a vanished repository: %+v", gj)
 	}
 
 	// Restore, export, verify.
