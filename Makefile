@@ -21,7 +21,8 @@ deps: ## install packages, start libvirtd/virtlogd, fetch Go modules (idempotent
 build: ## build bin/virtkeep and bin/virtkeepd
 	go build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 
-test: deps ## vet, then every unit and real-component integration test with -race; fails on anything left behind
+test: deps ## go.mod tidy, vet, then every unit and real-component integration test with -race; fails on anything left behind
+	@go mod tidy -diff || { echo "go mod tidy would change go.mod/go.sum (run it and commit)"; exit 1; }
 	go vet ./...
 	@rm -f $(ITEST_LOG)
 	@bash testenv/scripts/leftovers.sh snapshot $(LEFTOVERS)
