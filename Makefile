@@ -50,7 +50,8 @@ reliability: deps ## long runs: 200 writer kills, every fuzz target for FUZZ_TIM
 	for f in FuzzEnvelope FuzzIndex FuzzManifest; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./target/ || exit 1; done
 	go test -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(FUZZ_TIME) ./cmd/virtkeep/
 	for f in FuzzMetadata FuzzDisk; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./hostd/layout/ || exit 1; done
-	for f in FuzzSafeDomain FuzzQcow2Options; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./hostd/engine/ || exit 1; done
+	go test -run '^$$' -fuzz '^FuzzSafeDomain$$' -fuzztime $(FUZZ_TIME) ./hostd/domain/
+	go test -run '^$$' -fuzz '^FuzzQcow2Options$$' -fuzztime $(FUZZ_TIME) ./hostd/restore/
 
 install: build ## install the binaries under $(PREFIX)/bin, the systemd unit, the docs
 	install -D -m 0755 bin/virtkeep $(DESTDIR)$(PREFIX)/bin/virtkeep

@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/virtkeep/virtkeep/hostd/engine"
+	"github.com/virtkeep/virtkeep/hostd/exports"
+	"github.com/virtkeep/virtkeep/hostd/mount"
+	"github.com/virtkeep/virtkeep/hostd/statedir"
 	"github.com/virtkeep/virtkeep/nbd"
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/local"
@@ -36,7 +38,7 @@ func serveChild() {
 	if err != nil {
 		panic(err)
 	}
-	exports, err := engine.PointExports(ctx, r, m, "", nil)
+	exports, err := exports.Point(ctx, r, m, "", nil)
 	if err != nil {
 		panic(err)
 	}
@@ -101,11 +103,11 @@ func TestDaemonStartCleansMounts(t *testing.T) {
 	img := testenv.WriteLVMImage(t, filepath.Join(dir, "disk.raw"))
 	point := writePoint(t, filepath.Join(dir, "repo"), img.Path)
 	state := filepath.Join(dir, "state")
-	e := &engine.Engine{StateDir: state}
+	e := &mount.Mounter{State: statedir.Dir(state)}
 	exe, _ := os.Executable()
 	mnt := filepath.Join(dir, "mnt")
 	t.Setenv("VIRTKEEPD_SERVE", filepath.Join(dir, "repo")+","+point)
-	st, err := e.Mount(context.Background(), engine.MountRequest{Point: point, Disk: "vda", Dir: mnt, Serve: []string{exe, "-test.run=^$"}})
+	st, err := e.Mount(context.Background(), mount.Request{Point: point, Disk: "vda", Dir: mnt, Serve: []string{exe, "-test.run=^$"}})
 	if err != nil {
 		t.Fatal(err)
 	}

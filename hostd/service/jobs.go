@@ -10,6 +10,7 @@ import (
 
 	"github.com/virtkeep/virtkeep/hostd/api"
 	"github.com/virtkeep/virtkeep/hostd/catalog"
+	"github.com/virtkeep/virtkeep/hostd/virt"
 )
 
 func checkJobID(id string) error {
@@ -167,11 +168,11 @@ func (s *Service) Recover(ctx context.Context) error {
 			}
 		}
 	}
-	if e, err := s.engine(); err == nil {
-		if err := e.RecoverFrozen(ctx); err != nil {
+	if h, err := s.host(); err == nil {
+		if err := h.Thaw(ctx); err != nil {
 			errs = append(errs, err)
 		}
-		if err := e.CleanupMounts(ctx); err != nil {
+		if err := h.Mounts(ctx); err != nil {
 			errs = append(errs, err)
 		}
 	} else {
@@ -184,15 +185,15 @@ func (s *Service) Recover(ctx context.Context) error {
 }
 
 func (s *Service) endStaleJob(ctx context.Context, domain string) error {
-	e, err := s.engine()
+	h, err := s.host()
 	if err != nil {
 		return err
 	}
-	_, uuid, err := e.DomainID(domain)
+	_, uuid, err := virt.DomainID(h.Conn, domain)
 	if err != nil {
 		return nil // gone: nothing to end
 	}
-	return e.EndStaleJob(ctx, uuid)
+	return h.EndStaleJob(ctx, uuid)
 }
 
 // alive reports whether process pid exists.
@@ -201,11 +202,11 @@ func alive(pid int) bool {
 }
 
 // ThawOrphans thaws the guests whose freezer died (see
-// engine.RecoverFrozen); the daemon calls it every second.
+// recovery.Host.Thaw); the daemon calls it every second.
 func (s *Service) ThawOrphans(ctx context.Context) error {
-	e, err := s.engine()
+	h, err := s.host()
 	if err != nil {
 		return err
 	}
-	return e.RecoverFrozen(ctx)
+	return h.Thaw(ctx)
 }

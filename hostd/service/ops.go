@@ -10,9 +10,12 @@ import (
 	"time"
 
 	"github.com/virtkeep/virtkeep/hostd/api"
+	"github.com/virtkeep/virtkeep/hostd/backup"
 	"github.com/virtkeep/virtkeep/hostd/catalog"
-	"github.com/virtkeep/virtkeep/hostd/engine"
+	"github.com/virtkeep/virtkeep/hostd/chain"
 	"github.com/virtkeep/virtkeep/hostd/jobs"
+	"github.com/virtkeep/virtkeep/hostd/restore"
+	"github.com/virtkeep/virtkeep/hostd/virt"
 	"github.com/virtkeep/virtkeep/target"
 )
 
@@ -35,9 +38,8 @@ func (s *Service) submit(spec jobs.Spec) (api.Job, error) {
 // that failed leaves things as they were, so trying again is safe.
 func transient(err error) bool { return api.CodeOf(err) == api.CodeUnavailable }
 
-func progressTo(h *jobs.Handle) func(engine.Progress) {
-	return func(p engine.Progress) { h.Progress(p.Disk, p.Done, p.Total) }
-}
+// progressTo sends an operation's progress to its job.
+func progressTo(h *jobs.Handle) func(disk string, done, total int64) { return h.Progress }
 
 // Backup queues a backup of one domain.
 func (s *Service) Backup(ctx context.Context, r api.BackupRequest) (api.Job, error) {
@@ -48,12 +50,12 @@ func (s *Service) Backup(ctx context.Context, r api.BackupRequest) (api.Job, err
 		return api.Job{}, err
 	}
 	switch r.Level {
-	case "", engine.LevelFull, engine.LevelInc, engine.LevelDiff, engine.LevelAuto:
+	case "", chain.LevelFull, chain.LevelInc, chain.LevelDiff, chain.LevelAuto:
 	default:
 		return api.Job{}, api.Errorf(api.CodeBadRequest, "level %q: want full, inc, diff or auto", r.Level)
 	}
 	switch r.Consistency {
-	case "", engine.ConsistencyCrash, engine.ConsistencyFS, engine.ConsistencyApp:
+	case "", backup.ConsistencyCrash, backup.ConsistencyFS, backup.ConsistencyApp:
 	default:
 		return api.Job{}, api.Errorf(api.CodeBadRequest, "consistency %q: want crash, fs or app", r.Consistency)
 	}
@@ -67,11 +69,11 @@ func (s *Service) Backup(ctx context.Context, r api.BackupRequest) (api.Job, err
 	if err := s.writable(); err != nil {
 		return api.Job{}, err
 	}
-	e, err := s.engine()
+	conn, err := s.libvirt()
 	if err != nil {
 		return api.Job{}, err
 	}
-	name, uuid, err := e.DomainID(r.Domain)
+	name, uuid, err := virt.DomainID(conn, r.Domain)
 	if err != nil {
 		return api.Job{}, coded(err)
 	}
@@ -83,16 +85,17 @@ func (s *Service) Backup(ctx context.Context, r api.BackupRequest) (api.Job, err
 }
 
 func (s *Service) runBackup(ctx context.Context, h *jobs.Handle, t Target, uuid string, r api.BackupRequest) (*api.JobResult, error) {
-	e, err := s.jobEngine(h)
+	conn, err := s.libvirt()
 	if err != nil {
 		return nil, err
 	}
+	e := &backup.Driver{Conn: conn, State: s.state, Log: h.Log()}
 	repo, err := s.openForBackup(ctx, t)
 	if err != nil {
 		return nil, err
 	}
 	defer repo.Close()
-	res, err := e.Backup(ctx, engine.BackupRequest{Domain: uuid, Target: engine.Target{Name: t.Name, Repo: repo},
+	res, err := e.Backup(ctx, backup.BackupRequest{Domain: uuid, Target: backup.Target{Name: t.Name, Repo: repo},
 		Level: r.Level, Consistency: r.Consistency, RequireConsistency: r.RequireConsistency,
 		FreezeTimeout: time.Duration(r.FreezeTimeoutMS) * time.Millisecond, Disks: r.Disks, Exclude: r.Exclude,
 		Progress: progressTo(h)})
@@ -107,7 +110,7 @@ func (s *Service) runBackup(ctx context.Context, h *jobs.Handle, t Target, uuid 
 	}
 	out := &api.JobResult{Point: &p, Warnings: res.Warnings}
 	for _, d := range res.Disks {
-		if d.FullReason != "" && res.Manifest.Level != engine.LevelFull {
+		if d.FullReason != "" && res.Manifest.Level != chain.LevelFull {
 			if out.FullReasons == nil {
 				out.FullReasons = map[string]string{}
 			}
@@ -124,19 +127,19 @@ func (s *Service) runBackup(ctx context.Context, h *jobs.Handle, t Target, uuid 
 // reach (a share not mounted, a bucket renamed), and a new one there would
 // hide it when it comes back.
 func (s *Service) openForBackup(ctx context.Context, t Target) (*target.Repository, error) {
+	have, err := s.cat.PointIDs(ctx, t.Name)
+	if err != nil {
+		return nil, err
+	}
+	if len(have) == 0 {
+		return s.open(ctx, t, true)
+	}
 	repo, err := s.open(ctx, t, false)
-	if !errors.Is(err, target.ErrNotRepository) {
-		return repo, err
-	}
-	have, cerr := s.cat.PointIDs(ctx, t.Name)
-	if cerr != nil {
-		return nil, cerr
-	}
-	if len(have) > 0 {
-		return nil, api.Errorf(api.CodeUnavailable, "target %s holds no repository, but the catalog knows %d points of it: is its storage mounted?; a catalog rebuild of the target forgets them: %w",
+	if errors.Is(err, target.ErrNotRepository) {
+		return nil, api.Errorf(api.CodeUnavailable, "target %s holds no repository, but the catalog knows %d points of it: is its storage mounted? (a catalog rebuild of the target forgets them): %w",
 			t.Name, len(have), err)
 	}
-	return s.open(ctx, t, true)
+	return repo, err
 }
 
 // Restore queues a restore.
@@ -205,15 +208,16 @@ func (s *Service) runRestore(ctx context.Context, h *jobs.Handle, t Target, p ap
 	defer repo.Close()
 	progress := progressTo(h)
 	if r.InPlace || r.As != "" {
-		e, err := s.jobEngine(h)
+		conn, err := s.libvirt()
 		if err != nil {
 			return nil, err
 		}
+		e := &restore.Restorer{Conn: conn, Log: h.Log(), BootFileDirs: s.bootDirs}
 		name := p.Domain
 		if r.As != "" {
 			name = r.As
 		}
-		uuid, err := e.RestoreDomain(ctx, repo, p.ID, engine.DomainRestore{Name: name, Dir: r.To, InPlace: r.InPlace, Force: r.Force,
+		uuid, err := e.Domain(ctx, repo, p.ID, restore.DomainRequest{Name: name, Dir: r.To, InPlace: r.InPlace, Force: r.Force,
 			Format: r.Format, Verify: r.Verify, Progress: progress, Strict: r.Strict})
 		if err != nil {
 			return nil, err
@@ -232,7 +236,7 @@ func (s *Service) runRestore(ctx context.Context, h *jobs.Handle, t Target, p ap
 }
 
 // restoreDisks restores the chosen disks of p into r.To, two at a time.
-func (s *Service) restoreDisks(ctx context.Context, repo *target.Repository, p api.Point, r api.RestoreRequest, progress func(engine.Progress)) ([]string, error) {
+func (s *Service) restoreDisks(ctx context.Context, repo *target.Repository, p api.Point, r api.RestoreRequest, progress restore.Progress) ([]string, error) {
 	type one struct{ disk, dst, format string }
 	var todo []one
 	for _, d := range p.Disks {
@@ -243,7 +247,7 @@ func (s *Service) restoreDisks(ctx context.Context, repo *target.Repository, p a
 		if f == "" {
 			f = d.Format
 		}
-		dst, err := engine.RestorePath(r.To, d.Name, f)
+		dst, err := restore.Path(r.To, d.Name, f)
 		if err != nil {
 			return nil, err
 		}
@@ -255,7 +259,7 @@ func (s *Service) restoreDisks(ctx context.Context, repo *target.Repository, p a
 		go func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			errs <- engine.RestoreDisk(ctx, repo, p.ID, j.disk, j.dst, engine.RestoreOptions{Format: j.format, Force: r.Force, Verify: r.Verify, Progress: progress})
+			errs <- restore.Disk(ctx, repo, p.ID, j.disk, j.dst, restore.Options{Format: j.format, Force: r.Force, Verify: r.Verify, Progress: progress})
 		}()
 	}
 	var first error
@@ -297,7 +301,7 @@ func (s *Service) Export(ctx context.Context, r api.ExportRequest) (api.Job, err
 				return nil, err
 			}
 			defer repo.Close()
-			err = engine.RestoreDisk(ctx, repo, p.ID, r.Disk, r.Output, engine.RestoreOptions{Format: r.Format, Force: r.Force, Progress: progressTo(h)})
+			err = restore.Disk(ctx, repo, p.ID, r.Disk, r.Output, restore.Options{Format: r.Format, Force: r.Force, Progress: progressTo(h)})
 			if err != nil {
 				return nil, err
 			}

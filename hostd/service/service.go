@@ -21,9 +21,14 @@ import (
 	"libvirt.org/go/libvirt"
 
 	"github.com/virtkeep/virtkeep/hostd/api"
+	"github.com/virtkeep/virtkeep/hostd/backup"
 	"github.com/virtkeep/virtkeep/hostd/catalog"
-	"github.com/virtkeep/virtkeep/hostd/engine"
+	"github.com/virtkeep/virtkeep/hostd/domain"
 	"github.com/virtkeep/virtkeep/hostd/jobs"
+	"github.com/virtkeep/virtkeep/hostd/mount"
+	"github.com/virtkeep/virtkeep/hostd/recovery"
+	"github.com/virtkeep/virtkeep/hostd/restore"
+	"github.com/virtkeep/virtkeep/hostd/statedir"
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/all"
 )
@@ -41,7 +46,7 @@ type Config struct {
 	StateDir   string
 	LibvirtURI string
 	Targets    []Target // the first is the default
-	// BootFileDirs are added to engine.DefaultBootFileDirs.
+	// BootFileDirs are added to domain.DefaultBootFileDirs.
 	BootFileDirs     []string
 	MaxJobs          int
 	MaxJobsPerTarget int
@@ -66,10 +71,13 @@ type Service struct {
 	cfg  Config
 	log  *slog.Logger
 	conn *libvirt.Connect
-	eng  *engine.Engine
-	cat  *catalog.DB
-	jobs *jobs.Manager
-	lock *hostLock
+	// state is state_dir; bootDirs where restored and booted domains may
+	// take firmware from.
+	state    statedir.Dir
+	bootDirs []string
+	cat      *catalog.DB
+	jobs     *jobs.Manager
+	lock     *hostLock
 	// readOnly is set when the host lock is held elsewhere and Lock was
 	// LockIfFree: answers come from the catalog as it is, nothing is
 	// changed.
@@ -95,9 +103,10 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	s := &Service{cfg: cfg, log: cfg.Log, sessions: map[string]*liveSession{}, passes: map[string][]byte{}}
-	s.eng = &engine.Engine{StateDir: cfg.StateDir, Log: cfg.Log, BootFileDirs: append(append([]string(nil), engine.DefaultBootFileDirs...), cfg.BootFileDirs...)}
-	// The engine makes state_dir (0711) and checks that root owns it.
-	if _, err := s.eng.RunDir(); err != nil {
+	s.state = statedir.Dir(cfg.StateDir)
+	s.bootDirs = append(append([]string(nil), domain.DefaultBootFileDirs...), cfg.BootFileDirs...)
+	// state_dir is made 0711 and must be root's.
+	if _, err := s.state.Run(); err != nil {
 		return nil, err
 	}
 	lock, err := takeHostLock(ctx, cfg.StateDir, cfg.Lock, cfg.Log)
@@ -129,7 +138,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 }
 
 // libvirt connects on first use: list and info need no libvirt.
-func (s *Service) engine() (*engine.Engine, error) {
+func (s *Service) libvirt() (*libvirt.Connect, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.conn == nil {
@@ -138,20 +147,14 @@ func (s *Service) engine() (*engine.Engine, error) {
 			return nil, api.WithCode(api.CodeUnavailable, fmt.Errorf("libvirt %s: %w", s.cfg.LibvirtURI, err))
 		}
 		s.conn = c
-		s.eng.Conn = c
 	}
-	return s.eng, nil
+	return s.conn, nil
 }
 
-// jobEngine is the engine with the job's logger.
-func (s *Service) jobEngine(h *jobs.Handle) (*engine.Engine, error) {
-	e, err := s.engine()
-	if err != nil {
-		return nil, err
-	}
-	c := *e
-	c.Log = h.Log()
-	return &c, nil
+// host is what start-up recovery repairs.
+func (s *Service) host() (recovery.Host, error) {
+	c, err := s.libvirt()
+	return recovery.Host{Conn: c, State: s.state, Log: s.log}, err
 }
 
 // Shutdown stops taking jobs and cancels the running ones, waiting for
@@ -260,20 +263,20 @@ func codeOf(err error) api.Code {
 		return ae.Code
 	case errors.Is(err, context.Canceled):
 		return api.CodeCancelled
-	case errors.Is(err, engine.ErrConsistency):
+	case errors.Is(err, backup.ErrConsistency):
 		return api.CodeConsistency
 	case errors.Is(err, target.ErrLocked):
 		return api.CodeLocked
-	case errors.Is(err, engine.ErrExists):
+	case errors.Is(err, restore.ErrExists):
 		return api.CodeExists
 	case errors.Is(err, libvirt.ERR_NO_DOMAIN), errors.Is(err, target.ErrNoPoint), errors.Is(err, catalog.ErrNotFound), errors.Is(err, jobs.ErrNotLive),
-		errors.Is(err, engine.ErrNotMounted):
+		errors.Is(err, mount.ErrNotMounted):
 		return api.CodeNotFound
 	case errors.Is(err, jobs.ErrBusy), errors.Is(err, ErrHostBusy):
 		return api.CodeBusy
 	case errors.Is(err, jobs.ErrShutdown):
 		return api.CodeShutdown
-	case errors.Is(err, engine.ErrDestination), errors.Is(err, target.ErrPassphraseNeeded), errors.Is(err, target.ErrSecretFile), errors.Is(err, target.ErrWrongKey):
+	case errors.Is(err, restore.ErrDestination), errors.Is(err, target.ErrPassphraseNeeded), errors.Is(err, target.ErrSecretFile), errors.Is(err, target.ErrWrongKey):
 		return api.CodeBadRequest
 	}
 	return api.CodeFailed

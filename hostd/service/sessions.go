@@ -16,8 +16,11 @@ import (
 	"time"
 
 	"github.com/virtkeep/virtkeep/hostd/api"
+	"github.com/virtkeep/virtkeep/hostd/boot"
 	"github.com/virtkeep/virtkeep/hostd/catalog"
-	"github.com/virtkeep/virtkeep/hostd/engine"
+	"github.com/virtkeep/virtkeep/hostd/exports"
+	"github.com/virtkeep/virtkeep/hostd/mount"
+	"github.com/virtkeep/virtkeep/hostd/statedir"
 	"github.com/virtkeep/virtkeep/nbd"
 )
 
@@ -71,7 +74,7 @@ func (s *Service) startNBD(ctx context.Context, t Target, p api.Point, disk stri
 	m, err := repo.Point(ctx, p.ID)
 	if err == nil {
 		var xs []nbd.Export
-		xs, err = engine.PointExports(ctx, repo, m, disk, s.log)
+		xs, err = exports.Point(ctx, repo, m, disk, s.log)
 		if err == nil && len(xs) == 0 {
 			err = api.Errorf(api.CodeNotFound, "point %s has no disk %q", p.ID, disk)
 		}
@@ -96,7 +99,7 @@ func listenUnix(sock string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := engine.ShareWithQEMU(sock, 0o660); err != nil {
+	if err := statedir.ShareWithQEMU(sock, 0o660); err != nil {
 		ln.Close()
 		return nil, err
 	}
@@ -152,12 +155,9 @@ func (s *Service) Mount(ctx context.Context, r api.MountRequest) (api.Session, e
 	if err := pointDisk(p, r.Disk); err != nil {
 		return api.Session{}, err
 	}
-	e, err := s.engine()
-	if err != nil {
-		return api.Session{}, err
-	}
+	e := &mount.Mounter{State: s.state, Log: s.log}
 	var live *liveSession
-	req := engine.MountRequest{Point: p.ID, Disk: r.Disk, Dir: r.Dir}
+	req := mount.Request{Point: p.ID, Disk: r.Disk, Dir: r.Dir}
 	if s.cfg.ServeArgv != nil {
 		req.Serve = s.cfg.ServeArgv(p.ID, t.Name, r.Disk)
 	} else {
@@ -264,7 +264,7 @@ func (s *Service) serveListener(r api.ServeRequest, id string, st *sessionState)
 		return ln, func(name string) string { return fmt.Sprintf("nbd://%s/%s", addr, name) }, nil
 	}
 	if r.Socket == "" {
-		run, err := s.eng.RunDir()
+		run, err := s.state.Run()
 		if err != nil {
 			return nil, nil, err
 		}
@@ -273,7 +273,7 @@ func (s *Service) serveListener(r api.ServeRequest, id string, st *sessionState)
 			return nil, nil, err
 		}
 		st.SockDir = dir
-		if err := engine.ShareWithQEMU(dir, 0o750); err != nil {
+		if err := statedir.ShareWithQEMU(dir, 0o750); err != nil {
 			dropSocket(*st)
 			return nil, nil, err
 		}
@@ -317,17 +317,18 @@ func (s *Service) Boot(ctx context.Context, r api.BootRequest) (api.Session, err
 	if err != nil {
 		return api.Session{}, err
 	}
-	e, err := s.engine()
+	conn, err := s.libvirt()
 	if err != nil {
 		return api.Session{}, err
 	}
+	e := &boot.Booter{Conn: conn, Log: s.log, BootFileDirs: s.bootDirs}
 	repo, err := s.open(ctx, t, false)
 	if err != nil {
 		return api.Session{}, err
 	}
 	defer repo.Close()
 	var live *liveSession
-	req := engine.BootRequest{Point: p.ID, Name: r.Name, Dir: r.Dir, Strict: r.Strict}
+	req := boot.Request{Point: p.ID, Name: r.Name, Dir: r.Dir, Strict: r.Strict}
 	if s.cfg.ServeArgv != nil {
 		req.Serve = s.cfg.ServeArgv(p.ID, t.Name, "")
 	} else {
@@ -408,11 +409,7 @@ func (s *Service) EndSession(ctx context.Context, r api.EndSessionRequest) error
 	if r.Dir != "" {
 		// A mount recorded only in state_dir/mounts (made before the
 		// catalog held sessions).
-		e, err := s.engine()
-		if err != nil {
-			return err
-		}
-		return coded(e.Umount(ctx, r.Dir))
+		return coded((&mount.Mounter{State: s.state, Log: s.log}).Umount(ctx, r.Dir))
 	}
 	return api.Errorf(api.CodeNotFound, "no session %s", r.ID)
 }
@@ -429,9 +426,8 @@ func (s *Service) undo(ctx context.Context, row catalog.SessionRow) error {
 	var err error
 	switch sess.Kind {
 	case api.SessionMount:
-		if e, eerr := s.engine(); eerr != nil {
-			err = eerr
-		} else if uerr := e.Umount(ctx, sess.Dir); uerr != nil && !errors.Is(uerr, engine.ErrNotMounted) {
+		m := &mount.Mounter{State: s.state, Log: s.log}
+		if uerr := m.Umount(ctx, sess.Dir); uerr != nil && !errors.Is(uerr, mount.ErrNotMounted) {
 			err = uerr
 		}
 	case api.SessionServe:
@@ -453,11 +449,11 @@ func (s *Service) undo(ctx context.Context, row catalog.SessionRow) error {
 // goes with it); its overlays, which hold what the guest wrote, are
 // removed.
 func (s *Service) endBoot(ctx context.Context, sess api.Session, st sessionState, holder int, remote bool) error {
-	e, err := s.engine()
+	conn, err := s.libvirt()
 	if err != nil {
 		return err
 	}
-	if err := e.DestroyBooted(ctx, sess.UUID); err != nil {
+	if err := (&boot.Booter{Conn: conn, Log: s.log}).DestroyBooted(ctx, sess.UUID); err != nil {
 		return err
 	}
 	if remote {

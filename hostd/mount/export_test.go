@@ -1,0 +1,4 @@
+package mount
+
+// MountOptions is mountOptions, for the external tests.
+var MountOptions = mountOptions

@@ -1,0 +1,198 @@
+// Package statedir keeps virtkeep's state directory private: state_dir
+// (0711) and its run, locks, mounts and freeze directories, checked to be
+// real directories root owns; the backup scratch directories QEMU writes
+// its NBD socket and scratch files in; sharing a socket or directory with
+// QEMU's group only; and the per-domain lock that serializes backups
+// across processes.
+package statedir
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/user"
+	"path/filepath"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"regexp"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// ErrNotPrivate is wrapped by errors for a directory virtkeep keeps state,
+// sockets or scratch files in that someone else owns or could write.
+var ErrNotPrivate = errors.New("directory is not private to virtkeep")
+
+// qemuUsers are the accounts libvirt runs QEMU as (Debian, then Fedora).
+var qemuUsers = []string{"libvirt-qemu", "qemu"}
+
+// QEMUIDs returns the user and group libvirt's QEMU runs as; root when
+// neither account exists (QEMU then runs as root).
+func QEMUIDs() (uid, gid int) {
+	for _, name := range qemuUsers {
+		u, err := user.Lookup(name)
+		if err != nil {
+			continue
+		}
+		uid, err1 := strconv.Atoi(u.Uid)
+		gid, err2 := strconv.Atoi(u.Gid)
+		if err1 == nil && err2 == nil {
+			return uid, gid
+		}
+	}
+	return 0, 0
+}
+
+// Dir is a state directory (state_dir).
+type Dir string
+
+// Private makes dir (if missing) and checks it: a real directory (no
+// symlink), ours (the user virtkeep runs as) and with exactly mode. One
+// someone else owns is refused, since whoever owns it could swap what we
+// put in it.
+func Private(dir string, mode fs.FileMode) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("%s is not a directory (%s): %w", dir, fi.Mode().Type(), ErrNotPrivate)
+	case !ok:
+		return fmt.Errorf("%s: no owner: %w", dir, ErrNotPrivate)
+	case int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("%s is owned by uid %d: %w", dir, st.Uid, ErrNotPrivate)
+	}
+	if fi.Mode().Perm() != mode {
+		return os.Chmod(dir, mode)
+	}
+	return nil
+}
+
+// Run prepares state_dir (0711: QEMU may pass through, nobody may list
+// or write) and state_dir/run, checking that root owns both, and returns
+// the latter.
+func (d Dir) Run() (string, error) {
+	if d == "" {
+		return "", errors.New("no state_dir")
+	}
+	if err := os.MkdirAll(filepath.Dir(filepath.Clean(string(d))), 0o755); err != nil {
+		return "", err
+	}
+	if err := Private(string(d), 0o711); err != nil {
+		return "", fmt.Errorf("state_dir: %w", err)
+	}
+	run := filepath.Join(string(d), "run")
+	if err := Private(run, 0o711); err != nil {
+		return "", fmt.Errorf("state_dir: %w", err)
+	}
+	return run, nil
+}
+
+// Sub makes the private directory state_dir/name (0700) and returns it.
+func (d Dir) Sub(name string) (string, error) {
+	if _, err := d.Run(); err != nil {
+		return "", err
+	}
+	p := filepath.Join(string(d), name)
+	if err := Private(p, 0o700); err != nil {
+		return "", fmt.Errorf("state_dir: %w", err)
+	}
+	return p, nil
+}
+
+// Path is state_dir/name, made or not.
+func (d Dir) Path(name string) string { return filepath.Join(string(d), name) }
+
+// NewScratch makes a backup's private runtime directory: new (never one
+// that exists), 0700 and owned by QEMU's user, which creates its NBD
+// socket and scratch files in it; no other local user can replace the
+// socket (and feed forged data into the backup) or plant symlinks.
+func (d Dir) NewScratch() (string, error) {
+	run, err := d.Run()
+	if err != nil {
+		return "", fmt.Errorf("runtime dir: %w", err)
+	}
+	// Short: a unix socket path must fit in 108 bytes.
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:])
+	dir := filepath.Join(run, "b-"+hex.EncodeToString(rnd[:]))
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return "", fmt.Errorf("runtime dir: %w", err)
+	}
+	uid, gid := QEMUIDs()
+	if err := os.Lchown(dir, uid, gid); err != nil {
+		os.Remove(dir)
+		return "", fmt.Errorf("runtime dir: %w", err)
+	}
+	return dir, nil
+}
+
+// ShareWithQEMU gives a socket or directory virtkeep made to the group
+// libvirt's QEMU runs in, with mode (0660 for a socket, 0750 for a
+// directory): QEMU can connect to an NBD socket, other local users
+// cannot read the decrypted disk behind it.
+func ShareWithQEMU(path string, mode fs.FileMode) error {
+	_, gid := QEMUIDs()
+	if err := os.Lchown(path, os.Geteuid(), gid); err != nil {
+		return err
+	}
+	return os.Chmod(path, mode)
+}
+
+// LockDomain serializes backups of one domain across processes (the
+// daemon and a CLI run): it holds an flock on state_dir/locks/UUID until
+// unlock, waiting while another process holds it. Under the lock, a
+// backup job found in our runtime directory has no live owner.
+func (d Dir) LockDomain(ctx context.Context, uuid, name string, log *slog.Logger) (unlock func(), err error) {
+	dir, err := d.Sub("locks")
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, uuid+".lock"), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("domain lock: %w", err)
+	}
+	for waited := false; ; {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("domain lock: %w", err)
+		}
+		if !waited {
+			log.Info("waiting for another backup of the domain to end", "domain", name)
+			waited = true
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("domain %s: waiting for another backup of it: %w", name, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return func() { f.Close() }, nil
+}
+
+var scratchDirRe = regexp.MustCompile(`^b-[0-9a-f]{8}$`)
+
+// OwnScratch returns the runtime directory a backup job's NBD socket
+// is in when it is one of ours (state_dir/run/b-XXXXXXXX): only such a
+// directory is ever removed, whatever path libvirt reports.
+func (d Dir) OwnScratch(socket string) (string, bool) {
+	if !filepath.IsAbs(socket) {
+		return "", false
+	}
+	dir := filepath.Dir(filepath.Clean(socket))
+	return dir, filepath.Dir(dir) == filepath.Join(filepath.Clean(string(d)), "run") && scratchDirRe.MatchString(filepath.Base(dir))
+}
