@@ -8,15 +8,15 @@ package statedir
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"os/user"
 	"path/filepath"
-	"crypto/rand"
-	"encoding/hex"
-	"log/slog"
 	"regexp"
 	"strconv"
 	"syscall"

@@ -12,8 +12,8 @@ import (
 
 // ImageInfo is what qemu-img says of an image.
 type ImageInfo struct {
-	VirtualSize    int64  `json:"virtual-size"`
-	ClusterSize    int64  `json:"cluster-size"`
+	VirtualSize    int64 `json:"virtual-size"`
+	ClusterSize    int64 `json:"cluster-size"`
 	FormatSpecific struct {
 		Data struct {
 			Compat          string `json:"compat"`

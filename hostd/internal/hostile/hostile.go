@@ -41,4 +41,3 @@ const DomainXML = `<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/do
 var Marks = []string{"/etc/passwd", "/etc/shadow", "id_rsa", "seclabel", "/tmp/evil", "/etc/hostname", "/dev/sda",
 	"hostroot", "hostdev", "ethernet", "/dev/ttyS0", "libvirt-sock", "org.evil", "0.0.0.0", "letmein", "/dev/tpm0", "/dev/mem",
 	"commandline", "/var/lib/elsewhere", "vk-tap0"}
-
