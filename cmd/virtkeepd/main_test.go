@@ -30,7 +30,11 @@ func TestMain(m *testing.M) {
 		freezeAndHang()
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if binDir != "" { // the binaries the end-to-end test built
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
 }
 
 // freezeAndHang freezes a guest the way a backup does, says so, and waits

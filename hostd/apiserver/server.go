@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -33,7 +34,9 @@ type Server struct {
 	Log     *slog.Logger
 	// GID is the group whose members may call besides root (-1: none).
 	GID int
-	srv *http.Server
+
+	once sync.Once
+	srv  *http.Server
 }
 
 type peerKey struct{}
@@ -70,20 +73,27 @@ func Listen(path string, gid int) (net.Listener, error) {
 	return ln, nil
 }
 
+// http is the HTTP server, made once.
+func (s *Server) http() *http.Server {
+	s.once.Do(func() {
+		if s.Log == nil {
+			s.Log = slog.New(slog.DiscardHandler)
+		}
+		s.srv = &http.Server{
+			Handler:           s.routes(),
+			ReadHeaderTimeout: 10 * time.Second,
+			MaxHeaderBytes:    64 << 10,
+			ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+				return context.WithValue(ctx, peerKey{}, peerOf(c))
+			},
+		}
+	})
+	return s.srv
+}
+
 // Serve answers on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	if s.Log == nil {
-		s.Log = slog.New(slog.DiscardHandler)
-	}
-	s.srv = &http.Server{
-		Handler:           s.routes(),
-		ReadHeaderTimeout: 10 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, peerKey{}, peerOf(c))
-		},
-	}
-	err := s.srv.Serve(ln)
+	err := s.http().Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -92,11 +102,9 @@ func (s *Server) Serve(ln net.Listener) error {
 
 // Shutdown stops taking requests and ends the open ones (streams too).
 func (s *Server) Shutdown(ctx context.Context) error {
-	if s.srv == nil {
-		return nil
-	}
-	err := s.srv.Shutdown(ctx)
-	s.srv.Close()
+	srv := s.http()
+	err := srv.Shutdown(ctx)
+	srv.Close()
 	return err
 }
 

@@ -1,7 +1,8 @@
 // Package exports makes a point into NBD exports: each disk under its
 // name (its zero chunks reported as holes), and each linear LVM logical
 // volume found on it as DISK/VG/LV. Serve, mount and boot put an NBD
-// server in front of them.
+// server in front of them, in their process or, with StartServer, in a
+// detached one that outlives it.
 package exports
 
 import (
