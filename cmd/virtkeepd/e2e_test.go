@@ -225,7 +225,7 @@ func leftNothing(t *testing.T, what string, g *vm.Guest, state string, before []
 func TestDaemonEndToEnd(t *testing.T) {
 	testenv.RequireCommands(t, "script")
 	env := vm.Libvirt(t)
-	g := env.NewGuest(t, vm.GuestSpec{})
+	g := env.NewGuest(t, vm.GuestSpec{Files: map[string]string{"hello.txt": "through the daemon\n"}})
 	if _, err := g.AttachDisk(context.Background(), vm.DiskSpec{Target: "vdb", Size: 1 << 30, Fill: testenv.Fill{Random: 1}}); err != nil {
 		t.Fatal(err)
 	}
@@ -233,8 +233,8 @@ func TestDaemonEndToEnd(t *testing.T) {
 	dir := g.Dir
 	state := filepath.Join(dir, "state")
 	cfg := filepath.Join(dir, "virtkeep.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir: %s\nlibvirt_uri: %s\nsocket: %s/d.sock\nshutdown_timeout: 30s\ntargets:\n  - {name: local, kind: local, path: %s/repo}\n",
-		state, vm.URI(), dir, dir)), 0o600)
+	os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir: %s\nlibvirt_uri: %s\nsocket: %s/d.sock\nshutdown_timeout: 30s\nboot_file_dirs: [%s]\ntargets:\n  - {name: local, kind: local, path: %s/repo}\n",
+		state, vm.URI(), dir, vm.GuestDir(), dir)), 0o600)
 	d := startDaemon(t, dbin, cfg)
 
 	// With the daemon up, an in-process CLI is refused by the host lock.
@@ -285,6 +285,44 @@ func TestDaemonEndToEnd(t *testing.T) {
 	}
 	before := checkpoints(t, g)
 
+	// A mount and a boot through the daemon: its sessions, held by it.
+	mnt := filepath.Join(dir, "mnt")
+	if code, out, errw := cli(t, bin, cfg, "mount", first, mnt, "--disk", "vda"); code != 0 {
+		t.Fatalf("mount: %d %s %s", code, out, errw)
+	}
+	if got, err := os.ReadFile(filepath.Join(mnt, "disk", "hello.txt")); err != nil || string(got) != "through the daemon\n" {
+		t.Fatalf("file in the mount: %q %v", got, err)
+	}
+	booted := g.Name + "-b"
+	t.Cleanup(func() {
+		if d, err := env.Conn.LookupDomainByName(booted); err == nil {
+			d.Destroy()
+			d.Free()
+		}
+	})
+	if code, out, errw := cli(t, bin, cfg, "boot", first, "--as", booted); code != 0 {
+		t.Fatalf("boot: %d %s %s", code, out, errw)
+	}
+	var ss []api.Session
+	if code, out, _ := cli(t, bin, cfg, "--json", "sessions"); code != 0 || json.Unmarshal([]byte(out), &ss) != nil || len(ss) != 2 ||
+		ss[0].Kind != api.SessionMount || ss[1].Kind != api.SessionBoot || ss[0].Holder != "virtkeepd" || ss[1].Holder != "virtkeepd" {
+		t.Fatalf("sessions: %d %s", code, out)
+	}
+	if d, err := env.Conn.LookupDomainByName(booted); err != nil {
+		t.Fatalf("booted domain: %v", err)
+	} else if active, _ := d.IsActive(); !active {
+		t.Fatal("the booted domain is not running")
+	} else {
+		d.Free()
+	}
+	if code, _, errw := cli(t, bin, cfg, "sessions", "end", ss[1].ID); code != 0 {
+		t.Fatalf("sessions end: %d %s", code, errw)
+	}
+	if d, err := env.Conn.LookupDomainByName(booted); err == nil {
+		d.Free()
+		t.Fatal("the booted domain is left after its session ended")
+	}
+
 	// A job cancelled mid-run leaves the guest and the target as they were.
 	id := startBackup(t, bin, cfg, g.Name)
 	if code, _, errw := cli(t, bin, cfg, "job", "cancel", id); code != 0 {
@@ -310,7 +348,14 @@ func TestDaemonEndToEnd(t *testing.T) {
 		t.Fatalf("SIGTERM: exit %d after %v, told systemd %q; log:\n%s", d.code, took, d.notes, d.log.String())
 	}
 	leftNothing(t, "SIGTERM", g, state, before)
+	// The daemon's mount went with it.
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), mnt) {
+		t.Fatalf("the daemon's mount is left after it stopped:\n%s", mi)
+	}
 	d = startDaemon(t, dbin, cfg)
+	if code, out, _ := cli(t, bin, cfg, "--json", "sessions"); code != 0 || strings.TrimSpace(out) != "[]" {
+		t.Fatalf("sessions after a restart: %d %s", code, out)
+	}
 	if j := jobInfo(t, bin, cfg, id); j.State != api.Cancelled {
 		t.Fatalf("job cancelled by SIGTERM, after a restart: %+v", j)
 	}

@@ -29,7 +29,10 @@ import (
 // Booter boots domains from points over one libvirt connection.
 type Booter struct {
 	Conn *libvirt.Connect
-	Log  *slog.Logger
+	// State, when set, holds the NBD socket (state_dir/run/boot-*): a
+	// unix socket path must fit in 108 bytes, which Dir may not.
+	State statedir.Dir
+	Log   *slog.Logger
 	// BootFileDirs are where a booted domain may take firmware, kernels
 	// and initrds from (default domain.DefaultBootFileDirs).
 	BootFileDirs []string
@@ -91,8 +94,8 @@ func (e *Booter) Boot(ctx context.Context, repo *target.Repository, r Request) (
 	}
 	// The NBD socket serves the decrypted point: its directory is open to
 	// QEMU's group only.
-	run := filepath.Join(r.Dir, "run")
-	if err := os.MkdirAll(run, 0o700); err != nil {
+	run, err := e.socketDir(r.Dir)
+	if err != nil {
 		return nil, err
 	}
 	if err := statedir.ShareWithQEMU(run, 0o750); err != nil {
@@ -159,6 +162,19 @@ func (e *Booter) Boot(ctx context.Context, repo *target.Repository, r Request) (
 	defer dom.Free()
 	b.UUID, _ = dom.GetUUIDString()
 	return b, nil
+}
+
+// socketDir makes the directory of the boot's NBD socket.
+func (e *Booter) socketDir(dir string) (string, error) {
+	if e.State == "" {
+		run := filepath.Join(dir, "run")
+		return run, os.MkdirAll(run, 0o700)
+	}
+	base, err := e.State.Run()
+	if err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(base, "boot-")
 }
 
 // Migrate moves a booted domain's disks from the backup to local qcow2

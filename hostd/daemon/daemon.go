@@ -136,6 +136,12 @@ func shutdown(svc *service.Service, srv *apiserver.Server, cfg Config, n systemd
 	hctx, hcancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer hcancel()
 	_ = srv.Shutdown(hctx)
+	// Mounts, servers and booted domains read from this process.
+	ectx, ecancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer ecancel()
+	if err := svc.EndHeld(ectx); err != nil {
+		log.Error("ending sessions", "err", err)
+	}
 	if len(left) > 0 {
 		return fmt.Errorf("%s: %w", describe(left), ErrJobsLeft)
 	}

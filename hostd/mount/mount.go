@@ -31,6 +31,7 @@ import (
 	"github.com/virtkeep/virtkeep/hostd/statedir"
 	"github.com/virtkeep/virtkeep/hostd/virt"
 	"github.com/virtkeep/virtkeep/nbd"
+	"golang.org/x/sys/unix"
 )
 
 // Mounter mounts points.
@@ -402,11 +403,32 @@ func (e *Mounter) CleanupMounts(ctx context.Context) error {
 	return first
 }
 
+// mountPoint reports whether path is a mount point now: its mount ID
+// differs from its parent directory's (statx STATX_MNT_ID, no parsing).
+// A path that cannot be looked at, but exists, is taken for one.
+func mountPoint(path string) bool {
+	id := func(p string) (uint64, error) {
+		var st unix.Statx_t
+		err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &st)
+		return st.Mnt_id, err
+	}
+	a, err := id(path)
+	if errors.Is(err, unix.ENOENT) {
+		return false
+	}
+	b, perr := id(filepath.Dir(path))
+	return err != nil || perr != nil || a != b
+}
+
 func (e *Mounter) undoMount(ctx context.Context, st *State) error {
 	var errs []string
 	for i := len(st.Mounts) - 1; i >= 0; i-- {
 		m := st.Mounts[i]
-		if out, err := exec.CommandContext(ctx, "umount", m.Path).CombinedOutput(); err != nil && !strings.Contains(string(out), "not mounted") {
+		if !mountPoint(m.Path) { // undone already (a reboot, an earlier try)
+			os.Remove(m.Path)
+			continue
+		}
+		if out, err := exec.CommandContext(ctx, "umount", m.Path).CombinedOutput(); err != nil {
 			errs = append(errs, fmt.Sprintf("umount %s: %v: %s", m.Path, err, bytes.TrimSpace(out)))
 			continue
 		}

@@ -293,7 +293,7 @@ func dropSocket(st sessionState) {
 	if st.Socket != "" {
 		os.Remove(st.Socket)
 	}
-	if st.SockDir != "" && strings.Contains(filepath.Base(st.SockDir), "serve-s-") {
+	if base := filepath.Base(st.SockDir); st.SockDir != "" && (strings.HasPrefix(base, "serve-s-") || strings.HasPrefix(base, "boot-")) {
 		os.RemoveAll(st.SockDir)
 	}
 }
@@ -321,7 +321,7 @@ func (s *Service) Boot(ctx context.Context, r api.BootRequest) (api.Session, err
 	if err != nil {
 		return api.Session{}, err
 	}
-	e := &boot.Booter{Conn: conn, Log: s.log, BootFileDirs: s.bootDirs}
+	e := &boot.Booter{Conn: conn, State: s.state, Log: s.log, BootFileDirs: s.bootDirs}
 	repo, err := s.open(ctx, t, false)
 	if err != nil {
 		return api.Session{}, err
@@ -348,14 +348,15 @@ func (s *Service) Boot(ctx context.Context, r api.BootRequest) (api.Session, err
 	if r.Migrate {
 		if err := e.Migrate(ctx, b, r.Dir); err != nil {
 			// Still running from the backup: keep the session.
-			_ = s.keep(ctx, sess, pid, sessionState{Socket: b.Socket, Overlays: b.Overlays}, live)
+			_ = s.keep(ctx, sess, pid, sessionState{Socket: b.Socket, SockDir: filepath.Dir(b.Socket), Overlays: b.Overlays}, live)
 			return sess, coded(fmt.Errorf("domain %s runs from the backup still (session %s): %w", r.Name, sess.ID, err))
 		}
 		live.stop()
+		dropSocket(sessionState{Socket: b.Socket, SockDir: filepath.Dir(b.Socket)})
 		sess.Migrated = true
 		return sess, nil
 	}
-	return sess, s.keep(ctx, sess, pid, sessionState{Socket: b.Socket, Overlays: b.Overlays}, live)
+	return sess, s.keep(ctx, sess, pid, sessionState{Socket: b.Socket, SockDir: filepath.Dir(b.Socket), Overlays: b.Overlays}, live)
 }
 
 // Sessions lists the sessions; those whose holder is gone are dropped.
@@ -462,9 +463,7 @@ func (s *Service) endBoot(ctx context.Context, sess api.Session, st sessionState
 	for _, o := range st.Overlays {
 		os.Remove(o)
 	}
-	if st.Socket != "" {
-		os.Remove(st.Socket)
-	}
+	dropSocket(st)
 	s.log.Info("booted domain ended", "domain", sess.Domain, "uuid", sess.UUID, "session", sess.ID)
 	return nil
 }
@@ -494,6 +493,24 @@ func (s *Service) recoverSessions(ctx context.Context) error {
 		s.log.Warn("session ended: its holder stopped", "session", r.Session.ID, "kind", r.Session.Kind, "holder", r.Session.Holder)
 		if err := s.undo(ctx, r); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// EndHeld ends every session this process holds (the daemon stopping):
+// their servers stop with it, so nothing may be left reading from them.
+func (s *Service) EndHeld(ctx context.Context) error {
+	rows, err := s.cat.Sessions(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range rows {
+		if r.Holder == os.Getpid() {
+			if err := s.undo(ctx, r); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	return errors.Join(errs...)

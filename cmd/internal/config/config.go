@@ -221,7 +221,7 @@ var defaults = map[string]any{
 
 // Load reads and checks the configuration file at path. Every error names
 // the file and the setting that is wrong. A missing file is an error,
-// except at DefaultPath when explicit is false: then the zero
+// unless explicit is false (the default path, no --config): then the zero
 // configuration is returned, with ZeroConfig set.
 func Load(path string, explicit bool) (*Config, error) {
 	v := viper.New()
@@ -232,7 +232,7 @@ func Load(path string, explicit bool) (*Config, error) {
 	v.SetEnvPrefix("VIRTKEEP")
 	v.AutomaticEnv()
 	zero := false
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && !explicit && path == DefaultPath {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && !explicit {
 		zero = true
 	} else {
 		v.SetConfigFile(path)
