@@ -1,13 +1,11 @@
 package domain
 
 import (
-	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"strings"
 	"testing"
-	"time"
 
 	"libvirt.org/go/libvirtxml"
 
@@ -58,10 +56,4 @@ func TestSafeDomainHostile(t *testing.T) {
 	if err != nil || len(f2.dropped) != 0 {
 		t.Fatalf("an ordinary definition: %v %v", err, f2.dropped)
 	}
-}
-
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
 }
