@@ -99,8 +99,8 @@ func TestImportRules(t *testing.T) {
 		if !strings.HasPrefix(p, "cmd/") {
 			never(p, true, "github.com/spf13/viper")
 		}
-		if !strings.HasPrefix(p, "testenv") && p != "hostd/internal/fixture" {
-			never(p, true, mod+"testenv", mod+"hostd/internal/fixture")
+		if !strings.HasPrefix(p, "testenv") && p != "hostd/fixture" && p != "hostd/fixture/hostile" {
+			never(p, true, mod+"testenv", mod+"hostd/fixture", mod+"hostd/fixture/hostile")
 		}
 	}
 }

@@ -12,42 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/virtkeep/virtkeep/hostd/exports"
 	"github.com/virtkeep/virtkeep/hostd/mount"
 	"github.com/virtkeep/virtkeep/hostd/statedir"
-	"github.com/virtkeep/virtkeep/nbd"
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/local"
 	"github.com/virtkeep/virtkeep/testenv"
 )
-
-// serveChild serves a point for Mount, as virtkeep serve does:
-// VIRTKEEPD_SERVE=repo-dir,point; the socket is its last argument.
-func serveChild() {
-	parts := strings.Split(os.Getenv("VIRTKEEPD_SERVE"), ",")
-	ctx := context.Background()
-	b, err := local.Open(local.Config{Path: parts[0]})
-	if err != nil {
-		panic(err)
-	}
-	r, err := target.Open(ctx, b, target.OpenOptions{})
-	if err != nil {
-		panic(err)
-	}
-	m, err := r.Point(ctx, parts[1])
-	if err != nil {
-		panic(err)
-	}
-	exports, err := exports.Point(ctx, r, m, "", nil)
-	if err != nil {
-		panic(err)
-	}
-	ln, err := net.Listen("unix", os.Args[len(os.Args)-1])
-	if err != nil {
-		panic(err)
-	}
-	_ = (&nbd.Server{Exports: exports}).Serve(ln)
-}
 
 // writePoint stores image as disk vda of a new point and returns its ID.
 func writePoint(t *testing.T, repoDir, image string) string {
@@ -106,7 +76,7 @@ func TestDaemonStartCleansMounts(t *testing.T) {
 	e := &mount.Mounter{State: statedir.Dir(state)}
 	exe, _ := os.Executable()
 	mnt := filepath.Join(dir, "mnt")
-	t.Setenv("VIRTKEEPD_SERVE", filepath.Join(dir, "repo")+","+point)
+	t.Setenv("VIRTKEEP_SERVE", filepath.Join(dir, "repo")+","+point+",*")
 	st, err := e.Mount(context.Background(), mount.Request{Point: point, Disk: "vda", Dir: mnt, Serve: []string{exe, "-test.run=^$"}})
 	if err != nil {
 		t.Fatal(err)

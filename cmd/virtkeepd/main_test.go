@@ -17,15 +17,13 @@ import (
 	"libvirt.org/go/libvirt"
 
 	"github.com/virtkeep/virtkeep/guestagent"
+	"github.com/virtkeep/virtkeep/hostd/fixture"
 	"github.com/virtkeep/virtkeep/testenv"
 	"github.com/virtkeep/virtkeep/testenv/vm"
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv("VIRTKEEPD_SERVE") != "" {
-		serveChild()
-		os.Exit(0)
-	}
+	fixture.ServeChild() // the NBD server a mount starts
 	if os.Getenv("VIRTKEEPD_CHILD") == "freeze-and-hang" {
 		freezeAndHang()
 		os.Exit(0)

@@ -15,7 +15,7 @@ import (
 
 	"github.com/virtkeep/virtkeep/hostd/backup"
 	"github.com/virtkeep/virtkeep/hostd/chain"
-	"github.com/virtkeep/virtkeep/hostd/internal/fixture"
+	"github.com/virtkeep/virtkeep/hostd/fixture"
 	"github.com/virtkeep/virtkeep/qmp"
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/testenv"

@@ -12,9 +12,9 @@ import (
 
 	"github.com/virtkeep/virtkeep/bitmap"
 	"github.com/virtkeep/virtkeep/hostd/backup"
+	"github.com/virtkeep/virtkeep/hostd/fixture"
 	"github.com/virtkeep/virtkeep/nbd"
 	"github.com/virtkeep/virtkeep/target"
-	"github.com/virtkeep/virtkeep/target/local"
 	"github.com/virtkeep/virtkeep/testenv"
 )
 
@@ -101,17 +101,7 @@ func TestImageChainRoundTrip(t *testing.T) {
 	if err := testenv.WriteImage(ctx, content, img, "qcow2"); err != nil {
 		t.Fatal(err)
 	}
-	b, err := local.Open(local.Config{Path: filepath.Join(dir, "repo")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := target.Init(ctx, b, target.InitOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	r, err := target.Open(ctx, b, target.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := fixture.Repo(t, filepath.Join(dir, "repo"))
 	run(t, "qemu-img", "bitmap", "--add", img, "b0")
 	sock, stop := testenv.QemuNBD(t, img, "qcow2")
 	full, st := backupImage(t, r, sock, "", "")

@@ -9,7 +9,7 @@ import (
 
 	"github.com/virtkeep/virtkeep/hostd/backup"
 	"github.com/virtkeep/virtkeep/hostd/chain"
-	"github.com/virtkeep/virtkeep/hostd/internal/fixture"
+	"github.com/virtkeep/virtkeep/hostd/fixture"
 	"github.com/virtkeep/virtkeep/hostd/restore"
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/all"

@@ -10,7 +10,7 @@ import (
 	"github.com/virtkeep/virtkeep/guestagent"
 	"github.com/virtkeep/virtkeep/hostd/backup"
 	"github.com/virtkeep/virtkeep/hostd/boot"
-	"github.com/virtkeep/virtkeep/hostd/internal/fixture"
+	"github.com/virtkeep/virtkeep/hostd/fixture"
 	"github.com/virtkeep/virtkeep/testenv/vm"
 )
 

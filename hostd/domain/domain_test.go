@@ -9,7 +9,7 @@ import (
 
 	"libvirt.org/go/libvirtxml"
 
-	"github.com/virtkeep/virtkeep/hostd/internal/hostile"
+	"github.com/virtkeep/virtkeep/hostd/fixture/hostile"
 	"github.com/virtkeep/virtkeep/target"
 )
 

@@ -14,7 +14,7 @@ import (
 
 	"github.com/virtkeep/virtkeep/hostd/backup"
 	"github.com/virtkeep/virtkeep/hostd/chain"
-	"github.com/virtkeep/virtkeep/hostd/internal/fixture"
+	"github.com/virtkeep/virtkeep/hostd/fixture"
 	"github.com/virtkeep/virtkeep/hostd/mount"
 	"github.com/virtkeep/virtkeep/testenv"
 	"github.com/virtkeep/virtkeep/testenv/vm"

@@ -14,7 +14,7 @@ import (
 	"libvirt.org/go/libvirt"
 
 	"github.com/virtkeep/virtkeep/hostd/domain"
-	"github.com/virtkeep/virtkeep/hostd/internal/hostile"
+	"github.com/virtkeep/virtkeep/hostd/fixture/hostile"
 	"github.com/virtkeep/virtkeep/hostd/restore"
 	"github.com/virtkeep/virtkeep/testenv"
 	"github.com/virtkeep/virtkeep/testenv/vm"

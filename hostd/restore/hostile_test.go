@@ -12,10 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/virtkeep/virtkeep/hostd/internal/fixture"
+	"github.com/virtkeep/virtkeep/hostd/fixture"
 	"github.com/virtkeep/virtkeep/hostd/restore"
 	"github.com/virtkeep/virtkeep/target"
-	"github.com/virtkeep/virtkeep/target/local"
 	"github.com/virtkeep/virtkeep/testenv"
 )
 
@@ -30,17 +29,7 @@ func hostilePoint(t *testing.T, details map[string]any) (*target.Repository, *ta
 func hostileDomainPoint(t *testing.T, details map[string]any, domainXML string) (*target.Repository, *target.Manifest) {
 	t.Helper()
 	ctx := context.Background()
-	b, err := local.Open(local.Config{Path: filepath.Join(t.TempDir(), "repo")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := target.Init(ctx, b, target.InitOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	r, err := target.Open(ctx, b, target.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := fixture.Repo(t, filepath.Join(t.TempDir(), "repo"))
 	pw, err := r.NewPoint(ctx, target.PointSpec{Domain: "vk-hostile", Level: target.LevelFull, DomainXMLInactive: domainXML})
 	if err != nil {
 		t.Fatal(err)

@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/virtkeep/virtkeep/hostd/chain"
-	"github.com/virtkeep/virtkeep/hostd/internal/fixture"
+	"github.com/virtkeep/virtkeep/hostd/fixture"
 	"github.com/virtkeep/virtkeep/hostd/restore"
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/testenv"
