@@ -55,6 +55,9 @@ returns at once and the daemon serves until virtkeep sessions end ID.`,
 			if detach {
 				return nil
 			}
+			if a.inproc != nil {
+				a.inproc.ReleaseHostLock()
+			}
 			<-ctx.Done()
 			ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 			defer cancel()

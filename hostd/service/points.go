@@ -56,7 +56,7 @@ func (s *Service) targets(name string) ([]Target, error) {
 // syncUnsynced reconciles the targets the catalog never compared with their
 // repository, skipping (and returning) those that cannot be reached.
 func (s *Service) syncUnsynced(ctx context.Context, ts []Target) ([]string, error) {
-	if s.readOnly {
+	if s.readOnly.Load() {
 		return nil, nil
 	}
 	var unreachable []string
@@ -178,7 +178,7 @@ func (s *Service) resolve(ctx context.Context, spec, only string) (api.Point, er
 	if err != nil {
 		return api.Point{}, err
 	}
-	if len(ps) == 0 && !s.readOnly {
+	if len(ps) == 0 && !s.readOnly.Load() {
 		unreachable = nil
 		for _, t := range ts {
 			if err := s.Reconcile(ctx, t.Name, false); err != nil {

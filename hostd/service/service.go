@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"libvirt.org/go/libvirt"
@@ -81,7 +82,7 @@ type Service struct {
 	// readOnly is set when the host lock is held elsewhere and Lock was
 	// LockIfFree: answers come from the catalog as it is, nothing is
 	// changed.
-	readOnly bool
+	readOnly atomic.Bool
 
 	// ctx lives as long as the service: sessions' servers run on it.
 	ctx    context.Context
@@ -112,7 +113,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	lock, err := takeHostLock(ctx, cfg.StateDir, cfg.Lock, cfg.Log)
 	switch {
 	case errors.Is(err, ErrHostBusy) && cfg.Lock == LockIfFree:
-		s.readOnly = true
+		s.readOnly.Store(true)
 	case err != nil:
 		return nil, err
 	}
@@ -122,7 +123,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		s.lock.release()
 		return nil, err
 	}
-	if !s.readOnly {
+	if !s.readOnly.Load() {
 		names := make([]string, len(cfg.Targets))
 		for i, t := range cfg.Targets {
 			names[i] = t.Name
@@ -183,6 +184,14 @@ func (s *Service) Close() error {
 	}
 	s.lock.release()
 	return nil
+}
+
+// ReleaseHostLock lets the host lock go and turns the service read only:
+// a CLI that now only serves a point (serve) must not hold up the daemon
+// or other commands for as long as it runs.
+func (s *Service) ReleaseHostLock() {
+	s.readOnly.Store(true)
+	s.lock.release()
 }
 
 // Version says who answers.
@@ -318,7 +327,7 @@ func checkAbs(what, p string) error {
 }
 
 func (s *Service) writable() error {
-	if s.readOnly {
+	if s.readOnly.Load() {
 		return api.Errorf(api.CodeBusy, "%v", s.lockHolder())
 	}
 	return nil

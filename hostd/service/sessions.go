@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -239,9 +240,9 @@ func (s *Service) Serve(ctx context.Context, r api.ServeRequest) (api.Session, e
 		sess.URIs = append(sess.URIs, uriOf(x.Name))
 		sess.Exports = append(sess.Exports, x.Name)
 	}
-	if s.readOnly {
-		// The NBD server of a mount made by a CLI in its own process:
-		// the mount's record is the session.
+	if s.readOnly.Load() || s.cfg.Mode != "daemon" {
+		// A server in a CLI's own process lives and dies with it (the
+		// server of a mount made in process has the mount's record).
 		s.mu.Lock()
 		s.sessions[sess.ID] = live
 		s.mu.Unlock()
@@ -367,13 +368,30 @@ func (s *Service) Sessions(ctx context.Context) ([]api.Session, error) {
 	}
 	out := []api.Session{}
 	for _, r := range rows {
-		if !s.heldHere(r.Session.ID) && !alive(r.Holder) && !s.readOnly {
+		if !s.heldHere(r.Session.ID) && !alive(r.Holder) && !s.readOnly.Load() {
 			_ = s.undo(ctx, r)
 			continue
 		}
 		out = append(out, r.Session)
 	}
 	return out, nil
+}
+
+// unrecorded removes and returns this process's server of session id
+// when the catalog has no record of it (serve in a CLI's process).
+func (s *Service) unrecorded(id string) *liveSession {
+	if id == "" {
+		return nil
+	}
+	rows, err := s.cat.Sessions(context.Background())
+	if err != nil || slices.ContainsFunc(rows, func(r catalog.SessionRow) bool { return r.Session.ID == id }) {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.sessions[id]
+	delete(s.sessions, id)
+	return l
 }
 
 func (s *Service) heldHere(id string) bool {
@@ -394,6 +412,10 @@ func (s *Service) EndSession(ctx context.Context, r api.EndSessionRequest) error
 	}
 	if r.ID != "" && !sessionIDRe.MatchString(r.ID) {
 		return api.Errorf(api.CodeBadRequest, "session ID %q: want s- and 12 hex digits", r.ID)
+	}
+	if l := s.unrecorded(r.ID); l != nil { // a server of this process only
+		l.stop()
+		return nil
 	}
 	if err := s.writable(); err != nil {
 		return err
