@@ -19,6 +19,7 @@ type Handle struct {
 	job     api.Job
 	disks   map[string]api.DiskProgress
 	changed chan struct{} // closed and replaced at every change
+	ended   chan struct{} // closed once the job has ended
 	request []byte        // the job's request as JSON
 	seq     int64
 	saved   time.Time
@@ -76,6 +77,13 @@ func (h *Handle) Progress(disk string, done, total int64) {
 func (h *Handle) notifyLocked() {
 	close(h.changed)
 	h.changed = make(chan struct{})
+	if h.job.State.Ended() && h.ended != nil {
+		select {
+		case <-h.ended:
+		default:
+			close(h.ended)
+		}
+	}
 }
 
 func (h *Handle) copyLocked() api.Job {

@@ -127,7 +127,7 @@ func (m *Manager) Submit(s Spec) (api.Job, error) {
 	now := time.Now().UTC()
 	ctx, cancel := context.WithCancel(context.Background())
 	j := &job{spec: s, cancel: cancel, ctx: ctx}
-	j.h = &Handle{m: m, changed: make(chan struct{}), request: req,
+	j.h = &Handle{m: m, changed: make(chan struct{}), ended: make(chan struct{}), request: req,
 		job: api.Job{ID: newID(now), Kind: s.Kind, Domain: s.Domain, Target: s.Target, State: api.Queued, Created: now}}
 	j.h.log = slog.New(&logHandler{h: j.h})
 	m.live[j.h.job.ID] = j
@@ -292,7 +292,7 @@ func (m *Manager) Changed(id string) <-chan struct{} {
 }
 
 // Watch calls fn with the live job and after each change, at most every
-// interval, until it ends (the final state is always delivered).
+// interval, until it ends (the final state is delivered as it happens).
 func (m *Manager) Watch(ctx context.Context, id string, interval time.Duration, fn func(api.Job) error) error {
 	m.mu.Lock()
 	j, ok := m.live[id]
@@ -312,10 +312,12 @@ func (m *Manager) Watch(ctx context.Context, id string, interval time.Duration, 
 			return ctx.Err()
 		case <-ch:
 		}
+		// At most one progress update per interval, but the end at once.
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(interval):
+		case <-j.h.ended:
 		}
 	}
 }

@@ -138,30 +138,39 @@ func (s *Service) Log(ctx context.Context, id string, follow bool, fn func(api.L
 	}
 }
 
-// Recover repairs what an interrupted run left, at daemon start: jobs
-// recorded as running by a process that is gone are marked failed with
-// the reason, and their domains' libvirt backup jobs and scratch files
-// are ended; guests left frozen are thawed; sessions whose holder is gone
-// are undone.
-func (s *Service) Recover(ctx context.Context) error {
-	if err := s.writable(); err != nil {
-		return err
-	}
+// failInterrupted marks failed, with the reason, the jobs recorded as
+// queued or running: jobs run only under the host lock, which this
+// process has just taken, so whoever recorded them is gone. It returns
+// them.
+func (s *Service) failInterrupted(ctx context.Context) ([]api.Job, error) {
 	un, err := s.cat.UnfinishedJobs(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var errs []error
-	// Jobs run only under the host lock, which this process holds now:
-	// whoever recorded them running is gone.
+	var out []api.Job
 	for _, u := range un {
 		j := u.Job
 		j.State, j.Ended, j.ErrorCode = api.Failed, time.Now().UTC(), api.CodeFailed
 		j.Error = "interrupted: the virtkeep process running it (pid " + strconv.Itoa(u.Holder) + ") stopped before it ended"
 		if err := s.cat.SaveJob(ctx, j, u.Holder, nil); err != nil {
-			errs = append(errs, err)
+			return out, err
 		}
 		s.log.Warn("job marked failed: its process stopped", "job", j.ID, "kind", j.Kind, "domain", j.Domain, "pid", u.Holder)
+		out = append(out, j)
+	}
+	return out, nil
+}
+
+// Recover repairs what an interrupted run left, at daemon start: the
+// libvirt backup jobs and scratch files of the backups failInterrupted
+// found (the next backup repairs their checkpoints); guests left frozen
+// are thawed; mounts and sessions whose holder is gone are undone.
+func (s *Service) Recover(ctx context.Context) error {
+	if err := s.writable(); err != nil {
+		return err
+	}
+	var errs []error
+	for _, j := range s.interrupted {
 		if j.Kind == api.KindBackup && j.Domain != "" {
 			if err := s.endStaleJob(ctx, j.Domain); err != nil {
 				errs = append(errs, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,5 +58,32 @@ func TestListTenThousandPoints(t *testing.T) {
 			}
 			testenv.Report(t, "list of 10,000 points %s, run %d: %v", via.name, run, el.Round(time.Millisecond))
 		}
+	}
+}
+
+// TestInterruptedJobsFailed: whoever takes the host lock (here a CLI in
+// process) marks the jobs a killed process left running failed, naming it.
+func TestInterruptedJobsFailed(t *testing.T) {
+	ctx := context.Background()
+	dir := testenv.TempDir(t)
+	state := filepath.Join(dir, "state")
+	c, err := catalog.Open(ctx, filepath.Join(state, "catalog.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := api.Job{ID: "20261201T000000Z-0000abcd", Kind: api.KindBackup, Domain: "vk-gone", State: api.Running, Created: time.Now(), Started: time.Now()}
+	if err := c.SaveJob(ctx, j, 999999, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	s, err := service.New(ctx, service.Config{Mode: "local", StateDir: state,
+		Targets: []service.Target{{Name: "local", Open: all.Config{Name: "local", Kind: "local", Path: filepath.Join(dir, "repo")}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, err := s.Job(ctx, j.ID)
+	if err != nil || got.State != api.Failed || got.ErrorCode != api.CodeFailed || !strings.Contains(got.Error, "pid 999999") || got.Ended.IsZero() {
+		t.Fatalf("interrupted job: %+v %v", got, err)
 	}
 }

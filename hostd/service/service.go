@@ -88,6 +88,9 @@ type Service struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	// interrupted are the jobs an earlier process left unfinished.
+	interrupted []api.Job
+
 	mu       sync.Mutex
 	sessions map[string]*liveSession
 	passes   map[string][]byte
@@ -129,6 +132,10 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 			names[i] = t.Name
 		}
 		if err := s.cat.KeepTargets(ctx, names); err != nil {
+			s.Close()
+			return nil, err
+		}
+		if s.interrupted, err = s.failInterrupted(ctx); err != nil {
 			s.Close()
 			return nil, err
 		}
