@@ -77,12 +77,16 @@ func (h *Handle) Progress(disk string, done, total int64) {
 func (h *Handle) notifyLocked() {
 	close(h.changed)
 	h.changed = make(chan struct{})
-	if h.job.State.Ended() && h.ended != nil {
-		select {
-		case <-h.ended:
-		default:
-			close(h.ended)
-		}
+}
+
+// end tells watchers the job has ended, once its final state is recorded.
+func (h *Handle) end() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	select {
+	case <-h.ended:
+	default:
+		close(h.ended)
 	}
 }
 

@@ -227,6 +227,7 @@ func (m *Manager) finish(j *job, res *api.JobResult, err error) {
 	m.dispatchLocked()
 	m.mu.Unlock()
 	j.cancel()
+	h.end()
 }
 
 // Get returns a live (queued or running) job.
@@ -273,6 +274,7 @@ func (m *Manager) Cancel(id string) (api.Job, error) {
 		j.h.update(func(a *api.Job) {
 			a.State, a.Ended, a.Error, a.ErrorCode = api.Cancelled, time.Now().UTC(), "cancelled before it started", api.CodeCancelled
 		}, true)
+		j.h.end()
 	}
 	return j.h.snapshot(), nil
 }

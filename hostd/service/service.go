@@ -172,9 +172,16 @@ func (s *Service) Shutdown(ctx context.Context) []api.Job { return s.jobs.Shutdo
 // Running returns the queued and running jobs.
 func (s *Service) Running() []api.Job { return s.jobs.Live() }
 
-// Close ends what this process holds (its sessions' servers, the catalog,
-// libvirt, the host lock). Jobs must have ended (Shutdown).
+// Close ends what this process holds: its jobs (cancelled, and waited for
+// up to 10 s while they undo what they started; the daemon gives them its
+// shutdown_timeout first, with Shutdown), its sessions' servers, the
+// catalog, libvirt, the host lock.
 func (s *Service) Close() error {
+	if s.jobs != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		s.jobs.Shutdown(ctx)
+		cancel()
+	}
 	if s.cancel != nil {
 		s.cancel()
 	}
