@@ -63,6 +63,7 @@ func TestImportRules(t *testing.T) {
 	only("hostd/client", []string{"hostd/api"})
 	only("hostd/apiserver", []string{"hostd/api"})
 	only("hostd/jobs", []string{"hostd/api"})
+	only("hostd/schedule", nil)
 	only("hostd/catalog", []string{"hostd/api"}, "github.com/mattn/go-sqlite3")
 
 	never := func(pkg string, transitive bool, banned ...string) {
