@@ -57,7 +57,7 @@ func ParseCron(expr, tz string) (*Cron, error) {
 	}
 	f := strings.Fields(s)
 	if len(f) != 5 {
-		return nil, fmt.Errorf("%w: %q: want 5 fields (minute hour day-of-month month day-of-week) or @daily/@weekly/...", ErrCron, src)
+		return nil, fmt.Errorf("%w: %q: want 5 fields (minute hour day-of-month month day-of-week) or a macro (@hourly, @daily, @weekly, @monthly, @yearly)", ErrCron, src)
 	}
 	c := &Cron{src: src, loc: loc}
 	var err error
