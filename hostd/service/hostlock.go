@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
-	"time"
+
+	"github.com/virtkeep/virtkeep/hostd/statedir"
 )
 
 // ErrHostBusy is returned when another virtkeep process (the daemon, or a
@@ -40,33 +40,16 @@ type hostLock struct {
 
 func takeHostLock(ctx context.Context, stateDir string, mode LockMode, log *slog.Logger) (*hostLock, error) {
 	path := filepath.Join(stateDir, "host.lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
-	if err != nil {
+	f, err := statedir.Flock(ctx, path, mode == LockWait, func() {
+		log.Warn("waiting for the host lock", "holder", holderOf(path))
+	})
+	switch {
+	case errors.Is(err, statedir.ErrHeld):
+		return nil, fmt.Errorf("%s: %w", holderOf(path), ErrHostBusy)
+	case err != nil && ctx.Err() != nil:
+		return nil, ctx.Err()
+	case err != nil:
 		return nil, fmt.Errorf("host lock: %w", err)
-	}
-	for logged := false; ; {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("host lock: %w", err)
-		}
-		if mode != LockWait {
-			f.Close()
-			return nil, fmt.Errorf("%s: %w", holderOf(path), ErrHostBusy)
-		}
-		if !logged {
-			log.Warn("waiting for the host lock", "holder", holderOf(path))
-			logged = true
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(250 * time.Millisecond):
-		}
 	}
 	if err := f.Truncate(0); err == nil {
 		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)

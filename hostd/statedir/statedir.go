@@ -148,6 +148,44 @@ func ShareWithQEMU(path string, mode fs.FileMode) error {
 	return os.Chmod(path, mode)
 }
 
+// ErrHeld is returned by Flock, when it may not wait, for a lock another
+// process holds.
+var ErrHeld = errors.New("held by another process")
+
+// Flock opens path (0600, never through a symlink) and takes an exclusive
+// flock on it, held until the file is closed. When another process holds
+// it: with wait, it tries again every 200 ms until ctx is done, calling
+// waiting once; without, it returns ErrHeld.
+func Flock(ctx context.Context, path string, wait bool, waiting func()) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	for told := false; ; {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		switch {
+		case err == nil:
+			return f, nil
+		case !errors.Is(err, syscall.EWOULDBLOCK):
+		case !wait:
+			err = ErrHeld
+		case !told:
+			waiting()
+			told = true
+			continue
+		default:
+			select {
+			case <-ctx.Done():
+				err = ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+				continue
+			}
+		}
+		f.Close()
+		return nil, err
+	}
+}
+
 // LockDomain serializes backups of one domain across processes (the
 // daemon and a CLI run): it holds an flock on state_dir/locks/UUID until
 // unlock, waiting while another process holds it. Under the lock, a
@@ -157,29 +195,14 @@ func (d Dir) LockDomain(ctx context.Context, uuid, name string, log *slog.Logger
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(dir, uuid+".lock"), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
-	if err != nil {
+	f, err := Flock(ctx, filepath.Join(dir, uuid+".lock"), true, func() {
+		log.Info("waiting for another backup of the domain to end", "domain", name)
+	})
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return nil, fmt.Errorf("domain %s: waiting for another backup of it: %w", name, err)
+	case err != nil:
 		return nil, fmt.Errorf("domain lock: %w", err)
-	}
-	for waited := false; ; {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("domain lock: %w", err)
-		}
-		if !waited {
-			log.Info("waiting for another backup of the domain to end", "domain", name)
-			waited = true
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("domain %s: waiting for another backup of it: %w", name, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
 	}
 	return func() { f.Close() }, nil
 }
