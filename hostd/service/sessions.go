@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -107,6 +106,26 @@ func listenUnix(sock string) (net.Listener, error) {
 	return ln, nil
 }
 
+// pointServer is how a mount or boot serves point p (one disk, or all):
+// from a CLI's process, a detached `virtkeep serve` that outlives it
+// (argv); from the daemon, a server in this process (start), *live set
+// once it runs.
+func (s *Service) pointServer(t Target, p api.Point, disk string, live **liveSession) (argv []string, start func(context.Context, string) error) {
+	if s.cfg.ServeArgv != nil {
+		return s.cfg.ServeArgv(p.ID, t.Name, disk), nil
+	}
+	return nil, s.inProcess(t, p, disk, live)
+}
+
+// holderPID is the process holding a session: the detached server when
+// there is one, else this one.
+func holderPID(servePID int) int {
+	if servePID > 0 {
+		return servePID
+	}
+	return os.Getpid()
+}
+
 // inProcess is the Start function of a mount or boot whose server runs
 // here; *live is set once it runs.
 func (s *Service) inProcess(t Target, p api.Point, disk string, live **liveSession) func(context.Context, string) error {
@@ -159,20 +178,13 @@ func (s *Service) Mount(ctx context.Context, r api.MountRequest) (api.Session, e
 	e := &mount.Mounter{State: s.state, Log: s.log}
 	var live *liveSession
 	req := mount.Request{Point: p.ID, Disk: r.Disk, Dir: r.Dir}
-	if s.cfg.ServeArgv != nil {
-		req.Serve = s.cfg.ServeArgv(p.ID, t.Name, r.Disk)
-	} else {
-		req.Start = s.inProcess(t, p, r.Disk, &live)
-	}
+	req.Serve, req.Start = s.pointServer(t, p, r.Disk, &live)
 	st, err := e.Mount(ctx, req)
 	if err != nil {
 		live.stop()
 		return api.Session{}, coded(err)
 	}
-	pid := os.Getpid()
-	if st.ServePID > 0 {
-		pid = st.ServePID
-	}
+	pid := holderPID(st.ServePID)
 	sess := api.Session{ID: newSessionID(), Kind: api.SessionMount, Point: p.ID, Target: t.Name, Created: time.Now().UTC(),
 		Holder: s.holder(pid), Dir: st.Dir, Exports: []string{r.Disk}}
 	for _, m := range st.Mounts {
@@ -330,20 +342,13 @@ func (s *Service) Boot(ctx context.Context, r api.BootRequest) (api.Session, err
 	defer repo.Close()
 	var live *liveSession
 	req := boot.Request{Point: p.ID, Name: r.Name, Dir: r.Dir, Strict: r.Strict}
-	if s.cfg.ServeArgv != nil {
-		req.Serve = s.cfg.ServeArgv(p.ID, t.Name, "")
-	} else {
-		req.Start = s.inProcess(t, p, "", &live)
-	}
+	req.Serve, req.Start = s.pointServer(t, p, "", &live)
 	b, err := e.Boot(ctx, repo, req)
 	if err != nil {
 		live.stop()
 		return api.Session{}, coded(err)
 	}
-	pid := os.Getpid()
-	if b.ServePID > 0 {
-		pid = b.ServePID
-	}
+	pid := holderPID(b.ServePID)
 	sess := api.Session{ID: newSessionID(), Kind: api.SessionBoot, Point: p.ID, Target: t.Name, Created: time.Now().UTC(),
 		Holder: s.holder(pid), Dir: r.Dir, Domain: r.Name, UUID: b.UUID}
 	if r.Migrate {
@@ -377,16 +382,8 @@ func (s *Service) Sessions(ctx context.Context) ([]api.Session, error) {
 	return out, nil
 }
 
-// unrecorded removes and returns this process's server of session id
-// when the catalog has no record of it (serve in a CLI's process).
-func (s *Service) unrecorded(id string) *liveSession {
-	if id == "" {
-		return nil
-	}
-	rows, err := s.cat.Sessions(context.Background())
-	if err != nil || slices.ContainsFunc(rows, func(r catalog.SessionRow) bool { return r.Session.ID == id }) {
-		return nil
-	}
+// takeLive removes and returns this process's server of session id.
+func (s *Service) takeLive(id string) *liveSession {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	l := s.sessions[id]
@@ -413,21 +410,24 @@ func (s *Service) EndSession(ctx context.Context, r api.EndSessionRequest) error
 	if r.ID != "" && !sessionIDRe.MatchString(r.ID) {
 		return api.Errorf(api.CodeBadRequest, "session ID %q: want s- and 12 hex digits", r.ID)
 	}
-	if l := s.unrecorded(r.ID); l != nil { // a server of this process only
-		l.stop()
-		return nil
-	}
-	if err := s.writable(); err != nil {
-		return err
-	}
 	rows, err := s.cat.Sessions(ctx)
 	if err != nil {
 		return err
 	}
 	for _, row := range rows {
 		if row.Session.ID == r.ID || (r.Dir != "" && row.Session.Kind == api.SessionMount && row.Session.Dir == filepath.Clean(r.Dir)) {
+			if err := s.writable(); err != nil {
+				return err
+			}
 			return s.undo(ctx, row)
 		}
+	}
+	if l := s.takeLive(r.ID); l != nil { // a server of this process, unrecorded
+		l.stop()
+		return nil
+	}
+	if err := s.writable(); err != nil {
+		return err
 	}
 	if r.Dir != "" {
 		// A mount recorded only in state_dir/mounts (made before the
@@ -442,10 +442,7 @@ func (s *Service) undo(ctx context.Context, row catalog.SessionRow) error {
 	sess := row.Session
 	var st sessionState
 	_ = json.Unmarshal(row.State, &st)
-	s.mu.Lock()
-	live := s.sessions[sess.ID]
-	delete(s.sessions, sess.ID)
-	s.mu.Unlock()
+	live := s.takeLive(sess.ID)
 	var err error
 	switch sess.Kind {
 	case api.SessionMount:
