@@ -10,6 +10,7 @@ import (
 
 	"github.com/virtkeep/virtkeep/hostd/api"
 	"github.com/virtkeep/virtkeep/hostd/catalog"
+	"github.com/virtkeep/virtkeep/hostd/jobs"
 	"github.com/virtkeep/virtkeep/hostd/virt"
 )
 
@@ -84,7 +85,7 @@ func (s *Service) Watch(ctx context.Context, id string, fn func(api.Job) error) 
 	}
 	if !j.State.Ended() {
 		err := s.jobs.Watch(ctx, id, 250*time.Millisecond, fn)
-		if api.CodeOf(coded(err)) != api.CodeNotFound {
+		if !errors.Is(err, jobs.ErrNotLive) {
 			return err
 		}
 		// It ended between the two looks.
@@ -114,19 +115,8 @@ func (s *Service) Log(ctx context.Context, id string, follow bool, fn func(api.L
 			}
 			seq = l.Seq
 		}
+		// Not live when looked at before the read: every line was in.
 		if !follow || changed == nil {
-			if follow {
-				// Ended: lines written as it ended are in now.
-				lines, err := s.cat.Logs(ctx, id, seq)
-				if err != nil {
-					return err
-				}
-				for _, l := range lines {
-					if err := fn(l); err != nil {
-						return err
-					}
-				}
-			}
 			return nil
 		}
 		select {

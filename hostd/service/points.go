@@ -152,8 +152,7 @@ func (s *Service) ReconcileAll(ctx context.Context) {
 
 // Point resolves a point.
 func (s *Service) Point(ctx context.Context, r api.PointRequest) (api.Point, error) {
-	p, err := s.resolve(ctx, r.Point, r.Target)
-	return p, err
+	return s.resolve(ctx, r.Point, r.Target)
 }
 
 // resolve finds spec: an ID, DOMAIN@latest, or DOMAIN@<RFC 3339 time> (the
