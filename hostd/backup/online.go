@@ -451,11 +451,8 @@ func (b *run) waitJobEnded() {
 // the next backup repairs the checkpoints. A domain without a job, or one
 // that is gone, needs nothing.
 func (e *Driver) EndStaleJob(ctx context.Context, uuid string) error {
-	dom, err := e.Conn.LookupDomainByUUIDString(uuid)
-	if errors.Is(err, libvirt.ERR_NO_DOMAIN) {
-		return nil
-	}
-	if err != nil {
+	dom, err := virt.LookupUUID(e.Conn, uuid)
+	if dom == nil {
 		return err
 	}
 	defer dom.Free()

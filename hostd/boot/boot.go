@@ -225,11 +225,8 @@ func (e *Booter) Migrate(ctx context.Context, b *Booted, dir string) error {
 // DestroyBooted stops a domain Boot started (it is transient: it is gone
 // then); a domain that no longer exists needs nothing.
 func (e *Booter) DestroyBooted(ctx context.Context, uuid string) error {
-	dom, err := e.Conn.LookupDomainByUUIDString(uuid)
-	if errors.Is(err, libvirt.ERR_NO_DOMAIN) {
-		return nil
-	}
-	if err != nil {
+	dom, err := virt.LookupUUID(e.Conn, uuid)
+	if dom == nil {
 		return err
 	}
 	defer dom.Free()

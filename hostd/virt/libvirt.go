@@ -24,6 +24,16 @@ func Lookup(conn *libvirt.Connect, name string) (*libvirt.Domain, error) {
 	return nil, fmt.Errorf("domain %q: %w", name, err)
 }
 
+// LookupUUID finds the domain with uuid: nil and no error when there is
+// none (it is gone: nothing to do for it).
+func LookupUUID(conn *libvirt.Connect, uuid string) (*libvirt.Domain, error) {
+	dom, err := conn.LookupDomainByUUIDString(uuid)
+	if errors.Is(err, libvirt.ERR_NO_DOMAIN) {
+		return nil, nil
+	}
+	return dom, err
+}
+
 // DomainID returns the name and UUID of the domain called name (or with
 // that UUID).
 func DomainID(conn *libvirt.Connect, name string) (string, string, error) {
