@@ -12,27 +12,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/virtkeep/virtkeep/hostd/fixture"
 	"github.com/virtkeep/virtkeep/hostd/mount"
 	"github.com/virtkeep/virtkeep/hostd/statedir"
 	"github.com/virtkeep/virtkeep/target"
-	"github.com/virtkeep/virtkeep/target/local"
 	"github.com/virtkeep/virtkeep/testenv"
 )
 
 // writePoint stores image as disk vda of a new point and returns its ID.
 func writePoint(t *testing.T, repoDir, image string) string {
 	ctx := context.Background()
-	b, err := local.Open(local.Config{Path: repoDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := target.Init(ctx, b, target.InitOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	r, err := target.Open(ctx, b, target.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := fixture.Repo(t, repoDir)
 	data, err := os.ReadFile(image)
 	if err != nil {
 		t.Fatal(err)

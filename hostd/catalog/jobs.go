@@ -131,12 +131,6 @@ func (c *DB) Logs(ctx context.Context, job string, after int64) ([]api.LogLine, 
 	return out, rows.Err()
 }
 
-// DeleteJobsEndedBefore forgets jobs (and their logs) that ended before t.
-func (c *DB) DeleteJobsEndedBefore(ctx context.Context, t time.Time) error {
-	_, err := c.db.ExecContext(ctx, "DELETE FROM jobs WHERE ended_ns != 0 AND ended_ns < ?", ns(t))
-	return err
-}
-
 // SessionRow is a recorded session: what the API shows, who holds it, and
 // what undoing it needs (State, opaque to the catalog).
 type SessionRow struct {

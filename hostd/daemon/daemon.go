@@ -101,8 +101,8 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Error("watchdog", "err", err)
 		}
 	}()
-	go watchFrozen(wctx, svc, log, cmp(cfg.ThawInterval, time.Second))
-	go every(wctx, cmp(cfg.ReconcileInterval, 10*time.Minute), func() { svc.ReconcileAll(wctx) })
+	go watchFrozen(wctx, svc, log, orDefault(cfg.ThawInterval, time.Second))
+	go every(wctx, orDefault(cfg.ReconcileInterval, 10*time.Minute), func() { svc.ReconcileAll(wctx) })
 	status := ""
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
@@ -130,7 +130,7 @@ func shutdown(svc *service.Service, srv *apiserver.Server, cfg Config, n systemd
 	running := svc.Running()
 	_ = n.Status("stopping: cancelling " + describe(running))
 	log.Info("virtkeepd stopping", "jobs", len(running))
-	sctx, cancel := context.WithTimeout(context.Background(), cmp(cfg.ShutdownTimeout, 90*time.Second))
+	sctx, cancel := context.WithTimeout(context.Background(), orDefault(cfg.ShutdownTimeout, 90*time.Second))
 	defer cancel()
 	left := svc.Shutdown(sctx)
 	hctx, hcancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -208,7 +208,7 @@ func every(ctx context.Context, d time.Duration, fn func()) {
 	}
 }
 
-func cmp(d, def time.Duration) time.Duration {
+func orDefault(d, def time.Duration) time.Duration {
 	if d <= 0 {
 		return def
 	}
