@@ -3,9 +3,11 @@ package target
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -21,6 +23,18 @@ type CheckOptions struct {
 	// takes them as stored, and the next one that reads their data
 	// stores them again, which heals every point that references them.
 	Quarantine bool
+	// Sample, with ReadData, reads only the chunks of part Part of Of
+	// (by their ID): verifying part (day mod Of) each day reads every
+	// chunk once in Of days. Zero Of reads all.
+	Sample Sample
+}
+
+// Sample is one part of Of.
+type Sample struct{ Part, Of int }
+
+// has reports whether chunk id is in the sample.
+func (s Sample) has(id ID) bool {
+	return s.Of <= 1 || int(binary.BigEndian.Uint32(id[:4])%uint32(s.Of)) == s.Part%s.Of
 }
 
 // Problem is one thing Check found wrong, with the points it affects.
@@ -28,6 +42,7 @@ type Problem struct {
 	Object string   `json:"object"`
 	Error  string   `json:"error"`
 	Points []string `json:"points"` // "ID (domain, time)"
+	IDs    []string `json:"ids"`    // the same points' IDs
 }
 
 // CheckReport is what Check found.
@@ -43,6 +58,16 @@ type CheckReport struct {
 	Quarantined []string `json:"quarantined,omitempty"`
 	// QuarantineError says why damaged chunks were left in place.
 	QuarantineError string `json:"quarantine_error,omitempty"`
+}
+
+// Damaged lists the IDs of the points a problem affects, sorted.
+func (c *CheckReport) Damaged() []string {
+	var out []string
+	for _, p := range c.Problems {
+		out = append(out, p.IDs...)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // OK reports whether nothing is damaged.
@@ -97,18 +122,17 @@ func pointLabel(id, domain string, t time.Time) string {
 func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 	rep := &CheckReport{}
 	problems := map[string]*Problem{}
-	add := func(object string, err error, point string) {
+	add := func(object string, err error, id, label string) {
 		p, ok := problems[object]
 		if !ok {
 			p = &Problem{Object: object, Error: err.Error()}
 			problems[object] = p
 		}
-		for _, q := range p.Points {
-			if q == point {
-				return
-			}
+		if slices.Contains(p.IDs, id) {
+			return
 		}
-		p.Points = append(p.Points, point)
+		p.IDs = append(p.IDs, id)
+		p.Points = append(p.Points, label)
 	}
 
 	// Journal entries and manifests.
@@ -131,7 +155,7 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 			err = jsonUnmarshal(plain, &je)
 		}
 		if err != nil {
-			add(fi.Key, err, id)
+			add(fi.Key, err, id, id)
 			return nil
 		}
 		journal[id] = je
@@ -154,7 +178,7 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 			if je, ok := journal[id]; ok {
 				label = pointLabel(id, je.Domain, je.Time)
 			}
-			add("points/"+id, err, label)
+			add("points/"+id, err, id, label)
 			continue
 		}
 		manifests = append(manifests, m)
@@ -164,7 +188,7 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 	}
 	for id, je := range journal {
 		if !have[id] {
-			add("points/"+id, errors.New("manifest missing"), pointLabel(id, je.Domain, je.Time))
+			add("points/"+id, errors.New("manifest missing"), id, pointLabel(id, je.Domain, je.Time))
 		}
 	}
 	rep.Points = len(ids)
@@ -177,13 +201,13 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 		for k, b := range m.Blobs {
 			id, _ := ParseID(b)
 			if _, err := r.getObject(ctx, typeBlob, id); err != nil {
-				add(objectKey(typeBlob, id), fmt.Errorf("blob %s: %w", k, err), label)
+				add(objectKey(typeBlob, id), fmt.Errorf("blob %s: %w", k, err), m.ID, label)
 			}
 		}
 		for _, d := range m.Disks {
 			rt, err := r.diskRoot(ctx, &d)
 			if err != nil {
-				add("index root of disk "+d.Name, err, label)
+				add("index root of disk "+d.Name, err, m.ID, label)
 				continue
 			}
 			for p, pid := range rt.pages {
@@ -202,7 +226,7 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 					}
 				}
 				if perr != nil {
-					add(objectKey(typePage, pid), perr, label)
+					add(objectKey(typePage, pid), perr, m.ID, label)
 				}
 			}
 		}
@@ -210,13 +234,8 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 	rep.Chunks = len(chunks)
 
 	// Chunks: existence from one listing, content on request.
-	stored := map[ID]int64{}
-	if err := r.b.List(ctx, "chunks/", func(fi ObjectInfo) error {
-		if id, err := ParseID(fi.Key[strings.LastIndex(fi.Key, "/")+1:]); err == nil {
-			stored[id] = fi.Size
-		}
-		return nil
-	}); err != nil {
+	stored, err := r.chunkSizes(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("check: list chunks: %w", err)
 	}
 	bad := map[ID]error{}
@@ -227,7 +246,7 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 			bad[id] = errors.New("chunk missing")
 		case size <= headerLen:
 			bad[id] = corrupt("chunk of %d bytes", size)
-		case o.ReadData:
+		case o.ReadData && o.Sample.has(id):
 			if _, err := r.getObject(ctx, typeChunk, id); err != nil {
 				bad[id] = err
 			}
@@ -253,7 +272,7 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 					}
 					for i, cid := range ids {
 						if e, ok := bad[cid]; ok {
-							add(objectKey(typeChunk, cid), fmt.Errorf("%w (disk %s, offset %d)", e, d.Name, (int64(p)*pageEntries+int64(i))*int64(r.cfg.ChunkSize)), label)
+							add(objectKey(typeChunk, cid), fmt.Errorf("%w (disk %s, offset %d)", e, d.Name, (int64(p)*pageEntries+int64(i))*int64(r.cfg.ChunkSize)), m.ID, label)
 						}
 					}
 				}
@@ -265,6 +284,7 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 	}
 	for _, p := range problems {
 		sort.Strings(p.Points)
+		sort.Strings(p.IDs)
 		rep.Problems = append(rep.Problems, *p)
 	}
 	sort.Slice(rep.Problems, func(i, j int) bool { return rep.Problems[i].Object < rep.Problems[j].Object })

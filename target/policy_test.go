@@ -312,3 +312,41 @@ func TestClonesDedup(t *testing.T) {
 		t.Fatalf("clone stored %+v, first VM %+v", s2, s1)
 	}
 }
+
+// TestRetentionKeepsChainBase: whatever the rules, the newest point of a
+// domain stays (the next incremental builds on it), and so does the full
+// under a newest differential.
+func TestRetentionKeepsChainBase(t *testing.T) {
+	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	old := now.Add(-72 * time.Hour)
+	full := &target.Manifest{ID: target.NewPointID(old.Add(-time.Hour)), Domain: "a", Time: old.Add(-time.Hour), Level: target.LevelFull}
+	diff := &target.Manifest{ID: target.NewPointID(old), Domain: "a", Time: old, Level: target.LevelDiff}
+	decs := target.Decide([]*target.Manifest{full, diff}, target.Retention{KeepWithin: time.Hour}, nil, now)
+	for _, d := range decs {
+		if !d.Keep || !strings.HasPrefix(d.Reasons[0], "chain base") {
+			t.Errorf("%s: keep %v %v: want kept as a chain base", d.ID, d.Keep, d.Reasons)
+		}
+	}
+}
+
+// TestCheckSample: the parts of a sample read every chunk once between them.
+func TestCheckSample(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t, mem.New(), nil)
+	c, _ := testenv.NewContent(8<<20, 5, testenv.Fill{Random: 1})
+	backup(t, r, c, target.LevelFull, "", nil)
+	read := 0
+	for part := 0; part < 3; part++ {
+		rep, err := r.Check(ctx, target.CheckOptions{ReadData: true, Sample: target.Sample{Part: part, Of: 3}})
+		if err != nil || !rep.OK() {
+			t.Fatal(rep, err)
+		}
+		if rep.ChunksRead == 0 || rep.ChunksRead == rep.Chunks {
+			t.Errorf("part %d read %d of %d chunks", part, rep.ChunksRead, rep.Chunks)
+		}
+		read += rep.ChunksRead
+		if part == 2 && read != rep.Chunks {
+			t.Errorf("three parts read %d chunks of %d", read, rep.Chunks)
+		}
+	}
+}

@@ -79,7 +79,8 @@ func (r *Repository) deletePoint(ctx context.Context, id string) error {
 }
 
 // Retention says which points to keep, per domain. A point is kept if any
-// rule keeps it; protected points are always kept.
+// rule keeps it; protected points are always kept, and so are those the
+// next backup of the domain builds on (see chainBases).
 type Retention struct {
 	KeepLast    int           `json:"keep_last,omitempty"`
 	KeepHourly  int           `json:"keep_hourly,omitempty"`
@@ -134,11 +135,15 @@ func Decide(points []*Manifest, p Retention, protected map[string]bool, now time
 			{name: "monthly", n: p.KeepMonthly, key: func(t time.Time) string { return t.Format("2006-01") }},
 			{name: "yearly", n: p.KeepYearly, key: func(t time.Time) string { return t.Format("2006") }},
 		}
+		base := chainBases(ms)
 		for i, m := range ms {
 			t := m.Time.UTC()
 			dec := Decision{ID: m.ID, Domain: m.Domain, Time: m.Time}
 			if protected[m.ID] {
 				dec.Reasons = append(dec.Reasons, "protected")
+			}
+			if r := base[m.ID]; r != "" {
+				dec.Reasons = append(dec.Reasons, r)
 			}
 			if i < p.KeepLast {
 				dec.Reasons = append(dec.Reasons, "last")
@@ -157,6 +162,27 @@ func Decide(points []*Manifest, p Retention, protected map[string]bool, now time
 			}
 			dec.Keep = len(dec.Reasons) > 0
 			out = append(out, dec)
+		}
+	}
+	return out
+}
+
+// chainBases names the points of one domain (newest first) that the next
+// backup builds on, whatever the rules say: the newest (an incremental's
+// base) and, when that is a differential, the full it is based on.
+// Removing them would make the next backup read every disk in full.
+func chainBases(ms []*Manifest) map[string]string {
+	out := map[string]string{}
+	if len(ms) == 0 {
+		return out
+	}
+	out[ms[0].ID] = "chain base"
+	if ms[0].Level == LevelDiff {
+		for _, m := range ms {
+			if m.Level == LevelFull {
+				out[m.ID] = "chain base (differential)"
+				break
+			}
 		}
 	}
 	return out

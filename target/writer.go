@@ -17,9 +17,12 @@ type PointSpec struct {
 	FreezeMS           int64
 	Parent             string    // point this one is incremental to, if any
 	Time               time.Time // default now
-	DomainXML          string
-	DomainXMLInactive  string
-	Tags               map[string]string
+	// ID and Host, when set, are the point's identity elsewhere: a copy
+	// from another repository keeps them. Default: a new ID, this host.
+	ID, Host          string
+	DomainXML         string
+	DomainXMLInactive string
+	Tags              map[string]string
 }
 
 // DiskSpec describes a disk of a point.
@@ -81,16 +84,24 @@ func (r *Repository) NewPoint(ctx context.Context, s PointSpec) (*PointWriter, e
 	if s.Time.IsZero() {
 		s.Time = r.now()
 	}
+	if s.ID == "" {
+		s.ID = NewPointID(s.Time)
+	} else if err := checkPointID(s.ID); err != nil {
+		return nil, fmt.Errorf("new point: %w", err)
+	}
+	host := r.owner.Host
+	if s.Host != "" {
+		host = s.Host
+	}
 	lock, err := r.Lock(ctx, false)
 	if err != nil {
 		return nil, fmt.Errorf("new point: %w", err)
 	}
-	host := r.owner.Host
 	pw := &PointWriter{
 		r:    r,
 		lock: lock,
 		jobs: make(chan job, 2*r.worker),
-		m: Manifest{Version: FormatVersion, ID: NewPointID(s.Time), Domain: s.Domain, DomainUUID: s.DomainUUID,
+		m: Manifest{Version: FormatVersion, ID: s.ID, Domain: s.Domain, DomainUUID: s.DomainUUID,
 			Host: host, Time: s.Time.UTC(), Level: s.Level, Consistency: s.Consistency, FreezeMS: s.FreezeMS,
 			Parent: s.Parent, DomainXML: s.DomainXML, DomainXMLInactive: s.DomainXMLInactive, Tags: s.Tags},
 	}
@@ -399,6 +410,23 @@ func (dw *DiskWriter) WriteChunk(ctx context.Context, idx int64, data []byte) er
 		return ctx.Err()
 	}
 	dw.pw.sendMu.RUnlock()
+	return dw.sealBefore(idx / pageEntries)
+}
+
+// Stored records chunk idx as the chunk object id, which the caller knows
+// to be stored already (a copy between repositories that share IDs).
+func (dw *DiskWriter) Stored(ctx context.Context, idx int64, id ID) error {
+	if err := dw.advance(ctx, idx); err != nil {
+		return err
+	}
+	if idx >= dw.rt.chunks() {
+		return fmt.Errorf("disk %s: chunk %d past the end (%d)", dw.spec.Name, idx, dw.rt.chunks())
+	}
+	dw.mu.Lock()
+	dw.stats.ChunksDedup++
+	dw.mu.Unlock()
+	dw.next = idx + 1
+	dw.set(idx, id)
 	return dw.sealBefore(idx / pageEntries)
 }
 

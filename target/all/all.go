@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"time"
 
 	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/target/limit"
 	"github.com/virtkeep/virtkeep/target/local"
 	"github.com/virtkeep/virtkeep/target/s3"
 	"github.com/virtkeep/virtkeep/target/sftp"
@@ -25,6 +27,11 @@ type Config struct {
 	// repository when the file does not exist yet.
 	KeyFile    string
 	Passphrase []byte // for a passphrase-protected key file
+	// Limit, if set, is the target's bandwidth and request budget, shared
+	// by every repository opened with it.
+	Limit *limit.Shared
+	// Now is the repositories' clock (default time.Now).
+	Now func() time.Time
 }
 
 // Open opens the target's repository. With create set, an empty location
@@ -59,6 +66,7 @@ func Open(ctx context.Context, cfg Config, create bool, log *slog.Logger) (*targ
 	default:
 		return nil, fmt.Errorf("target %s: kind %q is not supported (local, sftp, s3)", cfg.Name, cfg.Kind)
 	}
+	b = cfg.Limit.Wrap(b)
 	r, err := open(ctx, b, cfg, create, log)
 	if err != nil {
 		b.Close()
@@ -87,7 +95,7 @@ func open(ctx context.Context, b target.Backend, cfg Config, create bool, log *s
 		}
 		key = &k
 	}
-	r, err := target.Open(ctx, b, target.OpenOptions{Key: key, Compression: cfg.Compression, Logger: log})
+	r, err := target.Open(ctx, b, target.OpenOptions{Key: key, Compression: cfg.Compression, Logger: log, Now: cfg.Now})
 	if errors.Is(err, target.ErrNotRepository) && create {
 		if err := target.Init(ctx, b, target.InitOptions{Compression: cfg.Compression, Key: key}); err != nil {
 			return nil, fmt.Errorf("target %s: %w", cfg.Name, err)
@@ -95,7 +103,7 @@ func open(ctx context.Context, b target.Backend, cfg Config, create bool, log *s
 		if log != nil {
 			log.Info("initialised a new repository", "target", cfg.Name, "location", b.Properties().Name)
 		}
-		r, err = target.Open(ctx, b, target.OpenOptions{Key: key, Compression: cfg.Compression, Logger: log})
+		r, err = target.Open(ctx, b, target.OpenOptions{Key: key, Compression: cfg.Compression, Logger: log, Now: cfg.Now})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("target %s: %w", cfg.Name, err)

@@ -1,0 +1,220 @@
+package target
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+)
+
+// CopyOptions tune Copy.
+type CopyOptions struct {
+	// Progress, if set, is told after each chunk how many bytes of a disk
+	// have been handled.
+	Progress func(disk string, done, total int64)
+}
+
+// CopyStats says what a copy moved.
+type CopyStats struct {
+	Chunks      int64 `json:"chunks"`       // chunks the point references
+	ChunksRead  int64 `json:"chunks_read"`  // read from the source
+	ChunksNew   int64 `json:"chunks_new"`   // stored in the destination
+	BytesStored int64 `json:"bytes_stored"` // bytes of new objects in the destination
+	// Existed is set when the destination already held the point.
+	Existed bool `json:"existed"`
+}
+
+// ErrChunkSize is wrapped by Copy's error when the two repositories cut
+// disks into chunks of different sizes.
+var ErrChunkSize = errors.New("repositories have different chunk sizes")
+
+// Copy copies point id from src to dst, keeping its identity: ID, time,
+// host, domain, level, parent and checkpoints. Only what dst lacks is
+// stored: when both repositories name objects alike (neither is
+// encrypted), chunks dst holds are not even read from src; otherwise every
+// chunk is read, decrypted and sealed for dst, and stored only if dst does
+// not hold it. An interrupted copy leaves its stored chunks in dst (GC
+// spares them for its grace period), so running it again moves only the
+// rest. The copied point is checked in dst before Copy returns: every
+// index page loads and every chunk it names is listed there.
+func Copy(ctx context.Context, src, dst *Repository, id string, o CopyOptions) (*Manifest, CopyStats, error) {
+	var st CopyStats
+	if src.cfg.ChunkSize != dst.cfg.ChunkSize {
+		return nil, st, fmt.Errorf("copy %s: %w (%d and %d bytes)", id, ErrChunkSize, src.cfg.ChunkSize, dst.cfg.ChunkSize)
+	}
+	if m, err := dst.Point(ctx, id); err == nil {
+		st.Existed = true
+		return m, st, nil
+	} else if !errors.Is(err, ErrNoPoint) && !errors.Is(err, ErrNotFound) {
+		return nil, st, fmt.Errorf("copy %s: destination: %w", id, err)
+	}
+	// The source's points stay whole while we read them: no prune or GC.
+	lock, err := src.Lock(ctx, false)
+	if err != nil {
+		return nil, st, fmt.Errorf("copy %s: source: %w", id, err)
+	}
+	defer lock.Unlock(context.WithoutCancel(ctx))
+	m, err := src.Point(ctx, id)
+	if err != nil {
+		return nil, st, fmt.Errorf("copy %s: %w", id, err)
+	}
+	have, err := dst.chunkSet(ctx)
+	if err != nil {
+		return nil, st, fmt.Errorf("copy %s: destination: %w", id, err)
+	}
+	pw, err := dst.NewPoint(ctx, PointSpec{ID: m.ID, Host: m.Host, Time: m.Time, Domain: m.Domain, DomainUUID: m.DomainUUID,
+		Level: m.Level, Consistency: m.Consistency, FreezeMS: m.FreezeMS, Parent: m.Parent,
+		DomainXML: m.DomainXML, DomainXMLInactive: m.DomainXMLInactive, Tags: m.Tags})
+	if err != nil {
+		return nil, st, fmt.Errorf("copy %s: %w", id, err)
+	}
+	if err := copyContent(ctx, src, pw, m, have, o, &st); err != nil {
+		pw.Abort(context.WithoutCancel(ctx))
+		return nil, st, fmt.Errorf("copy %s: %w", id, err)
+	}
+	out, err := pw.Commit(ctx)
+	if err != nil {
+		return nil, st, fmt.Errorf("copy %s: %w", id, err)
+	}
+	if err := dst.checkPoint(ctx, out); err != nil {
+		return out, st, fmt.Errorf("copy %s: the copy does not check out in the destination: %w", id, err)
+	}
+	return out, st, nil
+}
+
+// chunkSet lists the chunks r holds (any that could be whole).
+func (r *Repository) chunkSet(ctx context.Context) (map[ID]bool, error) {
+	sizes, err := r.chunkSizes(ctx)
+	have := map[ID]bool{}
+	for id, n := range sizes {
+		have[id] = n > headerLen
+	}
+	return have, err
+}
+
+// chunkSizes lists the chunks r holds and their sizes, with one listing.
+func (r *Repository) chunkSizes(ctx context.Context) (map[ID]int64, error) {
+	out := map[ID]int64{}
+	err := r.b.List(ctx, "chunks/", func(fi ObjectInfo) error {
+		if id, err := ParseID(fi.Key[strings.LastIndex(fi.Key, "/")+1:]); err == nil {
+			out[id] = fi.Size
+		}
+		return nil
+	})
+	return out, err
+}
+
+// sameIDs reports whether r and o name every object alike.
+func (r *Repository) sameIDs(o *Repository) bool {
+	return r.codec.idKey == nil && o.codec.idKey == nil
+}
+
+func copyContent(ctx context.Context, src *Repository, pw *PointWriter, m *Manifest, have map[ID]bool, o CopyOptions, st *CopyStats) error {
+	for _, name := range slices.Sorted(maps.Keys(m.Blobs)) {
+		b, err := src.Blob(ctx, m.Blobs[name])
+		if err != nil {
+			return fmt.Errorf("blob %s: %w", name, err)
+		}
+		if err := pw.AddBlob(ctx, name, b); err != nil {
+			return err
+		}
+	}
+	for i := range m.Disks {
+		if err := copyDisk(ctx, src, pw, &m.Disks[i], have, o, st); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func copyDisk(ctx context.Context, src *Repository, pw *PointWriter, d *DiskManifest, have map[ID]bool, o CopyOptions, st *CopyStats) error {
+	rt, err := src.diskRoot(ctx, d)
+	if err != nil {
+		return fmt.Errorf("disk %s: %w", d.Name, err)
+	}
+	dw, err := pw.AddDisk(ctx, DiskSpec{Name: d.Name, Format: d.Format, VirtualSize: d.VirtualSize, Checkpoint: d.Checkpoint,
+		ParentCheckpoint: d.ParentCheckpoint, FormatDetails: d.FormatDetails})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		s := dw.Stats()
+		st.ChunksNew += s.ChunksNew
+		st.BytesStored += s.BytesStored
+	}()
+	same := src.sameIDs(pw.r)
+	cs := int64(rt.chunkSize)
+	for p, pid := range rt.pages {
+		if pid.IsZero() {
+			continue
+		}
+		ids, err := src.loadPage(ctx, rt, int64(p))
+		if err != nil {
+			return fmt.Errorf("disk %s: index page %d: %w", d.Name, p, err)
+		}
+		for i, cid := range ids {
+			idx := int64(p)*pageEntries + int64(i)
+			if cid.IsZero() {
+				continue
+			}
+			st.Chunks++
+			if err := copyChunk(ctx, src, dw, idx, cid, same && have[cid], st); err != nil {
+				return fmt.Errorf("disk %s: chunk %d: %w", d.Name, idx, err)
+			}
+			if o.Progress != nil {
+				o.Progress(d.Name, min((idx+1)*cs, rt.size), rt.size)
+			}
+		}
+	}
+	return dw.Close(ctx)
+}
+
+func copyChunk(ctx context.Context, src *Repository, dw *DiskWriter, idx int64, cid ID, stored bool, st *CopyStats) error {
+	if stored {
+		return dw.Stored(ctx, idx, cid)
+	}
+	plain, err := src.getObject(ctx, typeChunk, cid)
+	if err != nil {
+		return err
+	}
+	st.ChunksRead++
+	return dw.WriteChunk(ctx, idx, plain)
+}
+
+// checkPoint checks point m in r on its own: its blobs and index load,
+// and every chunk it references is listed.
+func (r *Repository) checkPoint(ctx context.Context, m *Manifest) error {
+	have, err := r.chunkSet(ctx)
+	if err != nil {
+		return err
+	}
+	for name, b := range m.Blobs {
+		if _, err := r.Blob(ctx, b); err != nil {
+			return fmt.Errorf("blob %s: %w", name, err)
+		}
+	}
+	for i := range m.Disks {
+		d := &m.Disks[i]
+		rt, err := r.diskRoot(ctx, d)
+		if err != nil {
+			return fmt.Errorf("disk %s: %w", d.Name, err)
+		}
+		for p, pid := range rt.pages {
+			if pid.IsZero() {
+				continue
+			}
+			ids, err := r.loadPage(ctx, rt, int64(p))
+			if err != nil {
+				return fmt.Errorf("disk %s: index page %d: %w", d.Name, p, err)
+			}
+			for _, c := range ids {
+				if !c.IsZero() && !have[c] {
+					return fmt.Errorf("disk %s: chunk %s missing", d.Name, c)
+				}
+			}
+		}
+	}
+	return nil
+}

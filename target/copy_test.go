@@ -1,0 +1,94 @@
+package target_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/target/faulty"
+	"github.com/virtkeep/virtkeep/target/mem"
+	"github.com/virtkeep/virtkeep/testenv"
+)
+
+// TestCopy copies a chain between repositories of every kind of pair: the
+// copies keep their identity, restore byte-exact, and a second point that
+// differs little moves little.
+func TestCopy(t *testing.T) {
+	k1, _ := target.NewKey()
+	k2, _ := target.NewKey()
+	for _, tc := range []struct {
+		name     string
+		src, dst *target.Key
+	}{{"plain-plain", nil, nil}, {"plain-encrypted", nil, &k1}, {"encrypted-plain", &k1, nil}, {"encrypted-encrypted", &k1, &k2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			src, dst := newRepo(t, mem.New(), tc.src), newRepo(t, mem.New(), tc.dst)
+			c, _ := testenv.NewContent(16<<20, 7, testenv.Fill{Random: 0.5, Zero: 0.2, Hole: 0.3})
+			full, _ := backup(t, src, c, target.LevelFull, "", nil)
+			w := testenv.Write{Off: 1 << 20, Len: 256 << 10, Pattern: 9}
+			_ = c.Record(w)
+			inc, _ := backup(t, src, c, target.LevelInc, full.ID, overlaps([]testenv.Write{w}))
+
+			m, st1, err := target.Copy(ctx, src, dst, full.ID, target.CopyOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.ID != full.ID || !m.Time.Equal(full.Time) || m.Host != full.Host || m.Level != full.Level || m.DomainUUID != full.DomainUUID {
+				t.Fatalf("copy lost the point's identity: %+v, want %+v", m, full)
+			}
+			m2, st2, err := target.Copy(ctx, src, dst, inc.ID, target.CopyOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m2.Parent != full.ID || m2.Level != target.LevelInc {
+				t.Fatalf("incremental copied as %s with parent %q", m2.Level, m2.Parent)
+			}
+			if st2.ChunksNew == 0 || st2.ChunksNew*8 > st1.ChunksNew {
+				t.Errorf("second copy stored %d chunks, the first %d: want a few", st2.ChunksNew, st1.ChunksNew)
+			}
+			if tc.src == nil && tc.dst == nil && st2.ChunksRead != st2.ChunksNew {
+				t.Errorf("plain to plain read %d chunks to store %d: chunks the destination holds are not read", st2.ChunksRead, st2.ChunksNew)
+			}
+			restoreEquals(t, dst, inc.ID, c)
+			if _, st, err := target.Copy(ctx, src, dst, inc.ID, target.CopyOptions{}); err != nil || !st.Existed {
+				t.Fatalf("copy again: %+v, %v: want it found in place", st, err)
+			}
+			rep, err := dst.Check(ctx, target.CheckOptions{ReadData: true})
+			if err != nil || !rep.OK() {
+				t.Fatalf("destination check: %v %v", rep, err)
+			}
+		})
+	}
+}
+
+// TestCopyResumes interrupts a copy half way through: nothing of the
+// point is visible, and the second attempt stores only the rest.
+func TestCopyResumes(t *testing.T) {
+	k, _ := target.NewKey()
+	for _, key := range []*target.Key{nil, &k} {
+		ctx := context.Background()
+		src := newRepo(t, mem.New(), nil)
+		fb := faulty.Wrap(mem.New())
+		dst := newRepo(t, fb, key)
+		c, _ := testenv.NewContent(32<<20, 3, testenv.Fill{Random: 1})
+		full, _ := backup(t, src, c, target.LevelFull, "", nil)
+		fb.FailPutAfter(12, "chunks/")
+		_, st1, err := target.Copy(ctx, src, dst, full.ID, target.CopyOptions{})
+		if !errors.Is(err, faulty.ErrInjected) {
+			t.Fatalf("interrupted copy: %v", err)
+		}
+		if _, err := dst.Point(ctx, full.ID); !errors.Is(err, target.ErrNoPoint) {
+			t.Fatalf("half a copy is visible: %v", err)
+		}
+		fb.FailPutAfter(-1, "")
+		_, st2, err := target.Copy(ctx, src, dst, full.ID, target.CopyOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st1.ChunksNew < 8 || st1.ChunksNew+st2.ChunksNew != st2.Chunks {
+			t.Errorf("resumed copy stored %d of %d chunks after %d: want only the rest", st2.ChunksNew, st2.Chunks, st1.ChunksNew)
+		}
+		restoreEquals(t, dst, full.ID, c)
+	}
+}
