@@ -70,6 +70,9 @@ type Point struct {
 	Checkpoint  string      `json:"checkpoint"`
 	Parent      string      `json:"parent"`
 	Disks       []PointDisk `json:"disks"`
+	// Damaged is what verification found wrong with the point (empty: no
+	// damage found). A damaged point is never the base of an incremental.
+	Damaged string `json:"damaged,omitempty"`
 }
 
 // PointDisk is one disk of a point.
@@ -193,6 +196,10 @@ type Job struct {
 	ErrorCode Code `json:"error_code,omitempty"`
 	// Attempts counts the runs of a job retried after a transient error.
 	Attempts int `json:"attempts,omitempty"`
+	// Policy is the policy a job runs for; Parent the policy run that
+	// started it.
+	Policy string `json:"policy,omitempty"`
+	Parent string `json:"parent,omitempty"`
 }
 
 // Progress of a job: bytes done of total, the rate over the last seconds,

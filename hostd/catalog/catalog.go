@@ -92,6 +92,22 @@ var migrations = []string{
 		session TEXT NOT NULL,
 		state TEXT NOT NULL
 	);`,
+	// 2: points verification found damaged (kept across rebuilds), the
+	// scheduler's last runs, and jobs' policy and parent.
+	`CREATE TABLE damaged (
+		target TEXT NOT NULL,
+		point TEXT NOT NULL,
+		found_ns INTEGER NOT NULL,
+		problem TEXT NOT NULL,
+		PRIMARY KEY (target, point)
+	);
+	CREATE TABLE schedule (
+		entry TEXT PRIMARY KEY,
+		last_ns INTEGER NOT NULL
+	);
+	ALTER TABLE jobs ADD COLUMN policy TEXT NOT NULL DEFAULT '';
+	ALTER TABLE jobs ADD COLUMN parent TEXT NOT NULL DEFAULT '';
+	CREATE INDEX jobs_policy ON jobs(policy, created_ns);`,
 }
 
 // DB is an open catalog.

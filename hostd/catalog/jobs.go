@@ -21,11 +21,11 @@ func (c *DB) SaveJob(ctx context.Context, j api.Job, holder int, request []byte)
 	if request == nil {
 		request = []byte("{}")
 	}
-	_, err = c.db.ExecContext(ctx, `INSERT INTO jobs(id, kind, domain, target, state, created_ns, started_ns, ended_ns, holder_pid, request, job)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	_, err = c.db.ExecContext(ctx, `INSERT INTO jobs(id, kind, domain, target, state, created_ns, started_ns, ended_ns, holder_pid, request, job, policy, parent)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT(id) DO UPDATE SET state = excluded.state, started_ns = excluded.started_ns, ended_ns = excluded.ended_ns,
 			holder_pid = excluded.holder_pid, job = excluded.job`,
-		j.ID, j.Kind, j.Domain, j.Target, string(j.State), ns(j.Created), ns(j.Started), ns(j.Ended), holder, string(request), string(b))
+		j.ID, j.Kind, j.Domain, j.Target, string(j.State), ns(j.Created), ns(j.Started), ns(j.Ended), holder, string(request), string(b), j.Policy, j.Parent)
 	return err
 }
 
@@ -44,16 +44,17 @@ func (c *DB) Job(ctx context.Context, id string) (api.Job, error) {
 }
 
 // JobQuery selects jobs: those not ended and those ended after EndedAfter
-// (zero: every job), of Domain (if set).
+// (zero: every job), of Domain and Policy (if set).
 type JobQuery struct {
 	EndedAfter time.Time
 	Domain     string
+	Policy     string
 }
 
 // Jobs returns the jobs q selects, oldest first.
 func (c *DB) Jobs(ctx context.Context, q JobQuery) ([]api.Job, error) {
-	rows, err := c.db.QueryContext(ctx, `SELECT job FROM jobs WHERE (ended_ns = 0 OR ended_ns > ?) AND (? = '' OR domain = ?) ORDER BY created_ns, id`,
-		ns(q.EndedAfter), q.Domain, q.Domain)
+	rows, err := c.db.QueryContext(ctx, `SELECT job FROM jobs WHERE (ended_ns = 0 OR ended_ns > ?) AND (? = '' OR domain = ?) AND (? = '' OR policy = ?)
+		ORDER BY created_ns, id`, ns(q.EndedAfter), q.Domain, q.Domain, q.Policy, q.Policy)
 	if err != nil {
 		return nil, err
 	}
@@ -71,6 +72,19 @@ func (c *DB) Jobs(ctx context.Context, q JobQuery) ([]api.Job, error) {
 		out = append(out, j)
 	}
 	return out, rows.Err()
+}
+
+// LastJob returns the newest job of policy of kind, or ErrNotFound.
+func (c *DB) LastJob(ctx context.Context, policy, kind string) (api.Job, error) {
+	var id string
+	err := c.db.QueryRowContext(ctx, "SELECT id FROM jobs WHERE policy = ? AND kind = ? ORDER BY created_ns DESC, id DESC LIMIT 1", policy, kind).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return api.Job{}, fmt.Errorf("policy %s: %w", policy, ErrNotFound)
+	}
+	if err != nil {
+		return api.Job{}, err
+	}
+	return c.Job(ctx, id)
 }
 
 // Unfinished is a job recorded as queued or running, and who held it.

@@ -154,9 +154,10 @@ func (c *DB) Points(ctx context.Context, q Query) ([]api.Point, error) {
 		sel += " ORDER BY p.time_ns DESC LIMIT 1"
 	}
 	rows, err := c.db.QueryContext(ctx, `SELECT p.target, p.id, p.domain_uuid, p.domain, p.time_ns, p.level, p.consistency, p.freeze_ms, p.checkpoint, p.parent,
-			d.name, d.format, d.virtual_size, d.bytes_read, d.bytes_stored, d.checkpoint
+			d.name, d.format, d.virtual_size, d.bytes_read, d.bytes_stored, d.checkpoint, coalesce(x.problem, '')
 		FROM points p JOIN (`+sel+`) s ON s.target = p.target AND s.id = p.id
 		LEFT JOIN point_disks d ON d.target = p.target AND d.point = p.id
+		LEFT JOIN damaged x ON x.target = p.target AND x.point = p.id
 		ORDER BY p.time_ns, p.target, p.id, d.seq`, args...)
 	if err != nil {
 		return nil, err
@@ -169,7 +170,7 @@ func (c *DB) Points(ctx context.Context, q Query) ([]api.Point, error) {
 		var dn, df, dc sql.NullString
 		var dv, dr, ds sql.NullInt64
 		if err := rows.Scan(&p.Target, &p.ID, &p.DomainUUID, &p.Domain, &t, &p.Level, &p.Consistency, &p.FreezeMS, &p.Checkpoint, &p.Parent,
-			&dn, &df, &dv, &dr, &ds, &dc); err != nil {
+			&dn, &df, &dv, &dr, &ds, &dc, &p.Damaged); err != nil {
 			return nil, err
 		}
 		p.Time = fromNS(t)

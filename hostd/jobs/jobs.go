@@ -41,6 +41,11 @@ type Config struct {
 	MaxPerTarget int          // running at once per target (default 1)
 	// Backoff is the wait before the first retry; it doubles (default 5 s).
 	Backoff time.Duration
+	// TargetLimits overrides MaxPerTarget for the targets it names.
+	TargetLimits map[string]int
+	// Ended, if set, is told of every job that ended, in its final state,
+	// on the job's goroutine (it must not block).
+	Ended func(api.Job)
 }
 
 // Spec is a job to run.
@@ -59,6 +64,11 @@ type Spec struct {
 	Attempts int
 	// Code classifies a failure for the job's ErrorCode.
 	Code func(error) api.Code
+	// Unlimited jobs start at once and do not count against the limits:
+	// a policy run, which only submits and waits for jobs of its own.
+	Unlimited bool
+	// Policy and Parent are shown (api.Job).
+	Policy, Parent string
 }
 
 // Manager runs jobs.
@@ -71,7 +81,13 @@ type Manager struct {
 	wg      sync.WaitGroup
 	running int
 	perTgt  map[string]int
+	// recent are the last jobs that ended, for Wait.
+	recent      map[string]*Handle
+	recentOrder []string
 }
+
+// recentKept is how many ended jobs Wait still finds.
+const recentKept = 1024
 
 type job struct {
 	spec   Spec
@@ -96,7 +112,7 @@ func New(cfg Config) *Manager {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{cfg: cfg, live: map[string]*job{}, perTgt: map[string]int{}}
+	return &Manager{cfg: cfg, live: map[string]*job{}, perTgt: map[string]int{}, recent: map[string]*Handle{}}
 }
 
 func newID(now time.Time) string {
@@ -128,7 +144,8 @@ func (m *Manager) Submit(s Spec) (api.Job, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	j := &job{spec: s, cancel: cancel, ctx: ctx}
 	j.h = &Handle{m: m, changed: make(chan struct{}), ended: make(chan struct{}), request: req,
-		job: api.Job{ID: newID(now), Kind: s.Kind, Domain: s.Domain, Target: s.Target, State: api.Queued, Created: now}}
+		job: api.Job{ID: newID(now), Kind: s.Kind, Domain: s.Domain, Target: s.Target, State: api.Queued, Created: now,
+			Policy: s.Policy, Parent: s.Parent}}
 	j.h.log = slog.New(&logHandler{h: j.h})
 	m.live[j.h.job.ID] = j
 	m.order = append(m.order, j)
@@ -146,17 +163,26 @@ func (m *Manager) dispatchLocked() {
 		if j.ctx.Err() != nil { // cancelled while queued
 			continue
 		}
-		if m.running >= m.cfg.MaxJobs || (j.spec.Target != "" && m.perTgt[j.spec.Target] >= m.cfg.MaxPerTarget) {
+		if !j.spec.Unlimited && (m.running >= m.cfg.MaxJobs || (j.spec.Target != "" && m.perTgt[j.spec.Target] >= m.perTarget(j.spec.Target))) {
 			rest = append(rest, j)
 			continue
 		}
 		j.dispatched = true
-		m.running++
-		m.perTgt[j.spec.Target]++
+		if !j.spec.Unlimited {
+			m.running++
+			m.perTgt[j.spec.Target]++
+		}
 		m.wg.Add(1)
 		go m.run(j)
 	}
 	m.order = rest
+}
+
+func (m *Manager) perTarget(name string) int {
+	if n, ok := m.cfg.TargetLimits[name]; ok && n > 0 {
+		return n
+	}
+	return m.cfg.MaxPerTarget
 }
 
 func (m *Manager) run(j *job) {
@@ -222,12 +248,49 @@ func (m *Manager) finish(j *job, res *api.JobResult, err error) {
 	m.cfg.Log.Info("job ended", "job", h.ID(), "kind", j.spec.Kind, "domain", j.spec.Domain, "state", state, "err", msg)
 	m.mu.Lock()
 	delete(m.live, h.ID())
-	m.running--
-	m.perTgt[j.spec.Target]--
+	if !j.spec.Unlimited {
+		m.running--
+		m.perTgt[j.spec.Target]--
+	}
+	m.keepRecentLocked(h)
 	m.dispatchLocked()
 	m.mu.Unlock()
 	j.cancel()
 	h.end()
+	if m.cfg.Ended != nil {
+		m.cfg.Ended(h.snapshot())
+	}
+}
+
+func (m *Manager) keepRecentLocked(h *Handle) {
+	m.recent[h.ID()] = h
+	m.recentOrder = append(m.recentOrder, h.ID())
+	if len(m.recentOrder) > recentKept {
+		delete(m.recent, m.recentOrder[0])
+		m.recentOrder = m.recentOrder[1:]
+	}
+}
+
+// Wait waits until job id (live, or among the last that ended) has ended
+// and returns its final state.
+func (m *Manager) Wait(ctx context.Context, id string) (api.Job, error) {
+	m.mu.Lock()
+	var h *Handle
+	if j, ok := m.live[id]; ok {
+		h = j.h
+	} else {
+		h = m.recent[id]
+	}
+	m.mu.Unlock()
+	if h == nil {
+		return api.Job{}, fmt.Errorf("job %s: %w", id, ErrNotLive)
+	}
+	select {
+	case <-h.ended:
+		return h.snapshot(), nil
+	case <-ctx.Done():
+		return h.snapshot(), ctx.Err()
+	}
 }
 
 // Get returns a live (queued or running) job.
@@ -274,7 +337,13 @@ func (m *Manager) Cancel(id string) (api.Job, error) {
 		j.h.update(func(a *api.Job) {
 			a.State, a.Ended, a.Error, a.ErrorCode = api.Cancelled, time.Now().UTC(), "cancelled before it started", api.CodeCancelled
 		}, true)
+		m.mu.Lock()
+		m.keepRecentLocked(j.h)
+		m.mu.Unlock()
 		j.h.end()
+		if m.cfg.Ended != nil {
+			m.cfg.Ended(j.h.snapshot())
+		}
 	}
 	return j.h.snapshot(), nil
 }

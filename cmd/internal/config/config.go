@@ -21,6 +21,7 @@ import (
 
 	"github.com/spf13/viper"
 
+	"github.com/virtkeep/virtkeep/hostd/policy"
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/all"
 	"github.com/virtkeep/virtkeep/target/s3"
@@ -64,6 +65,14 @@ type Config struct {
 	// ReconcileInterval is how often the daemon compares the catalog with
 	// each target (points added or removed by another host).
 	ReconcileInterval time.Duration `mapstructure:"reconcile_interval"`
+	// TimeZone is the zone of the targets' gc and verify schedules and
+	// the default of the policies' (default: the host's).
+	TimeZone string         `mapstructure:"time_zone"`
+	Policies []PolicyConfig `mapstructure:"policies"`
+	Notify   NotifyConfig   `mapstructure:"notify"`
+	Metrics  MetricsConfig  `mapstructure:"metrics"`
+
+	policies []*policy.Policy
 
 	// Path is the file read; ZeroConfig is set when there was none and the
 	// defaults are used.
@@ -101,8 +110,18 @@ type TargetConfig struct {
 	CAFile        string `mapstructure:"ca_file"`
 	PathStyle     bool   `mapstructure:"path_style"`
 
+	// upkeep, any kind
+	GC             string `mapstructure:"gc"`               // cron (default weekly)
+	Verify         string `mapstructure:"verify"`           // cron (default none)
+	VerifyReadData string `mapstructure:"verify_read_data"` // none, all, sample
+	VerifySample   int    `mapstructure:"verify_sample"`    // days a sample covers everything in
+	Bandwidth      string `mapstructure:"bandwidth"`        // bytes per second: 50MiB
+	Requests       int    `mapstructure:"requests"`         // requests in flight at once
+	MaxJobs        int    `mapstructure:"max_jobs"`         // jobs on the target at once
+
 	secretKey  target.Secret // read from SecretKeyFile
 	passphrase target.Secret // read from PassphraseFile
+	upkeep     upkeep
 }
 
 // ZeroTarget is the target of the zero configuration.
@@ -119,7 +138,8 @@ var kindSettings = map[string][]string{
 }
 
 // commonSettings are the settings of every kind.
-var commonSettings = []string{"name", "kind", "compression", "key_file", "passphrase_file"}
+var commonSettings = []string{"name", "kind", "compression", "key_file", "passphrase_file",
+	"gc", "verify", "verify_read_data", "verify_sample", "bandwidth", "requests", "max_jobs"}
 
 // set lists the kind-specific settings t has (fields not left at zero),
 // by their names in the file: read off the struct, so a new setting can
@@ -138,32 +158,32 @@ func (t TargetConfig) set() []string {
 }
 
 // check validates the kind-specific settings of targets[i].
-func (t *TargetConfig) check(where string) error {
+func (t *TargetConfig) check() error {
 	allowed, ok := kindSettings[t.Kind]
 	if !ok {
 		if t.Kind == "" {
-			return usageErr("%s (%s): no kind (local, sftp or s3)", where, t.Name)
+			return usageErr("(%s): no kind (local, sftp or s3)", t.Name)
 		}
-		return usageErr("%s (%s): kind %q is not supported (local, sftp or s3)", where, t.Name, t.Kind)
+		return usageErr("(%s): kind %q is not supported (local, sftp or s3)", t.Name, t.Kind)
 	}
 	for _, s := range t.set() {
 		if !slices.Contains(allowed, s) {
-			return usageErr("%s (%s): %s is not a setting of kind %s", where, t.Name, s, t.Kind)
+			return usageErr("(%s): %s is not a setting of kind %s", t.Name, s, t.Kind)
 		}
 	}
 	need := func(name, v string) error {
 		if v == "" {
-			return usageErr("%s (%s): kind %s needs %s", where, t.Name, t.Kind, name)
+			return usageErr("(%s): kind %s needs %s", t.Name, t.Kind, name)
 		}
 		return nil
 	}
 	if t.PassphraseFile != "" {
 		if t.KeyFile == "" {
-			return usageErr("%s (%s): passphrase_file without key_file", where, t.Name)
+			return usageErr("(%s): passphrase_file without key_file", t.Name)
 		}
 		b, err := ReadPassphraseFile(t.PassphraseFile)
 		if err != nil {
-			return usageErr("%s (%s): passphrase_file: %v", where, t.Name, err)
+			return usageErr("(%s): passphrase_file: %v", t.Name, err)
 		}
 		t.passphrase = target.Secret(b)
 	}
@@ -177,10 +197,10 @@ func (t *TargetConfig) check(where string) error {
 			}
 		}
 		if t.Port < 0 || t.Port > 65535 {
-			return usageErr("%s (%s): port %d is not a TCP port", where, t.Name, t.Port)
+			return usageErr("(%s): port %d is not a TCP port", t.Name, t.Port)
 		}
 		if t.Connections < 0 || t.Connections > 16 {
-			return usageErr("%s (%s): connections %d: want 1-16", where, t.Name, t.Connections)
+			return usageErr("(%s): connections %d: want 1-16", t.Name, t.Connections)
 		}
 	case "s3":
 		for _, n := range [][2]string{{"endpoint", t.Endpoint}, {"bucket", t.Bucket}, {"access_key", t.AccessKey}, {"secret_key_file", t.SecretKeyFile}} {
@@ -189,15 +209,15 @@ func (t *TargetConfig) check(where string) error {
 			}
 		}
 		if strings.Contains(t.Endpoint, "://") || strings.Contains(t.Endpoint, "/") {
-			return usageErr("%s (%s): endpoint %q: want host[:port] (insecure: true for plain HTTP)", where, t.Name, t.Endpoint)
+			return usageErr("(%s): endpoint %q: want host[:port] (insecure: true for plain HTTP)", t.Name, t.Endpoint)
 		}
 		b, err := target.ReadSecretFile(t.SecretKeyFile)
 		if err != nil {
-			return usageErr("%s (%s): secret_key_file: %v", where, t.Name, err)
+			return usageErr("(%s): secret_key_file: %v", t.Name, err)
 		}
 		t.secretKey = target.Secret(strings.TrimSpace(string(b)))
 		if t.secretKey.Empty() {
-			return usageErr("%s (%s): secret_key_file %s is empty", where, t.Name, t.SecretKeyFile)
+			return usageErr("(%s): secret_key_file %s is empty", t.Name, t.SecretKeyFile)
 		}
 	}
 	return nil
@@ -252,59 +272,79 @@ func Load(path string, explicit bool) (*Config, error) {
 	if zero {
 		c.Targets = []TargetConfig{ZeroTarget()}
 	}
-	if err := c.checkDaemon(path); err != nil {
+	p := &problems{path: path}
+	if !zero {
+		raw, _ := os.ReadFile(path)
+		p.lines = newLineIndex(raw)
+	}
+	c.check(p)
+	if err := p.err(); err != nil {
 		return nil, err
-	}
-	if c.Version != 1 {
-		return nil, usageErr("config file %s: version %d is not supported (1)", path, c.Version)
-	}
-	if c.StateDir == "" {
-		return nil, usageErr("config file %s: state_dir is empty", path)
-	}
-	for _, d := range c.BootFileDirs {
-		if !filepath.IsAbs(d) || filepath.Clean(d) == "/" {
-			return nil, usageErr("config file %s: boot_file_dirs: %q: want an absolute directory other than /", path, d)
-		}
-	}
-	if len(c.Targets) == 0 {
-		return nil, usageErr("config file %s: no targets: add one under targets:", path)
-	}
-	seen := map[string]bool{}
-	for i, t := range c.Targets {
-		where := fmt.Sprintf("config file %s: targets[%d]", path, i)
-		if !nameRe.MatchString(t.Name) {
-			return nil, usageErr("%s: name %q: use 1-32 letters, digits, - or _", where, t.Name)
-		}
-		if seen[t.Name] {
-			return nil, usageErr("%s: name %q is used twice", where, t.Name)
-		}
-		seen[t.Name] = true
-		if err := c.Targets[i].check(where); err != nil {
-			return nil, err
-		}
-		switch t.Compression {
-		case "", "zstd", "none":
-		default:
-			return nil, usageErr("%s (%s): compression %q: want zstd or none", where, t.Name, t.Compression)
-		}
 	}
 	return &c, nil
 }
 
-func (c *Config) checkDaemon(path string) error {
-	switch {
-	case !filepath.IsAbs(c.Socket):
-		return usageErr("config file %s: socket %q: want an absolute path", path, c.Socket)
-	case c.MaxJobs < 1 || c.MaxJobs > 64:
-		return usageErr("config file %s: max_jobs %d: want 1-64", path, c.MaxJobs)
-	case c.MaxJobsPerTarget < 1 || c.MaxJobsPerTarget > 64:
-		return usageErr("config file %s: max_jobs_per_target %d: want 1-64", path, c.MaxJobsPerTarget)
-	case c.ShutdownTimeout < time.Second:
-		return usageErr("config file %s: shutdown_timeout %s: want at least 1s", path, c.ShutdownTimeout)
-	case c.ReconcileInterval < time.Second:
-		return usageErr("config file %s: reconcile_interval %s: want at least 1s", path, c.ReconcileInterval)
+// check checks everything, adding each problem to p.
+func (c *Config) check(p *problems) {
+	c.checkDaemon(p)
+	if c.Version != 1 {
+		p.add("version", "%d is not supported (1)", c.Version)
 	}
-	return nil
+	if c.StateDir == "" {
+		p.add("state_dir", "empty")
+	}
+	if _, err := location(c.TimeZone); err != nil {
+		p.add("time_zone", "%q: want an IANA time zone such as Europe/Berlin or UTC", c.TimeZone)
+	}
+	for _, d := range c.BootFileDirs {
+		if !filepath.IsAbs(d) || filepath.Clean(d) == "/" {
+			p.add("boot_file_dirs", "%q: want an absolute directory other than /", d)
+		}
+	}
+	if len(c.Targets) == 0 {
+		p.add("targets", "no targets: add one under targets:")
+	}
+	seen := map[string]bool{}
+	for i := range c.Targets {
+		t := &c.Targets[i]
+		key := fmt.Sprintf("targets[%d]", i)
+		if !nameRe.MatchString(t.Name) {
+			p.add(key+".name", "%q: use 1-32 letters, digits, - or _", t.Name)
+		} else if seen[t.Name] {
+			p.add(key+".name", "%q is used twice", t.Name)
+		}
+		seen[t.Name] = true
+		if err := t.check(); err != nil {
+			p.add(key, "%v", err)
+		}
+		switch t.Compression {
+		case "", "zstd", "none":
+		default:
+			p.add(key+".compression", "%q: want zstd or none", t.Compression)
+		}
+		t.checkUpkeep(p, key, c.TimeZone)
+	}
+	c.checkPolicies(p)
+	c.checkNotify(p)
+	c.checkMetrics(p)
+}
+
+func (c *Config) checkDaemon(p *problems) {
+	if !filepath.IsAbs(c.Socket) {
+		p.add("socket", "%q: want an absolute path", c.Socket)
+	}
+	if c.MaxJobs < 1 || c.MaxJobs > 64 {
+		p.add("max_jobs", "%d: want 1-64", c.MaxJobs)
+	}
+	if c.MaxJobsPerTarget < 1 || c.MaxJobsPerTarget > 64 {
+		p.add("max_jobs_per_target", "%d: want 1-64", c.MaxJobsPerTarget)
+	}
+	if c.ShutdownTimeout < time.Second {
+		p.add("shutdown_timeout", "%s: want at least 1s", c.ShutdownTimeout)
+	}
+	if c.ReconcileInterval < time.Second {
+		p.add("reconcile_interval", "%s: want at least 1s", c.ReconcileInterval)
+	}
 }
 
 // Open is how target/all opens t's repository. Passphrase is set from

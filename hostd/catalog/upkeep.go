@@ -1,0 +1,71 @@
+package catalog
+
+import (
+	"context"
+	"database/sql"
+	"time"
+)
+
+// MarkDamaged records the points of target a verification found damaged,
+// with the problem. With whole set (every chunk was read), the target's
+// other points are cleared of earlier findings.
+func (c *DB) MarkDamaged(ctx context.Context, target string, damaged map[string]string, whole bool, now time.Time) error {
+	return c.tx(ctx, func(tx *sql.Tx) error {
+		if whole {
+			if _, err := tx.ExecContext(ctx, "DELETE FROM damaged WHERE target = ?", target); err != nil {
+				return err
+			}
+		}
+		for id, problem := range damaged {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO damaged(target, point, found_ns, problem) VALUES (?, ?, ?, ?)
+				ON CONFLICT(target, point) DO UPDATE SET problem = excluded.problem`, target, id, ns(now), problem); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Damaged returns the points of target recorded damaged, with the problem.
+func (c *DB) Damaged(ctx context.Context, target string) (map[string]string, error) {
+	rows, err := c.db.QueryContext(ctx, "SELECT point, problem FROM damaged WHERE target = ?", target)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var id, p string
+		if err := rows.Scan(&id, &p); err != nil {
+			return nil, err
+		}
+		out[id] = p
+	}
+	return out, rows.Err()
+}
+
+// SetLastRun records when a scheduler entry last ran.
+func (c *DB) SetLastRun(ctx context.Context, entry string, t time.Time) error {
+	_, err := c.db.ExecContext(ctx, `INSERT INTO schedule(entry, last_ns) VALUES (?, ?)
+		ON CONFLICT(entry) DO UPDATE SET last_ns = excluded.last_ns`, entry, ns(t))
+	return err
+}
+
+// LastRuns returns when each scheduler entry last ran.
+func (c *DB) LastRuns(ctx context.Context) (map[string]time.Time, error) {
+	rows, err := c.db.QueryContext(ctx, "SELECT entry, last_ns FROM schedule")
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]time.Time{}
+	for rows.Next() {
+		var e string
+		var t int64
+		if err := rows.Scan(&e, &t); err != nil {
+			return nil, err
+		}
+		out[e] = fromNS(t)
+	}
+	return out, rows.Err()
+}
