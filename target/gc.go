@@ -23,6 +23,9 @@ type GCStats struct {
 	Deleted    int   `json:"deleted"`
 	BytesFreed int64 `json:"bytes_freed"`
 	KeptYoung  int   `json:"kept_young"`
+	// BytesKept is the size of the chunks, index objects and blobs kept:
+	// the repository's size, but for manifests and locks.
+	BytesKept int64 `json:"bytes_kept"`
 	// TempRemoved counts temporary files of unfinished puts removed.
 	TempRemoved int `json:"temp_removed"`
 }
@@ -102,10 +105,12 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 		var dead []ObjectInfo
 		err := r.b.List(ctx, prefix, func(fi ObjectInfo) error {
 			if live[fi.Key] || strings.Contains(fi.Key, "/"+TempPrefix) {
+				st.BytesKept += fi.Size
 				return nil
 			}
 			if grace > 0 && fi.ModTime.After(cutoff) {
 				st.KeptYoung++
+				st.BytesKept += fi.Size
 				return nil
 			}
 			dead = append(dead, fi)

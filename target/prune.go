@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -188,16 +190,36 @@ func chainBases(ms []*Manifest) map[string]string {
 	return out
 }
 
+// Check refuses a retention that would remove every point or makes no sense.
+func (p Retention) Check() error {
+	if p.Empty() {
+		return errors.New("prune: no retention rule given (keep-last, keep-daily, ...): refusing to remove everything")
+	}
+	if min(p.KeepLast, p.KeepHourly, p.KeepDaily, p.KeepWeekly, p.KeepMonthly, p.KeepYearly) < 0 || p.KeepWithin < 0 {
+		return errors.New("prune: retention counts must not be negative")
+	}
+	return nil
+}
+
 // Prune applies p to the points of domain ("" for all) and, unless dryRun,
 // deletes the points it does not keep. It takes the exclusive lock. It
 // returns every decision; GC reclaims the space afterwards.
 func (r *Repository) Prune(ctx context.Context, domain string, p Retention, dryRun bool) ([]Decision, error) {
-	if p.Empty() {
-		return nil, errors.New("prune: no retention rule given (keep-last, keep-daily, ...): refusing to remove everything")
+	if err := p.Check(); err != nil {
+		return nil, err
 	}
-	if p.KeepLast < 0 || p.KeepHourly < 0 || p.KeepDaily < 0 || p.KeepWeekly < 0 || p.KeepMonthly < 0 || p.KeepYearly < 0 || p.KeepWithin < 0 {
-		return nil, errors.New("prune: retention counts must not be negative")
-	}
+	return r.PruneBy(ctx, func(d string) *Retention {
+		if domain == "" || d == domain {
+			return &p
+		}
+		return nil
+	}, dryRun)
+}
+
+// PruneBy is Prune with each domain's own retention: rules gives it, or
+// nil for a domain whose points all stay (and are left out of the result).
+// Every retention rules gives must pass Check.
+func (r *Repository) PruneBy(ctx context.Context, rules func(domain string) *Retention, dryRun bool) ([]Decision, error) {
 	var lock *Lock
 	if !dryRun {
 		var err error
@@ -222,17 +244,25 @@ func (r *Repository) Prune(ctx context.Context, domain string, p Retention, dryR
 	if unreadable != nil {
 		return nil, unreadable
 	}
-	var points []*Manifest
+	byDomain := map[string][]*Manifest{}
 	for _, m := range all {
-		if domain == "" || m.Domain == domain {
-			points = append(points, m)
-		}
+		byDomain[m.Domain] = append(byDomain[m.Domain], m)
 	}
 	prot, err := r.Protected(ctx)
 	if err != nil {
 		return nil, err
 	}
-	decs := Decide(points, p, prot, r.now())
+	var decs []Decision
+	for _, d := range slices.Sorted(maps.Keys(byDomain)) {
+		p := rules(d)
+		if p == nil {
+			continue
+		}
+		if err := p.Check(); err != nil {
+			return nil, fmt.Errorf("domain %s: %w", d, err)
+		}
+		decs = append(decs, Decide(byDomain[d], *p, prot, r.now())...)
+	}
 	if dryRun {
 		return decs, nil
 	}

@@ -37,7 +37,12 @@ were running are marked failed and their libvirt backup jobs ended, guests
 left frozen are thawed, and mounts and sessions are undone. Then it
 reports READY=1 and serves until SIGTERM, when it stops taking jobs,
 cancels the running ones (each undoes what it started) within
-shutdown_timeout, and exits. With --cleanup it only does the repairs.`,
+shutdown_timeout, and exits. With --cleanup it only does the repairs.
+
+It runs the policies: (docs/CLI.md) on their schedules, and each target's
+garbage collection and verification on theirs. SIGHUP reloads the
+configuration file; an invalid one is logged and the running one stays.
+--check-config prints every error in the file, each with its key and line.`,
 		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -49,7 +54,7 @@ shutdown_timeout, and exits. With --cleanup it only does the repairs.`,
 				return err
 			}
 			if check {
-				fmt.Fprintf(out, "%s: ok (%d targets)\n", configPath, len(cfg.Targets))
+				fmt.Fprintf(out, "%s: ok (%d targets, %d policies)\n", configPath, len(cfg.Targets), len(cfg.Policies))
 				return nil
 			}
 			level := slog.LevelInfo
@@ -61,6 +66,13 @@ shutdown_timeout, and exits. With --cleanup it only does the repairs.`,
 				log.Info("no configuration file: using a local target and qemu:///system", "config", configPath, "target", config.ZeroTarget().Path)
 			}
 			dc := cfg.Daemon(version, log)
+			dc.Reload = func() (daemon.Config, error) {
+				nc, err := config.Load(configPath, explicit)
+				if err != nil {
+					return daemon.Config{}, err
+				}
+				return nc.Daemon(version, log), nil
+			}
 			if cleanup {
 				if err := daemon.Cleanup(cmd.Context(), dc); err != nil {
 					return err

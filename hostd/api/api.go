@@ -46,6 +46,113 @@ type Service interface {
 	Sessions(ctx context.Context) ([]Session, error)
 	// EndSession undoes a session: by ID, or a mount by its directory.
 	EndSession(ctx context.Context, r EndSessionRequest) error
+
+	// Policies lists the configured policies, each with its domains, next
+	// run and last result.
+	Policies(ctx context.Context) ([]PolicyInfo, error)
+	// RunPolicy starts a policy's run now (all its domains, or one).
+	RunPolicy(ctx context.Context, r RunRequest) (Job, error)
+	// Prune removes, per the policies' retention, the points no rule
+	// keeps; DryRun only says what would go and why.
+	Prune(ctx context.Context, r PruneRequest) (Job, error)
+	// Protect (un)marks a point protected: prune never removes it.
+	Protect(ctx context.Context, r ProtectRequest) error
+	// Copy copies points to another target.
+	Copy(ctx context.Context, r CopyRequest) (Job, error)
+	// GC reclaims the space of objects no point uses.
+	GC(ctx context.Context, r GCRequest) (Job, error)
+}
+
+// PolicyInfo is one policy as `virtkeep policies` shows it.
+type PolicyInfo struct {
+	Name      string   `json:"name"`
+	Schedules []string `json:"schedules"`
+	// Domains are the libvirt domains the policy selects now.
+	Domains []string `json:"domains"`
+	// Problems are domains the policy cannot back up (in two policies,
+	// named but not defined).
+	Problems []string  `json:"problems,omitempty"`
+	Level    string    `json:"level"`
+	Full     string    `json:"full"`
+	Targets  []string  `json:"targets"`
+	CopyTo   []string  `json:"copy_to,omitempty"`
+	Next     time.Time `json:"next,omitzero"`
+	// Last is the policy's last run (absent: none yet).
+	Last *Job `json:"last,omitempty"`
+}
+
+// RunRequest starts a policy's run.
+type RunRequest struct {
+	Policy string `json:"policy"`
+	Domain string `json:"domain,omitempty"`
+	// Scheduled is set by the daemon's scheduler; Missed counts the runs
+	// due while it was down that this one stands for.
+	Scheduled bool `json:"scheduled,omitempty"`
+	Missed    int  `json:"missed,omitempty"`
+}
+
+// PruneRequest prunes one target or all, one domain or all.
+type PruneRequest struct {
+	Target string `json:"target,omitempty"`
+	Domain string `json:"domain,omitempty"`
+	DryRun bool   `json:"dry_run,omitempty"`
+}
+
+// ProtectRequest protects or unprotects one point.
+type ProtectRequest struct {
+	Point  string `json:"point"`
+	Target string `json:"target,omitempty"`
+	Off    bool   `json:"off,omitempty"`
+}
+
+// CopyRequest copies points from one target (From, default: where each
+// is found) to another.
+type CopyRequest struct {
+	Points []string `json:"points"`
+	From   string   `json:"from,omitempty"`
+	To     string   `json:"to"`
+}
+
+// GCRequest garbage-collects one target or all.
+type GCRequest struct {
+	Target string `json:"target,omitempty"`
+	DryRun bool   `json:"dry_run,omitempty"`
+}
+
+// Decision is what prune decided for one point.
+type Decision struct {
+	Target  string    `json:"target"`
+	Point   string    `json:"point"`
+	Domain  string    `json:"domain"`
+	Time    time.Time `json:"time"`
+	Keep    bool      `json:"keep"`
+	Reasons []string  `json:"reasons,omitempty"` // the rules that keep it
+	Policy  string    `json:"policy,omitempty"`
+}
+
+// CopyReport is what copying one point did.
+type CopyReport struct {
+	Point       string `json:"point"`
+	From        string `json:"from"`
+	To          string `json:"to"`
+	Chunks      int64  `json:"chunks"`
+	ChunksNew   int64  `json:"chunks_new"`
+	BytesStored int64  `json:"bytes_stored"`
+	Existed     bool   `json:"existed,omitempty"`
+}
+
+// GCReport is what GC did on one target.
+type GCReport struct {
+	Deleted    int   `json:"deleted"`
+	BytesFreed int64 `json:"bytes_freed"`
+	KeptYoung  int   `json:"kept_young"`
+	BytesKept  int64 `json:"bytes_kept"` // the repository's size after GC
+}
+
+// RunReport is what a policy run did per domain: "ok", or why not.
+type RunReport struct {
+	Domains map[string]string `json:"domains"`
+	Jobs    []string          `json:"jobs"`
 }
 
 // VersionInfo says who answers.
@@ -140,6 +247,9 @@ type VerifyRequest struct {
 	Target   string `json:"target,omitempty"`
 	All      bool   `json:"all,omitempty"`
 	ReadData bool   `json:"read_data,omitempty"`
+	// Sample, with All and ReadData, reads one part in Sample of the
+	// chunks, another each day, so that Sample days read them all.
+	Sample int `json:"sample,omitempty"`
 }
 
 // RebuildRequest recreates the catalog's points from the targets (one, or
@@ -176,6 +286,10 @@ const (
 	KindExport  = "export"
 	KindVerify  = "verify"
 	KindRebuild = "catalog-rebuild"
+	KindPolicy  = "policy"
+	KindCopy    = "copy"
+	KindPrune   = "prune"
+	KindGC      = "gc"
 )
 
 // Job is one long operation.
@@ -233,6 +347,14 @@ type JobResult struct {
 	Checks map[string]CheckReport `json:"checks,omitempty"`
 	// Points counts the points a catalog rebuild found, per target.
 	Points map[string]int `json:"points,omitempty"`
+	// Decisions are prune's, per point.
+	Decisions []Decision `json:"decisions,omitempty"`
+	// Copies are copy's, per point.
+	Copies []CopyReport `json:"copies,omitempty"`
+	// GC is gc's per target.
+	GC map[string]GCReport `json:"gc,omitempty"`
+	// Run is a policy run's.
+	Run *RunReport `json:"run,omitempty"`
 }
 
 // CheckReport is one target's verify report.

@@ -30,6 +30,16 @@ func (s *Server) routes() http.Handler {
 	post(mux, v+"/exports", http.StatusAccepted, svc.Export)
 	post(mux, v+"/verifies", http.StatusAccepted, svc.Verify)
 	post(mux, v+"/catalog/rebuild", http.StatusAccepted, svc.RebuildCatalog)
+	post(mux, v+"/runs", http.StatusAccepted, svc.RunPolicy)
+	post(mux, v+"/prunes", http.StatusAccepted, svc.Prune)
+	post(mux, v+"/copies", http.StatusAccepted, svc.Copy)
+	post(mux, v+"/gcs", http.StatusAccepted, svc.GC)
+	post(mux, v+"/protect", http.StatusOK, func(ctx context.Context, r api.ProtectRequest) (struct{}, error) {
+		return struct{}{}, svc.Protect(ctx, r)
+	})
+	mux.HandleFunc("GET "+v+"/policies", func(w http.ResponseWriter, r *http.Request) {
+		answer(w, http.StatusOK)(svc.Policies(r.Context()))
+	})
 	post(mux, v+"/mounts", http.StatusCreated, svc.Mount)
 	post(mux, v+"/serves", http.StatusCreated, svc.Serve)
 	post(mux, v+"/boots", http.StatusCreated, svc.Boot)

@@ -80,6 +80,9 @@ type BackupRequest struct {
 	// goroutines (one disk's calls never overlap each other).
 	Progress Progress
 	Hooks    *Hooks
+	// Damaged are the target's points verification found damaged (ID to
+	// problem): none is the base of this backup.
+	Damaged map[string]string
 }
 
 // Progress is told how far a disk's copy is: bytes done of total.
@@ -197,7 +200,7 @@ func (e *Driver) Backup(ctx context.Context, req BackupRequest) (*Result, error)
 			log.Info("disk skipped", "disk", s.Disk, "reason", s.Reason)
 		}
 	}
-	ch, err := chain.Load(ctx, req.Target.Repo, uuid, e.log())
+	ch, err := chain.Load(ctx, req.Target.Repo, uuid, req.Damaged, e.log())
 	if err != nil {
 		return nil, fmt.Errorf("target %s: %w", req.Target.Name, err)
 	}

@@ -82,7 +82,7 @@ func (e *Driver) BackupQMP(ctx context.Context, req QMPRequest) (*Result, error)
 	if err != nil {
 		return nil, err
 	}
-	ch, err := chain.Load(ctx, req.Target.Repo, uuid, e.log())
+	ch, err := chain.Load(ctx, req.Target.Repo, uuid, nil, e.log())
 	if err != nil {
 		return nil, err
 	}

@@ -69,3 +69,33 @@ func (c *DB) LastRuns(ctx context.Context) (map[string]time.Time, error) {
 	}
 	return out, rows.Err()
 }
+
+// PointStat sums up one domain's points in one target.
+type PointStat struct {
+	Target, Domain string
+	Points         int
+	Damaged        int
+	Last           time.Time // the newest point's time
+}
+
+// PointStats sums up the points per target and domain.
+func (c *DB) PointStats(ctx context.Context) ([]PointStat, error) {
+	rows, err := c.db.QueryContext(ctx, `SELECT p.target, p.domain, count(*), max(p.time_ns), count(x.point)
+		FROM points p LEFT JOIN damaged x ON x.target = p.target AND x.point = p.id
+		GROUP BY p.target, p.domain ORDER BY p.target, p.domain`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []PointStat
+	for rows.Next() {
+		var s PointStat
+		var last int64
+		if err := rows.Scan(&s.Target, &s.Domain, &s.Points, &last, &s.Damaged); err != nil {
+			return nil, err
+		}
+		s.Last = fromNS(last)
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}

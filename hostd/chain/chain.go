@@ -38,8 +38,11 @@ type Chain struct {
 	Last, LastFull *target.Manifest
 }
 
-// Load reads the chain of domain uuid from repo.
-func Load(ctx context.Context, repo *target.Repository, uuid string, log *slog.Logger) (Chain, error) {
+// Load reads the chain of domain uuid from repo. A point in damaged
+// (verification found it damaged) is never a base: when it is the newest,
+// the chain starts anew with a full, as it does when it is the last full
+// under a differential.
+func Load(ctx context.Context, repo *target.Repository, uuid string, damaged map[string]string, log *slog.Logger) (Chain, error) {
 	var c Chain
 	pts, err := repo.Points(ctx, func(id string, err error) {
 		log.Warn("point unreadable, ignored for the chain", "point", id, "err", err)
@@ -50,6 +53,14 @@ func Load(ctx context.Context, repo *target.Repository, uuid string, log *slog.L
 	sort.SliceStable(pts, func(i, j int) bool { return pts[i].Time.Before(pts[j].Time) })
 	for _, m := range pts {
 		if m.DomainUUID != uuid {
+			continue
+		}
+		if problem, bad := damaged[m.ID]; bad {
+			log.Warn("point failed verification: not a base, the next backup reads its disks in full", "point", m.ID, "problem", problem)
+			c.Last = nil
+			if m.Level == target.LevelFull {
+				c.LastFull = nil
+			}
 			continue
 		}
 		c.Last = m

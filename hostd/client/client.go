@@ -226,6 +226,30 @@ func (c *Client) EndSession(ctx context.Context, r api.EndSessionRequest) error 
 	return c.do(ctx, "POST", "/sessions/end", nil, r, nil)
 }
 
+func (c *Client) Policies(ctx context.Context) (out []api.PolicyInfo, err error) {
+	return out, c.do(ctx, "GET", "/policies", nil, nil, &out)
+}
+
+func (c *Client) RunPolicy(ctx context.Context, r api.RunRequest) (j api.Job, err error) {
+	return j, c.do(ctx, "POST", "/runs", nil, r, &j)
+}
+
+func (c *Client) Prune(ctx context.Context, r api.PruneRequest) (j api.Job, err error) {
+	return j, c.do(ctx, "POST", "/prunes", nil, r, &j)
+}
+
+func (c *Client) Protect(ctx context.Context, r api.ProtectRequest) error {
+	return c.do(ctx, "POST", "/protect", nil, r, nil)
+}
+
+func (c *Client) Copy(ctx context.Context, r api.CopyRequest) (j api.Job, err error) {
+	return j, c.do(ctx, "POST", "/copies", nil, r, &j)
+}
+
+func (c *Client) GC(ctx context.Context, r api.GCRequest) (j api.Job, err error) {
+	return j, c.do(ctx, "POST", "/gcs", nil, r, &j)
+}
+
 func setIf(q url.Values, k, v string) {
 	if v != "" {
 		q.Set(k, v)

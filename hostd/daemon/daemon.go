@@ -12,15 +12,20 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/virtkeep/virtkeep/hostd/api"
 	"github.com/virtkeep/virtkeep/hostd/apiserver"
+	"github.com/virtkeep/virtkeep/hostd/metrics"
+	"github.com/virtkeep/virtkeep/hostd/notify"
+	"github.com/virtkeep/virtkeep/hostd/schedule"
 	"github.com/virtkeep/virtkeep/hostd/service"
 	"github.com/virtkeep/virtkeep/systemd"
 )
@@ -38,6 +43,14 @@ type Config struct {
 	// ThawInterval is how often the freeze journal is looked at (1 s).
 	ThawInterval time.Duration
 	Log          *slog.Logger
+	// Clock drives the scheduler (default the wall clock).
+	Clock schedule.Clock
+	// Metrics, when set, serves Prometheus /metrics there.
+	Metrics *metrics.ListenConfig
+	// Notify says whom to tell about jobs that ended.
+	Notify notify.Config
+	// Reload reads the configuration again at SIGHUP (nil: no reload).
+	Reload func() (Config, error)
 }
 
 // ErrJobsLeft is returned when jobs were still running at the shutdown
@@ -61,13 +74,26 @@ func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Log
 	n := systemd.Notifier{}
 	_ = n.Status("waiting for the host lock")
+	var notifier atomic.Pointer[notify.Notifier]
+	var m *metrics.Metrics
+	if cfg.Metrics != nil {
+		m = metrics.New()
+	}
 	sc := cfg.Service
 	sc.Mode, sc.Lock, sc.Log = "daemon", service.LockWait, log
+	sc.Ended = func(j api.Job) {
+		if m != nil {
+			m.Observe(j)
+		}
+		notifier.Load().Ended(j)
+	}
 	svc, err := service.New(ctx, sc)
 	if err != nil {
 		return err
 	}
 	defer svc.Close()
+	notifier.Store(newNotifier(cfg.Notify, svc))
+	defer func() { notifier.Load().Wait() }()
 	_ = n.Status("recovering what an interrupted run left")
 	if err := svc.Recover(ctx); err != nil {
 		// Keep running: the daemon is how the rest gets repaired; the
@@ -86,13 +112,24 @@ func Run(ctx context.Context, cfg Config) error {
 	srv := &apiserver.Server{Service: svc, Log: log, GID: gid}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	if m != nil {
+		m.Watch(svc)
+		mc := *cfg.Metrics
+		mc.Log = log
+		go func() { served <- m.Serve(wctx, mc) }()
+		log.Info("serving metrics", "addr", mc.Addr, "tls", mc.TLS != nil)
+	}
+	sched, err := startScheduler(wctx, svc, cfg, log)
+	if err != nil {
+		return err
+	}
 
 	if err := n.Ready(); err != nil {
 		return err
 	}
 	log.Info("virtkeepd ready", "version", sc.Version, "state_dir", sc.StateDir, "socket", cfg.Socket)
-	wctx, stop := context.WithCancel(ctx)
-	defer stop()
 	var beat atomic.Int64
 	beat.Store(time.Now().UnixNano())
 	go func() {
@@ -103,6 +140,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}()
 	go watchFrozen(wctx, svc, log, orDefault(cfg.ThawInterval, time.Second))
 	go every(wctx, orDefault(cfg.ReconcileInterval, 10*time.Minute), func() { svc.ReconcileAll(wctx) })
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	status := ""
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
@@ -112,6 +152,8 @@ func Run(ctx context.Context, cfg Config) error {
 			running = false
 		case err := <-served:
 			return fmt.Errorf("API server: %w", err)
+		case <-hup:
+			reload(wctx, svc, sched, cfg, &notifier, log)
 		case <-tick.C:
 			beat.Store(time.Now().UnixNano())
 			if s := describe(svc.Running()); s != status {
@@ -120,7 +162,72 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		}
 	}
+	stop()
 	return shutdown(svc, srv, cfg, n, log)
+}
+
+// startScheduler runs the policies', GC's and verification's schedules.
+func startScheduler(ctx context.Context, svc *service.Service, cfg Config, log *slog.Logger) (*schedule.Scheduler, error) {
+	clock := cfg.Clock
+	if clock == nil {
+		clock = schedule.Real{}
+	}
+	last, err := svc.LastRuns(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sched := NewScheduler(svc, clock, log)
+	sched.Set(Entries(svc, last))
+	go sched.Run(ctx)
+	return sched, nil
+}
+
+// reload applies a new configuration's policies, upkeep schedules and
+// notifications; an invalid one changes nothing.
+func reload(ctx context.Context, svc *service.Service, sched *schedule.Scheduler, cfg Config, notifier *atomic.Pointer[notify.Notifier], log *slog.Logger) {
+	if cfg.Reload == nil {
+		log.Warn("SIGHUP: reloading is not configured")
+		return
+	}
+	nc, err := cfg.Reload()
+	if err != nil {
+		log.Error("configuration not reloaded: the running one stays", "err", err)
+		return
+	}
+	svc.SetPolicies(nc.Service.Policies)
+	if changed := svc.SetUpkeep(nc.Service.Targets); len(changed) > 0 {
+		log.Warn("target changes need a restart of virtkeepd to apply", "targets", strings.Join(changed, ", "))
+	}
+	notifier.Store(newNotifier(nc.Notify, svc))
+	last, err := svc.LastRuns(ctx)
+	if err != nil {
+		log.Error("configuration reloaded, schedules not: catalog unreadable", "err", err)
+		return
+	}
+	sched.Set(Entries(svc, last))
+	log.Info("configuration reloaded", "policies", len(nc.Service.Policies))
+}
+
+// newNotifier is c's notifier, with the jobs' last log lines from svc.
+func newNotifier(c notify.Config, svc *service.Service) *notify.Notifier {
+	if c.Webhook.URL == "" && len(c.Mail.To) == 0 {
+		return nil
+	}
+	c.Tail = func(ctx context.Context, job string) []api.LogLine {
+		var lines []api.LogLine
+		_ = svc.Log(ctx, job, false, func(l api.LogLine) error {
+			lines = append(lines, l)
+			if len(lines) > 20 {
+				lines = lines[1:]
+			}
+			return nil
+		})
+		return lines
+	}
+	if c.Host == "" {
+		c.Host, _ = os.Hostname()
+	}
+	return notify.New(c)
 }
 
 // shutdown: no new jobs, cancel the running ones within the deadline,

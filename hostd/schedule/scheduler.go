@@ -60,6 +60,15 @@ func (e Entry) next(t time.Time) time.Time {
 	return best.Add(e.Offset())
 }
 
+// NextAfter is when e runs next as seen at now: after its Last run, or
+// after now when it never ran (a time before now: it is due).
+func (e Entry) NextAfter(now time.Time) time.Time {
+	if e.Last.IsZero() {
+		return e.next(now)
+	}
+	return e.next(e.Last)
+}
+
 // Fire is one run the scheduler starts.
 type Fire struct {
 	Entry string

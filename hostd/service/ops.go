@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/virtkeep/virtkeep/guestagent"
 	"github.com/virtkeep/virtkeep/hostd/api"
 	"github.com/virtkeep/virtkeep/hostd/backup"
 	"github.com/virtkeep/virtkeep/hostd/catalog"
@@ -43,6 +44,16 @@ func progressTo(h *jobs.Handle) func(disk string, done, total int64) { return h.
 
 // Backup queues a backup of one domain.
 func (s *Service) Backup(ctx context.Context, r api.BackupRequest) (api.Job, error) {
+	return s.backup(ctx, r, backupExtra{})
+}
+
+// backupExtra is what a policy's backup has besides its request.
+type backupExtra struct {
+	preFreeze, postThaw []guestagent.Hook
+	policy, parent      string
+}
+
+func (s *Service) backup(ctx context.Context, r api.BackupRequest, x backupExtra) (api.Job, error) {
 	if err := checkDomainName("domain", r.Domain); err != nil {
 		return api.Job{}, err
 	}
@@ -79,12 +90,13 @@ func (s *Service) Backup(ctx context.Context, r api.BackupRequest) (api.Job, err
 	}
 	r.Target = t.Name
 	return s.submit(jobs.Spec{Kind: api.KindBackup, Domain: name, Key: uuid, Target: t.Name, Request: r, Retry: transient,
+		Policy: x.policy, Parent: x.parent,
 		Run: func(ctx context.Context, h *jobs.Handle) (*api.JobResult, error) {
-			return s.runBackup(ctx, h, t, uuid, r)
+			return s.runBackup(ctx, h, t, uuid, r, x)
 		}})
 }
 
-func (s *Service) runBackup(ctx context.Context, h *jobs.Handle, t Target, uuid string, r api.BackupRequest) (*api.JobResult, error) {
+func (s *Service) runBackup(ctx context.Context, h *jobs.Handle, t Target, uuid string, r api.BackupRequest, x backupExtra) (*api.JobResult, error) {
 	conn, err := s.libvirt()
 	if err != nil {
 		return nil, err
@@ -95,10 +107,14 @@ func (s *Service) runBackup(ctx context.Context, h *jobs.Handle, t Target, uuid 
 		return nil, err
 	}
 	defer repo.Close()
+	damaged, err := s.cat.Damaged(ctx, t.Name)
+	if err != nil {
+		return nil, err
+	}
 	res, err := e.Backup(ctx, backup.BackupRequest{Domain: uuid, Target: backup.Target{Name: t.Name, Repo: repo},
 		Level: r.Level, Consistency: r.Consistency, RequireConsistency: r.RequireConsistency,
 		FreezeTimeout: time.Duration(r.FreezeTimeoutMS) * time.Millisecond, Disks: r.Disks, Exclude: r.Exclude,
-		Progress: progressTo(h)})
+		PreFreeze: x.preFreeze, PostThaw: x.postThaw, Damaged: damaged, Progress: progressTo(h)})
 	if err != nil {
 		return nil, err
 	}
@@ -317,6 +333,9 @@ func (s *Service) Verify(ctx context.Context, r api.VerifyRequest) (api.Job, err
 	if r.All == (r.Point != "") {
 		return api.Job{}, api.Errorf(api.CodeBadRequest, "verify needs a point or all")
 	}
+	if r.Sample < 0 || r.Sample > 366 || r.Sample > 1 && (!r.All || !r.ReadData) {
+		return api.Job{}, api.Errorf(api.CodeBadRequest, "sample %d: want 1-366 parts, with all and read data", r.Sample)
+	}
 	if r.All {
 		ts, err := s.targets(r.Target)
 		if err != nil {
@@ -324,7 +343,7 @@ func (s *Service) Verify(ctx context.Context, r api.VerifyRequest) (api.Job, err
 		}
 		return s.submit(jobs.Spec{Kind: api.KindVerify, Target: r.Target, Request: r,
 			Run: func(ctx context.Context, h *jobs.Handle) (*api.JobResult, error) {
-				return s.verifyAll(ctx, h, ts, r.ReadData)
+				return s.verifyAll(ctx, h, ts, r.ReadData, r.Sample)
 			}})
 	}
 	p, t, err := s.resolveTarget(ctx, r.Point, r.Target)
@@ -334,7 +353,11 @@ func (s *Service) Verify(ctx context.Context, r api.VerifyRequest) (api.Job, err
 	r.Point, r.Target = p.ID, t.Name
 	return s.submit(jobs.Spec{Kind: api.KindVerify, Domain: p.Domain, Target: t.Name, Request: r,
 		Run: func(ctx context.Context, h *jobs.Handle) (*api.JobResult, error) {
-			return &api.JobResult{Point: &p}, s.verifyPoint(ctx, h, t, p, r.ReadData)
+			err := s.verifyPoint(ctx, h, t, p, r.ReadData)
+			if err != nil && (errors.Is(err, target.ErrCorrupt) || errors.Is(err, target.ErrNotFound)) {
+				s.markDamaged(ctx, h, t.Name, map[string]string{p.ID: err.Error()}, false)
+			}
+			return &api.JobResult{Point: &p}, err
 		}})
 }
 
@@ -368,8 +391,14 @@ func (s *Service) verifyPoint(ctx context.Context, h *jobs.Handle, t Target, p a
 	return nil
 }
 
-func (s *Service) verifyAll(ctx context.Context, h *jobs.Handle, ts []Target, readData bool) (*api.JobResult, error) {
+func (s *Service) verifyAll(ctx context.Context, h *jobs.Handle, ts []Target, readData bool, sample int) (*api.JobResult, error) {
 	res := &api.JobResult{Checks: map[string]api.CheckReport{}}
+	opts := target.CheckOptions{ReadData: readData, Quarantine: readData}
+	if sample > 1 {
+		day := int(s.cfg.Clock().Unix() / 86400)
+		opts.Sample = target.Sample{Part: day % sample, Of: sample}
+		h.Log().Info("reading a sample of the chunks", "part", opts.Sample.Part+1, "of", sample)
+	}
 	bad := false
 	for _, t := range ts {
 		repo, err := s.open(ctx, t, false)
@@ -379,7 +408,7 @@ func (s *Service) verifyAll(ctx context.Context, h *jobs.Handle, ts []Target, re
 		if err != nil {
 			return res, err
 		}
-		rep, err := repo.Check(ctx, target.CheckOptions{ReadData: readData, Quarantine: readData})
+		rep, err := repo.Check(ctx, opts)
 		repo.Close()
 		if err != nil {
 			return res, fmt.Errorf("target %s: %w", t.Name, err)
@@ -387,11 +416,29 @@ func (s *Service) verifyAll(ctx context.Context, h *jobs.Handle, ts []Target, re
 		res.Checks[t.Name] = api.CheckReport{OK: rep.OK(), Summary: rep.String(), Report: rep}
 		bad = bad || !rep.OK()
 		h.Log().Info("target checked", "target", t.Name, "report", rep.String())
+		damaged := map[string]string{}
+		for _, p := range rep.Problems {
+			for _, id := range p.IDs {
+				damaged[id] = p.Object + ": " + p.Error
+			}
+		}
+		s.markDamaged(ctx, h, t.Name, damaged, readData && sample <= 1)
 	}
 	if bad {
 		return res, ErrDamage
 	}
 	return res, nil
+}
+
+// markDamaged records what verification found; with whole (every chunk
+// read), earlier findings of the target's other points are cleared.
+func (s *Service) markDamaged(ctx context.Context, h *jobs.Handle, t string, damaged map[string]string, whole bool) {
+	for id, p := range damaged {
+		h.Log().Error("point damaged: it will not be the base of an incremental", "target", t, "point", id, "problem", p)
+	}
+	if err := s.cat.MarkDamaged(context.WithoutCancel(ctx), t, damaged, whole, s.cfg.Clock()); err != nil {
+		h.Log().Error("damage not recorded in the catalog", "err", err)
+	}
 }
 
 // RebuildCatalog queues reading every manifest of the targets again.

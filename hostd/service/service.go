@@ -27,8 +27,10 @@ import (
 	"github.com/virtkeep/virtkeep/hostd/domain"
 	"github.com/virtkeep/virtkeep/hostd/jobs"
 	"github.com/virtkeep/virtkeep/hostd/mount"
+	"github.com/virtkeep/virtkeep/hostd/policy"
 	"github.com/virtkeep/virtkeep/hostd/recovery"
 	"github.com/virtkeep/virtkeep/hostd/restore"
+	"github.com/virtkeep/virtkeep/hostd/schedule"
 	"github.com/virtkeep/virtkeep/hostd/statedir"
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/all"
@@ -38,6 +40,14 @@ import (
 type Target struct {
 	Name string
 	Open all.Config
+	// MaxJobs overrides Config.MaxJobsPerTarget for this target.
+	MaxJobs int
+	// GC and Verify are the target's upkeep schedules (the daemon runs
+	// them); nil: never. VerifyReadData is none, all or sample (a part of
+	// VerifySample parts, another each day).
+	GC, Verify     *schedule.Cron
+	VerifyReadData string
+	VerifySample   int
 }
 
 // Config is what the service runs with (cmd/internal/config makes it).
@@ -65,6 +75,14 @@ type Config struct {
 	ServeArgv func(point, target, disk string) []string
 	// Lock says how to take the host lock.
 	Lock LockMode
+	// Policies are the configured policies.
+	Policies []*policy.Policy
+	// Clock is the time of policies, levels, retention and new points
+	// (default time.Now; tests run weeks on a fake).
+	Clock func() time.Time
+	// Ended, if set, is told of every job that ended (notifications,
+	// metrics); it must not block.
+	Ended func(api.Job)
 }
 
 // Service implements api.Service.
@@ -91,6 +109,9 @@ type Service struct {
 	// interrupted are the jobs an earlier process left unfinished.
 	interrupted []api.Job
 
+	polMu sync.RWMutex
+	pols  []*policy.Policy
+
 	mu       sync.Mutex
 	sessions map[string]*liveSession
 	passes   map[string][]byte
@@ -106,7 +127,10 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{cfg: cfg, log: cfg.Log, sessions: map[string]*liveSession{}, passes: map[string][]byte{}}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	s := &Service{cfg: cfg, log: cfg.Log, sessions: map[string]*liveSession{}, passes: map[string][]byte{}, pols: cfg.Policies}
 	s.state = statedir.Dir(cfg.StateDir)
 	s.bootDirs = append(append([]string(nil), domain.DefaultBootFileDirs...), cfg.BootFileDirs...)
 	// state_dir is made 0711 and must be root's.
@@ -140,7 +164,12 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 			return nil, err
 		}
 	}
-	s.jobs = jobs.New(jobs.Config{Store: s.cat, Log: cfg.Log, MaxJobs: cfg.MaxJobs, MaxPerTarget: cfg.MaxJobsPerTarget, Backoff: cfg.RetryBackoff})
+	limits := map[string]int{}
+	for _, t := range cfg.Targets {
+		limits[t.Name] = t.MaxJobs
+	}
+	s.jobs = jobs.New(jobs.Config{Store: s.cat, Log: cfg.Log, MaxJobs: cfg.MaxJobs, MaxPerTarget: cfg.MaxJobsPerTarget, Backoff: cfg.RetryBackoff,
+		TargetLimits: limits, Ended: cfg.Ended})
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	return s, nil
 }
@@ -249,6 +278,7 @@ func (s *Service) open(ctx context.Context, t Target, create bool) (*target.Repo
 // file needs, asked for once per process when none is configured.
 func (s *Service) withPassphrase(t Target) (all.Config, error) {
 	c := t.Open
+	c.Now = s.cfg.Clock
 	if c.KeyFile == "" || len(c.Passphrase) > 0 {
 		return c, nil
 	}

@@ -9,6 +9,7 @@ package config
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -72,7 +73,10 @@ type Config struct {
 	Notify   NotifyConfig   `mapstructure:"notify"`
 	Metrics  MetricsConfig  `mapstructure:"metrics"`
 
-	policies []*policy.Policy
+	policies     []*policy.Policy
+	webhookToken target.Secret
+	metricsToken target.Secret
+	metricsTLS   *tls.Config
 
 	// Path is the file read; ZeroConfig is set when there was none and the
 	// defaults are used.
@@ -264,18 +268,23 @@ func Load(path string, explicit bool) (*Config, error) {
 			return nil, usageErr("config file %s: %v", path, err)
 		}
 	}
-	var c Config
-	if err := v.UnmarshalExact(&c); err != nil {
-		return nil, usageErr("config file %s: %v", path, err)
-	}
-	c.Path, c.ZeroConfig = path, zero
-	if zero {
-		c.Targets = []TargetConfig{ZeroTarget()}
-	}
 	p := &problems{path: path}
 	if !zero {
 		raw, _ := os.ReadFile(path)
 		p.lines = newLineIndex(raw)
+	}
+	var c Config
+	if err := v.UnmarshalExact(&c); err != nil {
+		// Name each unknown or malformed key, then check the rest too.
+		decodeProblems(p, err)
+		c = Config{}
+		if err := v.Unmarshal(&c); err != nil {
+			return nil, p.err()
+		}
+	}
+	c.Path, c.ZeroConfig = path, zero
+	if zero {
+		c.Targets = []TargetConfig{ZeroTarget()}
 	}
 	c.check(p)
 	if err := p.err(); err != nil {
@@ -327,6 +336,31 @@ func (c *Config) check(p *problems) {
 	c.checkPolicies(p)
 	c.checkNotify(p)
 	c.checkMetrics(p)
+}
+
+var (
+	invalidKeysRe = regexp.MustCompile(`^'([^']*)' has invalid keys: (.*)$`)
+	keyErrRe      = regexp.MustCompile(`^'([^']*)' (.*)$`)
+)
+
+// decodeProblems adds what viper's strict decoding found, key by key.
+func decodeProblems(p *problems, err error) {
+	for _, line := range strings.Split(err.Error(), "\n") {
+		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "* "))
+		if m := invalidKeysRe.FindStringSubmatch(line); m != nil {
+			for _, k := range strings.Split(m[2], ", ") {
+				key := k
+				if m[1] != "" {
+					key = m[1] + "." + k
+				}
+				p.add(key, "unknown key")
+			}
+		} else if m := keyErrRe.FindStringSubmatch(line); m != nil {
+			p.add(m[1], "%s", m[2])
+		} else if line != "" && !strings.HasPrefix(line, "decoding failed") {
+			p.list = append(p.list, fmt.Sprintf("config file %s: %s", p.path, line))
+		}
+	}
 }
 
 func (c *Config) checkDaemon(p *problems) {

@@ -25,11 +25,11 @@ func (l *lineIndex) line(key string) int {
 	}
 	n, best := l.root, 0
 	for _, part := range splitKey(key) {
-		n = child(n, part)
-		if n == nil {
+		var line int
+		if n, line = child(n, part); n == nil {
 			break
 		}
-		best = n.Line
+		best = line
 	}
 	return best
 }
@@ -39,21 +39,19 @@ func splitKey(key string) []string {
 	return strings.FieldsFunc(key, func(r rune) bool { return r == '.' || r == '[' || r == ']' })
 }
 
-func child(n *yaml.Node, part string) *yaml.Node {
+// child is n's value under part, and the line that names it.
+func child(n *yaml.Node, part string) (*yaml.Node, int) {
 	switch n.Kind {
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			if n.Content[i].Value == part {
-				if v := n.Content[i+1]; v.Kind == yaml.ScalarNode {
-					return v
-				}
-				return n.Content[i]
+				return n.Content[i+1], n.Content[i].Line
 			}
 		}
 	case yaml.SequenceNode:
 		if i, err := strconv.Atoi(part); err == nil && i >= 0 && i < len(n.Content) {
-			return n.Content[i]
+			return n.Content[i], n.Content[i].Line
 		}
 	}
-	return nil
+	return nil, 0
 }

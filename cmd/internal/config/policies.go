@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/url"
@@ -320,9 +321,11 @@ func (c *Config) checkNotify(p *problems) {
 			p.add("notify.webhook.retries", "%d: want 0-20", w.Retries)
 		}
 		if w.TokenFile != "" {
-			if _, err := target.ReadSecretFile(w.TokenFile); err != nil {
+			b, err := target.ReadSecretFile(w.TokenFile)
+			if err != nil {
 				p.add("notify.webhook.token_file", "%v", err)
 			}
+			c.webhookToken = target.Secret(strings.TrimSpace(string(b)))
 		}
 		if w.Timeout != "" {
 			if d, err := time.ParseDuration(w.Timeout); err != nil || d < time.Second || d > 5*time.Minute {
@@ -378,9 +381,21 @@ func (c *Config) checkMetrics(p *problems) {
 		p.add("metrics.listen", "%s is not a loopback address: a listener elsewhere needs tls_cert_file, tls_key_file and token_file", m.Listen)
 	}
 	if m.TokenFile != "" {
-		if _, err := target.ReadSecretFile(m.TokenFile); err != nil {
+		b, err := target.ReadSecretFile(m.TokenFile)
+		if err != nil {
 			p.add("metrics.token_file", "%v", err)
 		}
+		if c.metricsToken = target.Secret(strings.TrimSpace(string(b))); err == nil && c.metricsToken.Empty() {
+			p.add("metrics.token_file", "%s is empty", m.TokenFile)
+		}
+	}
+	if m.TLSCertFile != "" && m.TLSKeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(m.TLSCertFile, m.TLSKeyFile)
+		if err != nil {
+			p.add("metrics.tls_cert_file", "%v", err)
+			return
+		}
+		c.metricsTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 }
 
