@@ -177,7 +177,8 @@ or the daemon holds the host).`,
 	}
 	root.AddCommand(newBackupCmd(a), newListCmd(a), newInfoCmd(a), newRestoreCmd(a), newExportCmd(a),
 		newServeCmd(a), newMountCmd(a), newUmountCmd(a), newBootCmd(a), newVerifyCmd(a), newKeyCmd(a),
-		newJobsCmd(a), newJobCmd(a), newSessionsCmd(a), newCatalogCmd(a), newVersionCmd(a))
+		newJobsCmd(a), newJobCmd(a), newSessionsCmd(a), newCatalogCmd(a), newVersionCmd(a),
+		newPoliciesCmd(a), newRunCmd(a), newPruneCmd(a), newProtectCmd(a, false), newProtectCmd(a, true), newCopyCmd(a), newGCCmd(a))
 	return root
 }
 

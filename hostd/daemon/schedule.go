@@ -34,6 +34,9 @@ func Entries(svc *service.Service, last map[string]time.Time) []schedule.Entry {
 // run is recorded in the catalog, so a restart catches up what it missed
 // once and repeats nothing.
 func NewScheduler(svc *service.Service, clock schedule.Clock, log *slog.Logger) *schedule.Scheduler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	s := &schedule.Scheduler{Clock: clock, Log: log}
 	s.Busy = func(entry string) bool { return busy(svc, entry) }
 	s.Start = func(ctx context.Context, f schedule.Fire) {

@@ -88,7 +88,7 @@ func (p *Policy) Selects(name string, optedIn bool) bool {
 }
 
 // LevelAt is the level of a run at now for a domain whose last full in the
-// target was taken at lastFull (zero: none; the backup is a full anyway).
+// target was taken at lastFull (zero: none, or pruned).
 // The reason says why a full was chosen.
 func (p *Policy) LevelAt(now, lastFull time.Time) (level, reason string) {
 	if p.Level == target.LevelFull {
@@ -99,6 +99,10 @@ func (p *Policy) LevelAt(now, lastFull time.Time) (level, reason string) {
 		lv = "auto"
 	}
 	if lastFull.IsZero() {
+		if p.Full.Period != "" || p.Full.Every > 0 {
+			// None kept (or none yet, when the backup is a full anyway).
+			return target.LevelFull, "no full backup in the target"
+		}
 		return lv, ""
 	}
 	loc := p.Full.Location

@@ -15,7 +15,7 @@ func TestLevelAt(t *testing.T) {
 	}{
 		{Full{Period: "week", Location: berlin}, mon, mon.Add(-24 * time.Hour), "full"},  // Sunday before
 		{Full{Period: "week", Location: berlin}, mon.Add(24 * time.Hour), mon, "auto"},   // Tuesday
-		{Full{Period: "week", Location: berlin}, mon, time.Time{}, "auto"},               // none yet: auto makes it full
+		{Full{Period: "week", Location: berlin}, mon, time.Time{}, "full"},               // none kept
 		{Full{Period: "month", Location: berlin}, mon.Add(24 * time.Hour), mon, "full"},  // 1 December
 		{Full{Period: "month", Location: berlin}, mon, mon.Add(-48 * time.Hour), "auto"}, // 28 November
 		{Full{Every: 7 * 24 * time.Hour}, mon, mon.Add(-7 * 24 * time.Hour), "full"},     // exactly a week

@@ -124,6 +124,11 @@ func (s *Service) runBackup(ctx context.Context, h *jobs.Handle, t Target, uuid 
 		// reconcile finds it.
 		h.Log().Error("point not recorded in the catalog", "point", p.ID, "err", err)
 	}
+	if p.Level == chain.LevelFull {
+		if err := s.cat.SetLastRun(context.WithoutCancel(ctx), fullEntry(t.Name, uuid), p.Time); err != nil {
+			h.Log().Error("full backup not recorded: the level plan takes the newest full point instead", "err", err)
+		}
+	}
 	out := &api.JobResult{Point: &p, Warnings: res.Warnings}
 	for _, d := range res.Disks {
 		if d.FullReason != "" && res.Manifest.Level != chain.LevelFull {

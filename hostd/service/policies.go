@@ -360,21 +360,32 @@ func (s *Service) child(ctx context.Context, ids *[]string) func(api.Job, error)
 }
 
 // levelFor is the level p's plan gives the next backup of domain uuid
-// into t, and why a full when it is one.
+// into t, and why a full when it is one. The last full is the last one
+// taken (recorded when it succeeds, so pruning it does not bring the next
+// one forward), else the newest undamaged full the catalog has.
 func (s *Service) levelFor(ctx context.Context, p *policy.Policy, t, uuid string) (string, string, error) {
-	pts, err := s.cat.Points(ctx, catalog.Query{Target: t, Domain: uuid})
+	runs, err := s.cat.LastRuns(ctx)
 	if err != nil {
 		return "", "", err
 	}
-	var lastFull time.Time
-	for _, pt := range pts {
-		if pt.Level == "full" && pt.Damaged == "" {
-			lastFull = pt.Time
+	lastFull := runs[fullEntry(t, uuid)]
+	if lastFull.IsZero() {
+		pts, err := s.cat.Points(ctx, catalog.Query{Target: t, Domain: uuid})
+		if err != nil {
+			return "", "", err
+		}
+		for _, pt := range pts {
+			if pt.Level == "full" && pt.Damaged == "" {
+				lastFull = pt.Time
+			}
 		}
 	}
 	level, why := p.LevelAt(s.cfg.Clock(), lastFull)
 	return level, why, nil
 }
+
+// fullEntry names the record of a domain's last full backup into a target.
+func fullEntry(t, uuid string) string { return "full/" + t + "/" + uuid }
 
 // PointStats sums up the catalog's points per target and domain.
 func (s *Service) PointStats(ctx context.Context) ([]catalog.PointStat, error) { return s.cat.PointStats(ctx) }

@@ -1,0 +1,246 @@
+package daemon_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/virtkeep/virtkeep/hostd/api"
+	"github.com/virtkeep/virtkeep/hostd/daemon"
+	"github.com/virtkeep/virtkeep/hostd/policy"
+	"github.com/virtkeep/virtkeep/hostd/schedule"
+	"github.com/virtkeep/virtkeep/hostd/service"
+	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/target/all"
+	"github.com/virtkeep/virtkeep/testenv"
+	"github.com/virtkeep/virtkeep/testenv/vm"
+)
+
+// fakeClock is the scheduler's and the service's time; the test moves it.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+func (c *fakeClock) Set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
+
+// After never fires: the test ticks the scheduler itself.
+func (c *fakeClock) After(time.Duration) <-chan time.Time { return nil }
+
+func must[T any](t *testing.T) func(T, error) T {
+	return func(v T, err error) T {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+}
+
+// TestWeekOfSchedules runs a week of one nightly policy over 20 domains
+// (concurrency 3, a full on the first run of each week, incrementals
+// otherwise, keep 2 daily and 2 weekly) and a nightly GC, on a fake clock,
+// against libvirt: every scheduled backup ran once, never more than 3 at
+// once nor two on one domain, at the planned levels; retention left
+// exactly what the rules keep, GC freed space, every point verifies, and
+// goroutines, fds and RSS stay bounded day after day.
+func TestWeekOfSchedules(t *testing.T) {
+	testenv.Integration(t)
+	env := vm.Libvirt(t)
+	const n = 20
+	var doms []*vm.Domain
+	for i := 0; i < n; i++ {
+		doms = append(doms, env.NewDomain(t, vm.DomainSpec{Start: true, Disks: []vm.DiskSpec{{Size: 8 << 20, Seed: uint64(i + 1)}}}))
+	}
+	dir := testenv.TempDir(t)
+	clock := &fakeClock{t: time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)} // a Wednesday
+	nightly := must[*schedule.Cron](t)(schedule.ParseCron("0 1 * * *", "UTC"))
+	gc := must[*schedule.Cron](t)(schedule.ParseCron("0 4 * * *", "UTC"))
+	pol := &policy.Policy{Name: "nightly", Domains: []string{"vk-testweekofschedules-*"},
+		Schedules: []*schedule.Cron{nightly}, Jitter: 30 * time.Minute, Level: "inc", Full: policy.Full{Period: "week", Location: time.UTC},
+		Targets: []string{"local"}, Concurrency: 3, Retention: map[string]target.Retention{"local": {KeepDaily: 2, KeepWeekly: 2}}}
+	svc, err := service.New(context.Background(), service.Config{Mode: "daemon", Version: "test", StateDir: filepath.Join(dir, "state"),
+		LibvirtURI: vm.URI(), MaxJobs: 8, MaxJobsPerTarget: 8, Clock: clock.Now, Policies: []*policy.Policy{pol},
+		Targets: []service.Target{{Name: "local", GC: gc, Open: all.Config{Name: "local", Kind: "local", Path: filepath.Join(dir, "repo")}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	if ps, err := svc.Policies(context.Background()); err != nil || len(ps[0].Domains) != n {
+		t.Fatalf("policy selects %v (%v), want the %d test domains", ps, err, n)
+	}
+	sched := daemon.NewScheduler(svc, clock, nil)
+	sched.Set(daemon.Entries(svc, nil))
+
+	var base resources
+	start := clock.Now()
+	for day := 0; day < 7; day++ {
+		for step := 0; step < 24*6; step++ {
+			now := start.Add(time.Duration(day)*24*time.Hour + time.Duration(step)*10*time.Minute)
+			clock.Set(now)
+			sched.Tick(context.Background(), now)
+			waitIdle(t, svc)
+		}
+		// The day's changes: the same region each day, so that pruned
+		// points leave chunks for GC.
+		for i, d := range doms {
+			if err := d.Write(context.Background(), "vda", 1<<20, 512<<10, byte(day*n+i+1)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		runtime.GC()
+		got := measure(t)
+		t.Logf("day %d (%s): %+v", day, clock.Now().Weekday(), got)
+		if day == 0 {
+			base = got
+			continue
+		}
+		if got.goroutines > base.goroutines+10 || got.fds > base.fds+8 || got.rss > base.rss+96<<20 {
+			t.Errorf("day %d: %+v after the first day's %+v: something leaks", day, got, base)
+		}
+	}
+	checkWeek(t, svc, doms, start)
+}
+
+func waitIdle(t *testing.T, svc *service.Service) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Minute)
+	for len(svc.Running()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("jobs still running: %v", svc.Running())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type resources struct {
+	goroutines, fds int
+	rss             int64
+}
+
+func measure(t *testing.T) resources {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	statm, _ := os.ReadFile("/proc/self/statm")
+	f := strings.Fields(string(statm))
+	pages, _ := strconv.ParseInt(f[1], 10, 64)
+	return resources{goroutines: runtime.NumGoroutine(), fds: len(ents), rss: pages * int64(os.Getpagesize())}
+}
+
+// checkWeek checks what the week left.
+func checkWeek(t *testing.T, svc *service.Service, doms []*vm.Domain, start time.Time) {
+	ctx := context.Background()
+	js, err := svc.Jobs(ctx, api.JobsRequest{All: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byDomain := map[string][]api.Job{}
+	var backups []api.Job
+	freed := int64(0)
+	for _, j := range js {
+		switch j.Kind {
+		case api.KindBackup:
+			if j.State != api.Succeeded || j.Policy != "nightly" {
+				t.Errorf("backup %s of %s: %s %s", j.ID, j.Domain, j.State, j.Error)
+				continue
+			}
+			backups = append(backups, j)
+			byDomain[j.Domain] = append(byDomain[j.Domain], j)
+		case api.KindGC:
+			for _, g := range j.Result.GC {
+				freed += g.BytesFreed
+			}
+		case api.KindPolicy:
+			if j.State != api.Succeeded {
+				t.Errorf("policy run %s: %s %s", j.ID, j.State, j.Error)
+			}
+		}
+	}
+	if len(backups) != 7*len(doms) {
+		t.Errorf("%d backups, want %d (one per domain per night)", len(backups), 7*len(doms))
+	}
+	wantLevels := []string{"full", "inc", "inc", "inc", "inc", "full", "inc"} // Wed .. Tue; Monday starts a week
+	for _, d := range doms {
+		bs := byDomain[d.Name]
+		sort.Slice(bs, func(i, j int) bool { return bs[i].Result.Point.Time.Before(bs[j].Result.Point.Time) })
+		for i, b := range bs {
+			day := int(b.Result.Point.Time.Sub(start) / (24 * time.Hour))
+			if i >= len(wantLevels) || day != i || b.Result.Point.Level != wantLevels[i] {
+				t.Errorf("%s: backup %d on day %d at level %s, want day %d at %s", d.Name, i, day, b.Result.Point.Level, i, wantLevels[min(i, 6)])
+			}
+		}
+	}
+	if most, two := overlaps(backups); most > 3 || two {
+		t.Errorf("%d backups ran at once (want at most 3); two on one domain: %v", most, two)
+	} else if most < 3 {
+		t.Errorf("at most %d backups ran at once: the policy's concurrency of 3 was never used", most)
+	}
+	// keep_daily 2 + keep_weekly 2 on the last night (a Tuesday): Tuesday
+	// and Monday (daily; Tuesday also this week's weekly) and Sunday (last
+	// week's weekly).
+	for _, d := range doms {
+		ps, err := svc.Points(ctx, api.ListRequest{Domain: d.Name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var days []string
+		for _, p := range ps {
+			days = append(days, p.Time.Weekday().String())
+		}
+		if strings.Join(days, ",") != "Sunday,Monday,Tuesday" {
+			t.Errorf("%s: points left on %v, want Sunday, Monday, Tuesday", d.Name, days)
+		}
+	}
+	if freed == 0 {
+		t.Errorf("GC freed nothing")
+	}
+	most, _ := overlaps(backups)
+	t.Logf("%d backups, at most %d at once; GC freed %d bytes", len(backups), most, freed)
+	j, err := svc.Verify(ctx, api.VerifyRequest{All: true, ReadData: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = svc.Watch(ctx, j.ID, func(last api.Job) error { j = last; return nil })
+	if j.State != api.Succeeded {
+		t.Errorf("verify --all --read-data: %s %s", j.State, j.Error)
+	}
+}
+
+// overlaps is the most backups running at once, and whether two ever ran
+// on one domain at once.
+func overlaps(js []api.Job) (int, bool) {
+	type ev struct {
+		t     time.Time
+		delta int
+		dom   string
+	}
+	var evs []ev
+	for _, j := range js {
+		evs = append(evs, ev{j.Started, 1, j.Domain}, ev{j.Ended, -1, j.Domain})
+	}
+	sort.Slice(evs, func(i, j int) bool {
+		return evs[i].t.Before(evs[j].t) || evs[i].t.Equal(evs[j].t) && evs[i].delta < evs[j].delta
+	})
+	cur, most, per, two := 0, 0, map[string]int{}, false
+	for _, e := range evs {
+		cur += e.delta
+		per[e.dom] += e.delta
+		most = max(most, cur)
+		two = two || per[e.dom] > 1
+	}
+	return most, two
+}
