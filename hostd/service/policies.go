@@ -55,7 +55,9 @@ func (s *Service) RecordRun(ctx context.Context, entry string, t time.Time) erro
 }
 
 // LastRuns is when each scheduler entry last ran.
-func (s *Service) LastRuns(ctx context.Context) (map[string]time.Time, error) { return s.cat.LastRuns(ctx) }
+func (s *Service) LastRuns(ctx context.Context) (map[string]time.Time, error) {
+	return s.cat.LastRuns(ctx)
+}
 
 // Targets are the configured targets.
 func (s *Service) Targets() []Target {
@@ -388,7 +390,9 @@ func (s *Service) levelFor(ctx context.Context, p *policy.Policy, t, uuid string
 func fullEntry(t, uuid string) string { return "full/" + t + "/" + uuid }
 
 // PointStats sums up the catalog's points per target and domain.
-func (s *Service) PointStats(ctx context.Context) ([]catalog.PointStat, error) { return s.cat.PointStats(ctx) }
+func (s *Service) PointStats(ctx context.Context) ([]catalog.PointStat, error) {
+	return s.cat.PointStats(ctx)
+}
 
 // SetUpkeep takes the GC and verify schedules of the targets ts names
 // (a reload) and returns the targets whose other settings differ, which
