@@ -157,7 +157,7 @@ func (c *Config) checkPolicies(p *problems) {
 		pol := &policy.Policy{Name: pc.Name, Domains: pc.Domains, OptIn: pc.OptIn, Level: pc.Level, Consistency: pc.Consistency,
 			RequireConsistency: pc.RequireConsistency, Disks: pc.Disks, Exclude: pc.Exclude, Targets: pc.Targets, CopyTo: pc.CopyTo,
 			Concurrency: pc.Concurrency, Retention: map[string]target.Retention{}}
-		loc := pc.checkTimes(p, key, pol)
+		loc := pc.checkTimes(p, key, pol, c.TimeZone)
 		pc.checkLevels(p, key, pol, loc)
 		pc.checkTargets(p, key, targets, pol)
 		pc.checkHooks(p, key, pol)
@@ -172,10 +172,16 @@ func location(name string) (*time.Location, error) {
 	return time.LoadLocation(name)
 }
 
-func (pc *PolicyConfig) checkTimes(p *problems, key string, pol *policy.Policy) *time.Location {
-	loc, err := location(pc.TimeZone)
+func (pc *PolicyConfig) checkTimes(p *problems, key string, pol *policy.Policy, defaultTZ string) *time.Location {
+	tz := pc.TimeZone
+	if tz == "" {
+		tz = defaultTZ
+	}
+	loc, err := location(tz)
 	if err != nil {
-		p.add(key+".time_zone", "%q: want an IANA time zone such as Europe/Berlin or UTC", pc.TimeZone)
+		if pc.TimeZone != "" {
+			p.add(key+".time_zone", "%q: want an IANA time zone such as Europe/Berlin or UTC", pc.TimeZone)
+		}
 		loc = time.UTC
 	}
 	if len(pc.Schedule) == 0 {
