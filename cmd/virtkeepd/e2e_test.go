@@ -233,8 +233,18 @@ func TestDaemonEndToEnd(t *testing.T) {
 	dir := g.Dir
 	state := filepath.Join(dir, "state")
 	cfg := filepath.Join(dir, "virtkeep.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir: %s\nlibvirt_uri: %s\nsocket: %s/d.sock\nshutdown_timeout: 30s\nboot_file_dirs: [%s]\ntargets:\n  - {name: local, kind: local, path: %s/repo}\n",
-		state, vm.URI(), dir, vm.GuestDir(), dir)), 0o600)
+	os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir: %s\nlibvirt_uri: %s\nsocket: %s/d.sock\nshutdown_timeout: 30s\nboot_file_dirs: [%s]\ntargets:\n  - {name: local, kind: local, path: %s/repo}\n%s",
+		state, vm.URI(), dir, vm.GuestDir(), dir, fmt.Sprintf(`policies:
+  - name: hooked
+    domains: [%s]
+    schedule: "0 3 1 1 *"
+    consistency: app
+    require_consistency: true
+    hooks:
+      pre_freeze: [{path: /bin/sh, args: [-c, "echo hello-from-hook"], timeout: 20s}]
+      post_thaw: [{path: /bin/sh, args: [-c, "echo bye-from-hook"]}]
+    targets: [local]
+`, g.Name))), 0o600)
 	d := startDaemon(t, dbin, cfg)
 
 	// With the daemon up, an in-process CLI is refused by the host lock.
@@ -323,6 +333,30 @@ func TestDaemonEndToEnd(t *testing.T) {
 		t.Fatal("the booted domain is left after its session ended")
 	}
 
+	// A policy's in-guest hooks run around the freeze, their output in
+	// the backup's log.
+	if code, out, errw := cli(t, bin, cfg, "run", "hooked", "--wait"); code != 0 || strings.TrimSpace(out) != g.Name+": ok" {
+		t.Fatalf("run hooked: %d %q %s", code, out, errw)
+	}
+	code, out, _ = cli(t, bin, cfg, "--json", "jobs")
+	js = nil
+	if code != 0 || json.Unmarshal([]byte(out), &js) != nil {
+		t.Fatalf("jobs: %d %s", code, out)
+	}
+	hooked := ""
+	for _, j := range js {
+		if j.Kind == api.KindBackup && j.Policy == "hooked" {
+			hooked = j.ID
+			if j.Result == nil || j.Result.Point.Consistency != "app" {
+				t.Errorf("hooked backup: %+v", j.Result)
+			}
+		}
+	}
+	if code, out, _ := cli(t, bin, cfg, "job", "log", hooked); code != 0 || !strings.Contains(out, "hello-from-hook") || !strings.Contains(out, "bye-from-hook") {
+		t.Fatalf("the hooks' output is not in the backup's log: %d %s", code, out)
+	}
+	before = checkpoints(t, g)
+
 	// A job cancelled mid-run leaves the guest and the target as they were.
 	id := startBackup(t, bin, cfg, g.Name)
 	if code, _, errw := cli(t, bin, cfg, "job", "cancel", id); code != 0 {
@@ -393,7 +427,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 	if code, _, errw := cli(t, bin, cfg, "catalog", "rebuild"); code != 0 {
 		t.Fatalf("catalog rebuild: %d %s", code, errw)
 	}
-	if _, got, _ := cli(t, bin, cfg, "--json", "list"); got != want || strings.Count(want, `"id"`) != 2 {
+	if _, got, _ := cli(t, bin, cfg, "--json", "list"); got != want || strings.Count(want, `"id"`) != 3 {
 		t.Fatalf("list after the rebuild:\n%s\nwant:\n%s", got, want)
 	}
 	d.stop(t, syscall.SIGTERM, time.Minute)

@@ -212,6 +212,33 @@ func TestPolicyEndToEnd(t *testing.T) {
 		t.Errorf("the webhook heard of a success it was not asked for")
 	}
 
+	// virtkeep run: a run now, which prunes the scheduled run's point
+	// unless it is protected; prune --dry-run says why each one stays.
+	if code, _, errw := cli(t, bin, cfg, "protect", where["local"], "--target", "local"); code != 0 {
+		t.Fatalf("protect: %d %s", code, errw)
+	}
+	if code, out, errw := cli(t, bin, cfg, "run", "nightly", dom.Name, "--wait"); code != 0 || strings.TrimSpace(out) != dom.Name+": ok" {
+		t.Fatalf("run nightly: %d %q %s", code, out, errw)
+	}
+	code, out, errw = cli(t, bin, cfg, "--json", "prune", "--dry-run")
+	var decs []api.Decision
+	if code != 0 || json.Unmarshal([]byte(out), &decs) != nil {
+		t.Fatalf("prune --dry-run: %d %s %s", code, out, errw)
+	}
+	why := map[string]string{}
+	for _, d := range decs {
+		if !d.Keep {
+			t.Errorf("dry run would remove %s from %s: keep_last 1 and the chain keep the newest, protect the other", d.Point, d.Target)
+		}
+		why[d.Target+" "+d.Point] = strings.Join(d.Reasons, ",")
+	}
+	if !strings.Contains(why["local "+where["local"]], "protected") || len(decs) != 4 {
+		t.Errorf("prune --dry-run decisions: %v", why)
+	}
+	if code, _, errw := cli(t, bin, cfg, "unprotect", where["local"], "--target", "local"); code != 0 {
+		t.Fatalf("unprotect: %d %s", code, errw)
+	}
+
 	// virtkeep policies; a broken reload keeps them, a good one applies.
 	// (The CLI reads a copy: it refuses a broken file too.)
 	cliCfg := filepath.Join(dir, "cli.yaml")

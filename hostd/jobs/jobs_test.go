@@ -166,3 +166,70 @@ func TestRetryPanicAndShutdown(t *testing.T) {
 		t.Fatalf("submit after shutdown: %v", err)
 	}
 }
+
+// TestTargetLimitsUnlimitedAndWait: a target's own limit holds; an
+// unlimited job (a policy run) starts while the limits are full and waits
+// for the jobs it submits; Wait finds jobs that already ended; Ended hears
+// of every job.
+func TestTargetLimitsUnlimitedAndWait(t *testing.T) {
+	var mu sync.Mutex
+	ended := map[string]api.JobState{}
+	m := New(Config{Store: newStore(), MaxJobs: 1, MaxPerTarget: 1, TargetLimits: map[string]int{"wide": 3},
+		Ended: func(j api.Job) { mu.Lock(); ended[j.ID] = j.State; mu.Unlock() }})
+	release := make(chan struct{})
+	var running, most int
+	block := func(ctx context.Context, h *Handle) (*api.JobResult, error) {
+		mu.Lock()
+		running++
+		most = max(most, running)
+		mu.Unlock()
+		<-release
+		mu.Lock()
+		running--
+		mu.Unlock()
+		return nil, nil
+	}
+	m.cfg.MaxJobs = 8 // the host allows 8, "wide" 3, others 1
+	var ids []string
+	for i := 0; i < 5; i++ {
+		j, err := m.Submit(Spec{Kind: "backup", Target: "wide", Run: block})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, j.ID)
+	}
+	time.Sleep(50 * time.Millisecond)
+	mu.Lock()
+	if running != 3 {
+		t.Errorf("%d jobs running on a target limited to 3", running)
+	}
+	mu.Unlock()
+	// An unlimited parent starts although the target is full, and waits
+	// for its child.
+	parent, _ := m.Submit(Spec{Kind: "policy", Unlimited: true, Run: func(ctx context.Context, h *Handle) (*api.JobResult, error) {
+		c, err := m.Submit(Spec{Kind: "backup", Target: "wide", Parent: h.ID(), Run: func(context.Context, *Handle) (*api.JobResult, error) { return nil, nil }})
+		if err != nil {
+			return nil, err
+		}
+		final, err := m.Wait(ctx, c.ID)
+		if err == nil && final.State != api.Succeeded {
+			err = errors.New(final.Error)
+		}
+		return nil, err
+	}})
+	close(release)
+	final, err := m.Wait(context.Background(), parent.ID)
+	if err != nil || final.State != api.Succeeded {
+		t.Fatalf("parent: %+v %v", final, err)
+	}
+	for _, id := range ids {
+		if j, err := m.Wait(context.Background(), id); err != nil || j.State != api.Succeeded {
+			t.Errorf("wait %s after it ended: %+v %v", id, j, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if most != 3 || len(ended) != 7 {
+		t.Errorf("at most %d at once, %d ends heard of: want 3 and 7", most, len(ended))
+	}
+}

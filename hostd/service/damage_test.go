@@ -1,0 +1,76 @@
+package service_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/virtkeep/virtkeep/hostd/api"
+	"github.com/virtkeep/virtkeep/testenv"
+	"github.com/virtkeep/virtkeep/testenv/vm"
+)
+
+// TestDamagedPointIsNoBase: a verify that finds a point's chunk damaged
+// marks the point in the catalog; the next backup of the domain builds on
+// no damaged point (it is a full), stores the damaged data again, and a
+// whole verify then finds nothing and clears the mark.
+func TestDamagedPointIsNoBase(t *testing.T) {
+	env := vm.Libvirt(t)
+	dom := env.NewDomain(t, vm.DomainSpec{Disks: []vm.DiskSpec{{Size: 16 << 20, Fill: testenv.Fill{Random: 1}}}, Start: true})
+	dir := testenv.TempDir(t)
+	s := newService(t, dir, "local")
+	ctx := context.Background()
+	first := waitJob(t, s, must(s.Backup(ctx, api.BackupRequest{Domain: dom.Name})))
+	if first.State != api.Succeeded {
+		t.Fatalf("backup: %s %s", first.State, first.Error)
+	}
+	// Damage one chunk: flip its last byte (the envelope's tag/checksum).
+	chunks, _ := filepath.Glob(filepath.Join(dir, "repo-local", "chunks", "*", "*"))
+	if len(chunks) == 0 {
+		t.Fatal("no chunks")
+	}
+	b, _ := os.ReadFile(chunks[0])
+	b[len(b)-1] ^= 0xff
+	os.WriteFile(chunks[0], b, 0o600)
+
+	v := waitJob(t, s, must(s.Verify(ctx, api.VerifyRequest{All: true, ReadData: true})))
+	if v.State != api.Failed {
+		t.Fatalf("verify of a damaged repository: %s", v.State)
+	}
+	p := must(s.Point(ctx, api.PointRequest{Point: first.Result.Point.ID}))
+	if p.Damaged == "" {
+		t.Fatalf("point not marked damaged: %+v", p)
+	}
+	next := waitJob(t, s, must(s.Backup(ctx, api.BackupRequest{Domain: dom.Name, Level: "inc"})))
+	if next.State != api.Succeeded || next.Result.Point.Level != "full" || next.Result.Point.Parent != "" {
+		t.Fatalf("backup after damage: %s %s, level %s parent %q: want a full", next.State, next.Error, next.Result.Point.Level, next.Result.Point.Parent)
+	}
+	if !logHas(t, s, next.ID, "point failed verification") {
+		t.Errorf("the backup's log does not say why it is a full")
+	}
+	v = waitJob(t, s, must(s.Verify(ctx, api.VerifyRequest{All: true, ReadData: true})))
+	if v.State != api.Succeeded {
+		t.Fatalf("verify after the new full stored the data again: %s %s", v.State, v.Error)
+	}
+	if p := must(s.Point(ctx, api.PointRequest{Point: first.Result.Point.ID})); p.Damaged != "" {
+		t.Errorf("a whole verify that found nothing left the mark: %s", p.Damaged)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func logHas(t *testing.T, s api.Service, job, text string) bool {
+	found := false
+	_ = s.Log(context.Background(), job, false, func(l api.LogLine) error {
+		found = found || strings.Contains(l.Message, text)
+		return nil
+	})
+	return found
+}
