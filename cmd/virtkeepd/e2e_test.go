@@ -293,7 +293,6 @@ func TestDaemonEndToEnd(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(listed), &ps) != nil || len(ps) != 1 || ps[0].ID != first {
 		t.Fatalf("list without the repository: %d %s", code, listed)
 	}
-	before := checkpoints(t, g)
 
 	// A mount and a boot through the daemon: its sessions, held by it.
 	mnt := filepath.Join(dir, "mnt")
@@ -355,7 +354,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 	if code, out, _ := cli(t, bin, cfg, "job", "log", hooked); code != 0 || !strings.Contains(out, "hello-from-hook") || !strings.Contains(out, "bye-from-hook") {
 		t.Fatalf("the hooks' output is not in the backup's log: %d %s", code, out)
 	}
-	before = checkpoints(t, g)
+	before := checkpoints(t, g)
 
 	// A job cancelled mid-run leaves the guest and the target as they were.
 	id := startBackup(t, bin, cfg, g.Name)
