@@ -130,7 +130,7 @@ func newInfoCmd(a *app) *cobra.Command {
 func newVerifyCmd(a *app) *cobra.Command {
 	var r api.VerifyRequest
 	cmd := &cobra.Command{
-		Use:   "verify (POINT | --all) [--read-data]",
+		Use:   "verify (POINT | --all) [--read-data [--sample N]]",
 		Short: "Check points: structure, and with --read-data every chunk's hash",
 		Args:  maxArgs(1, "POINT"),
 		RunE: a.withService(writes, func(cmd *cobra.Command, args []string) error {
@@ -166,5 +166,6 @@ func newVerifyCmd(a *app) *cobra.Command {
 	f.StringVar(&r.Target, "target", "", "only this target")
 	f.BoolVar(&r.All, "all", false, "every point of every target")
 	f.BoolVar(&r.ReadData, "read-data", false, "read and re-hash every chunk")
+	f.IntVar(&r.Sample, "sample", 0, "with --all --read-data: read one part in N of the chunks, another each day")
 	return cmd
 }
