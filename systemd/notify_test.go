@@ -102,7 +102,7 @@ func TestUnitFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Type=notify", "WatchdogSec=", "ExecStart=/usr/local/bin/virtkeepd"} {
+	for _, want := range []string{"Type=notify", "WatchdogSec=", "ExecStart=/usr/local/bin/virtkeepd", "ExecReload=/bin/kill -HUP $MAINPID"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("unit lacks %s", want)
 		}

@@ -43,12 +43,12 @@ func TestUsageErrors(t *testing.T) {
 	os.Chmod(openSecret, 0o644)
 	bad := map[string]string{
 		"targets: [{name: a, kind: s3, endpoint: s3.example.com, bucket: b, access_key: k, secret_key_file: " + openSecret + "}]\n": "mode 0644",
-		"version: 2\ntargets: [{name: a, kind: local, path: /x}]\n":                                                                 "version 2",
+		"version: 2\ntargets: [{name: a, kind: local, path: /x}]\n":                                                                 "version (line 1): 2",
 		"targets: []\n": "no targets",
-		"targets: [{name: 'a b', kind: local, path: /x}]\n":                               `name "a b"`,
+		"targets: [{name: 'a b', kind: local, path: /x}]\n":                               `targets[0].name (line 1): "a b"`,
 		"targets: [{name: a, kind: ftp, path: /x}]\n":                                     `kind "ftp"`,
 		"targets: [{name: a, kind: local}]\n":                                             "needs path",
-		"targets: [{name: a, kind: local, path: /x, compression: lz4}]\n":                 `compression "lz4"`,
+		"targets: [{name: a, kind: local, path: /x, compression: lz4}]\n":                 `targets[0].compression (line 1): "lz4"`,
 		"targets: [{name: a, kind: local, path: /x}, {name: a, kind: local, path: /y}]\n": "used twice",
 		"targets: [{name: a, kind: local, path: /x}]\nstate_dri: /x\n":                    "state_dri",
 		"targets: [\n": "yaml",
