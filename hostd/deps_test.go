@@ -65,6 +65,11 @@ func TestImportRules(t *testing.T) {
 	only("hostd/jobs", []string{"hostd/api"})
 	only("hostd/schedule", nil)
 	only("hostd/catalog", []string{"hostd/api"}, "github.com/mattn/go-sqlite3")
+	// Policies are data: no libvirt, no operation.
+	only("hostd/policy", []string{"hostd/schedule", "target"}, "github.com/klauspost/compress", "golang.org/x/crypto", "golang.org/x/sys")
+	only("hostd/notify", []string{"hostd/api", "target"}, "github.com/klauspost/compress", "golang.org/x/crypto", "golang.org/x/sys")
+	only("hostd/metrics", []string{"hostd/api", "hostd/catalog"}, "github.com/mattn/go-sqlite3", "github.com/prometheus/", "github.com/beorn7/perks",
+		"github.com/cespare/xxhash", "github.com/munnerz/goautoneg", "google.golang.org/protobuf", "golang.org/x/sys")
 
 	never := func(pkg string, transitive bool, banned ...string) {
 		list := direct[mod+pkg]

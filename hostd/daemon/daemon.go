@@ -111,14 +111,18 @@ func Run(ctx context.Context, cfg Config) error {
 	defer os.Remove(cfg.Socket)
 	srv := &apiserver.Server{Service: svc, Log: log, GID: gid}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- fmt.Errorf("API server: %w", srv.Serve(ln)) }()
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
 	if m != nil {
 		m.Watch(svc)
 		mc := *cfg.Metrics
 		mc.Log = log
-		go func() { served <- m.Serve(wctx, mc) }()
+		go func() {
+			if err := m.Serve(wctx, mc); err != nil {
+				served <- fmt.Errorf("metrics listener %s: %w", mc.Addr, err)
+			}
+		}()
 		log.Info("serving metrics", "addr", mc.Addr, "tls", mc.TLS != nil)
 	}
 	sched, err := startScheduler(wctx, svc, cfg, log)
@@ -151,7 +155,7 @@ func Run(ctx context.Context, cfg Config) error {
 		case <-ctx.Done():
 			running = false
 		case err := <-served:
-			return fmt.Errorf("API server: %w", err)
+			return err
 		case <-hup:
 			reload(wctx, svc, sched, cfg, &notifier, log)
 		case <-tick.C:

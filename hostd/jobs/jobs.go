@@ -136,7 +136,11 @@ func (m *Manager) Submit(s Spec) (api.Job, error) {
 		for _, j := range m.live {
 			if j.spec.Key == s.Key {
 				o := j.h.snapshot()
-				return api.Job{}, fmt.Errorf("domain %s: job %s (%s) is %s: %w", s.Domain, o.ID, o.Kind, o.State, ErrBusy)
+				who := "domain " + s.Domain
+				if s.Domain == "" {
+					who = s.Key
+				}
+				return api.Job{}, fmt.Errorf("%s: job %s (%s) is %s: %w", who, o.ID, o.Kind, o.State, ErrBusy)
 			}
 		}
 	}

@@ -10,7 +10,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/virtkeep/virtkeep/guestagent"
 	"github.com/virtkeep/virtkeep/hostd/schedule"
 	"github.com/virtkeep/virtkeep/target"
 )
@@ -40,8 +39,8 @@ type Policy struct {
 	RequireConsistency bool
 	FreezeTimeout      time.Duration
 	Disks, Exclude     []string
-	PreFreeze          []guestagent.Hook
-	PostThaw           []guestagent.Hook
+	PreFreeze          []Hook
+	PostThaw           []Hook
 	// Targets receive a backup each; CopyTo receive a copy of the first
 	// target's point.
 	Targets, CopyTo []string
@@ -51,6 +50,14 @@ type Policy struct {
 	// Concurrency is how many of the policy's domains are backed up at
 	// once (default 1).
 	Concurrency int
+}
+
+// Hook is a command run in the guest (consistency app): before the
+// freeze, or after the thaw.
+type Hook struct {
+	Path    string
+	Args    []string
+	Timeout time.Duration // default 30 s
 }
 
 // Full says when a run takes a full backup instead of Level.

@@ -14,6 +14,7 @@ import (
 
 	"libvirt.org/go/libvirt"
 
+	"github.com/virtkeep/virtkeep/guestagent"
 	"github.com/virtkeep/virtkeep/hostd/api"
 	"github.com/virtkeep/virtkeep/hostd/catalog"
 	"github.com/virtkeep/virtkeep/hostd/jobs"
@@ -318,7 +319,7 @@ func (s *Service) policyDomain(ctx context.Context, h *jobs.Handle, p *policy.Po
 		}
 		r := api.BackupRequest{Domain: d.uuid, Target: t, Level: level, Consistency: p.Consistency, RequireConsistency: p.RequireConsistency,
 			FreezeTimeoutMS: p.FreezeTimeout.Milliseconds(), Disks: p.Disks, Exclude: p.Exclude}
-		j, err := s.child(ctx, &ids)(s.backup(ctx, r, backupExtra{preFreeze: p.PreFreeze, postThaw: p.PostThaw, policy: p.Name, parent: h.ID()}))
+		j, err := s.child(ctx, &ids)(s.backup(ctx, r, backupExtra{preFreeze: agentHooks(p.PreFreeze), postThaw: agentHooks(p.PostThaw), policy: p.Name, parent: h.ID()}))
 		if err != nil {
 			return ids, fmt.Errorf("backup into %s: %w", t, err)
 		}
@@ -336,6 +337,14 @@ func (s *Service) policyDomain(ctx context.Context, h *jobs.Handle, p *policy.Po
 		}
 	}
 	return ids, nil
+}
+
+func agentHooks(hs []policy.Hook) []guestagent.Hook {
+	out := make([]guestagent.Hook, len(hs))
+	for i, h := range hs {
+		out[i] = guestagent.Hook{Path: h.Path, Args: h.Args, Timeout: h.Timeout}
+	}
+	return out
 }
 
 // child waits for a job a policy run submitted and returns its final

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/virtkeep/virtkeep/guestagent"
 	"github.com/virtkeep/virtkeep/hostd/policy"
 	"github.com/virtkeep/virtkeep/hostd/schedule"
 	"github.com/virtkeep/virtkeep/target"
@@ -299,14 +298,14 @@ func (pc *PolicyConfig) checkHooks(p *problems, key string, pol *policy.Policy) 
 	if (len(pc.Hooks.PreFreeze) > 0 || len(pc.Hooks.PostThaw) > 0) && pc.Consistency != "app" {
 		p.add(key+".hooks", "hooks run with consistency: app only (the policy has %q)", pc.Consistency)
 	}
-	conv := func(kind string, hs []HookConfig) []guestagent.Hook {
-		var out []guestagent.Hook
+	conv := func(kind string, hs []HookConfig) []policy.Hook {
+		var out []policy.Hook
 		for j, h := range hs {
 			k := fmt.Sprintf("%s.hooks.%s[%d]", key, kind, j)
 			if !strings.HasPrefix(h.Path, "/") && !(len(h.Path) > 2 && h.Path[1] == ':') {
 				p.add(k+".path", "%q: want an absolute path in the guest", h.Path)
 			}
-			out = append(out, guestagent.Hook{Path: h.Path, Args: h.Args, Timeout: pc.duration(p, k+".timeout", h.Timeout, time.Second, time.Hour)})
+			out = append(out, policy.Hook{Path: h.Path, Args: h.Args, Timeout: pc.duration(p, k+".timeout", h.Timeout, time.Second, time.Hour)})
 		}
 		return out
 	}
