@@ -15,7 +15,9 @@ import (
 
 type fakeSource struct{}
 
-func (fakeSource) Running() []api.Job { return []api.Job{{State: api.Queued}, {State: api.Running}, {State: api.Queued}} }
+func (fakeSource) Running() []api.Job {
+	return []api.Job{{State: api.Queued}, {State: api.Running}, {State: api.Queued}}
+}
 func (fakeSource) PointStats(context.Context) ([]catalog.PointStat, error) {
 	return []catalog.PointStat{{Target: "local", Domain: "web1", Points: 7, Damaged: 1, Last: time.Unix(1764547200, 0)}}, nil
 }
