@@ -66,9 +66,15 @@ func BenchmarkCopyVsFloor(b *testing.B) {
 			b.Fatal(err)
 		}
 	})
-	w := testenv.Write{Off: size / 3, Len: size / 100, Pattern: 7}
-	_ = c.Record(w)
-	inc, _ := backup(b, src, c, target.LevelInc, full.ID, overlaps([]testenv.Write{w}))
+	// 1% of the disk changed, in chunk-sized writes of distinct bytes
+	// (each its own chunk: nothing of the change deduplicates).
+	var ws []testenv.Write
+	for i := int64(0); i < size/100/(256<<10); i++ {
+		w := testenv.Write{Off: i * (size / (size / 100 / (256 << 10))) &^ (256<<10 - 1), Len: 256 << 10, Pattern: byte(i + 1)}
+		ws = append(ws, w)
+		_ = c.Record(w)
+	}
+	inc, _ := backup(b, src, c, target.LevelInc, full.ID, overlaps(ws))
 	var st2 target.CopyStats
 	tSecond := timed(func() {
 		var err error
