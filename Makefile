@@ -52,6 +52,7 @@ reliability: deps ## long runs: 200 writer kills, every fuzz target for FUZZ_TIM
 	for f in FuzzMetadata FuzzDisk; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./hostd/layout/ || exit 1; done
 	go test -run '^$$' -fuzz '^FuzzSafeDomain$$' -fuzztime $(FUZZ_TIME) ./hostd/domain/
 	go test -run '^$$' -fuzz '^FuzzQcow2Options$$' -fuzztime $(FUZZ_TIME) ./hostd/restore/
+	go test -run '^$$' -fuzz '^FuzzCron$$' -fuzztime $(FUZZ_TIME) ./hostd/schedule/
 
 install: build ## install the binaries under $(PREFIX)/bin, the systemd unit, the docs
 	install -D -m 0755 bin/virtkeep $(DESTDIR)$(PREFIX)/bin/virtkeep

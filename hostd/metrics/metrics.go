@@ -10,6 +10,7 @@ import (
 	"crypto/subtle"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -168,8 +169,18 @@ type ListenConfig struct {
 	Log   *slog.Logger
 }
 
+// ErrExposed is returned for a listener off loopback without TLS and a token.
+var ErrExposed = errors.New("a metrics listener off loopback needs TLS and a bearer token")
+
 // Serve serves /metrics on c.Addr until ctx is done.
 func (m *Metrics) Serve(ctx context.Context, c ListenConfig) error {
+	host, _, err := net.SplitHostPort(c.Addr)
+	if err != nil {
+		return err
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) && (c.TLS == nil || c.Token == "") {
+		return fmt.Errorf("%s: %w", c.Addr, ErrExposed)
+	}
 	ln, err := net.Listen("tcp", c.Addr)
 	if err != nil {
 		return err

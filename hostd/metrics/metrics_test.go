@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -57,6 +58,9 @@ func TestMetrics(t *testing.T) {
 		}
 		t.Fatal("the listener never answered")
 		return 0, ""
+	}
+	if err := m.Serve(ctx, ListenConfig{Addr: "0.0.0.0:0", Token: "t"}); !errors.Is(err, ErrExposed) {
+		t.Fatalf("a listener on every address without TLS: %v", err)
 	}
 	if code, _ := get("wrong"); code != http.StatusUnauthorized {
 		t.Fatalf("a scrape with the wrong token: %d", code)

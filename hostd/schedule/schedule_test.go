@@ -266,3 +266,28 @@ func TestSchedulerCatchUp(t *testing.T) {
 		t.Fatalf("reload lost the last run: %v", s.Last("web"))
 	}
 }
+
+// FuzzCron: any expression parses or is refused, and Next never hangs and
+// moves forward.
+func FuzzCron(f *testing.F) {
+	for _, s := range []string{"0 2 * * *", "*/15 1-5 * jan-mar mon,fri", "@weekly", "0 0 31 2 *", "59 23 29 2 *", "0 0 * * 7", "1-60/0 * * * *"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := ParseCron(s, "Europe/Berlin")
+		if err != nil {
+			return
+		}
+		from := time.Date(2026, 3, 29, 1, 30, 0, 0, time.UTC)
+		for i := 0; i < 3; i++ {
+			n := c.Next(from)
+			if n.IsZero() {
+				return
+			}
+			if !n.After(from) {
+				t.Fatalf("%q: next after %s is %s", s, from, n)
+			}
+			from = n
+		}
+	})
+}
