@@ -112,6 +112,49 @@ func TestWeekOfSchedules(t *testing.T) {
 		}
 	}
 	checkWeek(t, svc, doms, start)
+	catchUp(t, svc, clock)
+}
+
+// catchUp: virtkeepd down for three nights and started again (a new
+// scheduler from the catalog's last runs) runs the policy once, not three
+// times, and says so in the run's log.
+func catchUp(t *testing.T, svc *service.Service, clock *fakeClock) {
+	ctx := context.Background()
+	runs := func() []api.Job {
+		js, _ := svc.Jobs(ctx, api.JobsRequest{All: true})
+		var out []api.Job
+		for _, j := range js {
+			if j.Kind == api.KindPolicy {
+				out = append(out, j)
+			}
+		}
+		return out
+	}
+	before := len(runs())
+	last, err := svc.LastRuns(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sched := daemon.NewScheduler(svc, clock, nil)
+	sched.Set(daemon.Entries(svc, last))
+	now := clock.Now().Add(3 * 24 * time.Hour)
+	clock.Set(now)
+	for i := 0; i < 3; i++ {
+		sched.Tick(ctx, now.Add(time.Duration(i)*time.Minute))
+		waitIdle(t, svc)
+	}
+	rs := runs()
+	if len(rs) != before+1 {
+		t.Fatalf("%d runs after three nights down, want 1", len(rs)-before)
+	}
+	caught := false
+	_ = svc.Log(ctx, rs[len(rs)-1].ID, false, func(l api.LogLine) error {
+		caught = caught || (strings.Contains(l.Message, "catching up once") && l.Attrs["missed"] == "2")
+		return nil
+	})
+	if !caught || rs[len(rs)-1].State != api.Succeeded {
+		t.Errorf("the catch-up run (%s) does not say it stands for 2 missed runs", rs[len(rs)-1].State)
+	}
 }
 
 func waitIdle(t *testing.T, svc *service.Service) {
