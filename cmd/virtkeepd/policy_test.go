@@ -317,27 +317,48 @@ func TestCopyResumesAfterS3Outage(t *testing.T) {
 		code      int
 		out, errw string
 	}
-	done := make(chan result, 1)
-	go func() {
-		code, out, errw := cli(t, bin, cfg, "--json", "copy", point, "--to", "s3")
-		done <- result{code, out, errw}
-	}()
-	// Kill the server a third of the way through, bring it back later.
-	var id string
-	for deadline := time.Now().Add(time.Minute); id == ""; time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the copy never got going")
-		}
-		code, out, _ := cli(t, bin, cfg, "--json", "jobs")
-		var js []api.Job
-		if code == 0 && json.Unmarshal([]byte(out), &js) == nil {
-			for _, j := range js {
-				if j.Kind == api.KindCopy && j.Progress.Total > 0 && j.Progress.Done*3 > j.Progress.Total {
-					id = j.ID
+	startCopy := func() chan result {
+		done := make(chan result, 1)
+		go func() {
+			code, out, errw := cli(t, bin, cfg, "--json", "copy", point, "--to", "s3")
+			done <- result{code, out, errw}
+		}()
+		return done
+	}
+	// running waits for a copy job other than not that has done a share.
+	running := func(not string, share int64) string {
+		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			code, out, _ := cli(t, bin, cfg, "--json", "jobs")
+			var js []api.Job
+			if code == 0 && json.Unmarshal([]byte(out), &js) == nil {
+				for _, j := range js {
+					if j.Kind == api.KindCopy && j.ID != not && j.State == api.Running && j.Progress.Total > 0 && j.Progress.Done*share > j.Progress.Total {
+						return j.ID
+					}
 				}
 			}
 		}
+		t.Fatal("the copy never got going")
+		return ""
 	}
+	// A copy cancelled half way: the job says so, and s3 holds no point.
+	done := startCopy()
+	cancelled := running("", 5)
+	if code, _, errw := cli(t, bin, cfg, "job", "cancel", cancelled); code != 0 {
+		t.Fatalf("job cancel: %d %s", code, errw)
+	}
+	if r := <-done; r.code == 0 {
+		t.Fatalf("a cancelled copy exited 0: %s", r.out)
+	}
+	if j := jobInfo(t, bin, cfg, cancelled); j.State != api.Cancelled {
+		t.Fatalf("cancelled copy: %s %s", j.State, j.Error)
+	}
+	if code, out, _ := cli(t, bin, cfg, "--json", "list", "--target", "s3"); code != 0 || strings.TrimSpace(out) != "[]" {
+		t.Fatalf("s3 after a cancelled copy: %d %s", code, out)
+	}
+	// Kill the server a third of the way through, bring it back later.
+	done = startCopy()
+	id := running(cancelled, 3)
 	// Longer than the S3 client's own retries: the job fails, and its
 	// retries (after 5 s, 10 s, ...) meet the server down, then back.
 	s3.Kill()

@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -68,12 +69,13 @@ func TestWeekOfSchedules(t *testing.T) {
 	clock := &fakeClock{t: time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)} // a Wednesday
 	nightly := must[*schedule.Cron](t)(schedule.ParseCron("0 1 * * *", "UTC"))
 	gc := must[*schedule.Cron](t)(schedule.ParseCron("0 4 * * *", "UTC"))
+	verify := must[*schedule.Cron](t)(schedule.ParseCron("0 5 * * *", "UTC"))
 	pol := &policy.Policy{Name: "nightly", Domains: []string{"vk-testweekofschedules-*"},
 		Schedules: []*schedule.Cron{nightly}, Jitter: 30 * time.Minute, Level: "inc", Full: policy.Full{Period: "week", Location: time.UTC},
 		Targets: []string{"local"}, Concurrency: 3, Retention: map[string]target.Retention{"local": {KeepDaily: 2, KeepWeekly: 2}}}
 	svc, err := service.New(context.Background(), service.Config{Mode: "daemon", Version: "test", StateDir: filepath.Join(dir, "state"),
 		LibvirtURI: vm.URI(), MaxJobs: 8, MaxJobsPerTarget: 8, Clock: clock.Now, Policies: []*policy.Policy{pol},
-		Targets: []service.Target{{Name: "local", GC: gc, Open: all.Config{Name: "local", Kind: "local", Path: filepath.Join(dir, "repo")}}}})
+		Targets: []service.Target{{Name: "local", GC: gc, Verify: verify, VerifyReadData: "sample", VerifySample: 7, Open: all.Config{Name: "local", Kind: "local", Path: filepath.Join(dir, "repo")}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +195,7 @@ func checkWeek(t *testing.T, svc *service.Service, doms []*vm.Domain, start time
 	}
 	byDomain := map[string][]api.Job{}
 	var backups []api.Job
-	freed := int64(0)
+	freed, verifies := int64(0), 0
 	for _, j := range js {
 		switch j.Kind {
 		case api.KindBackup:
@@ -210,6 +212,13 @@ func checkWeek(t *testing.T, svc *service.Service, doms []*vm.Domain, start time
 		case api.KindPolicy:
 			if j.State != api.Succeeded {
 				t.Errorf("policy run %s: %s %s", j.ID, j.State, j.Error)
+			}
+		case api.KindVerify:
+			verifies++
+			var points, chunks, read int
+			fmt.Sscanf(j.Result.Checks["local"].Summary, "no problems in %d points, %d chunks (%d read)", &points, &chunks, &read)
+			if j.State != api.Succeeded || read == 0 || read*3 > chunks {
+				t.Errorf("nightly verify %s: %s, %q: want a seventh of the chunks read", j.ID, j.State, j.Result.Checks["local"].Summary)
 			}
 		}
 	}
@@ -250,6 +259,9 @@ func checkWeek(t *testing.T, svc *service.Service, doms []*vm.Domain, start time
 	}
 	if freed == 0 {
 		t.Errorf("GC freed nothing")
+	}
+	if verifies != 7 {
+		t.Errorf("%d nightly verifies, want 7", verifies)
 	}
 	most, _ := overlaps(backups)
 	t.Logf("%d backups, at most %d at once; GC freed %d bytes", len(backups), most, freed)
