@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // CopyOptions tune Copy.
@@ -129,6 +130,21 @@ func copyContent(ctx context.Context, src *Repository, pw *PointWriter, m *Manif
 	return nil
 }
 
+// copyWindow is how many chunks a copy reads ahead, side by side: a
+// remote source answers one request at a time slowly, many quickly.
+const copyWindow = 16
+
+// fetched is one chunk read from the source for the destination.
+type fetched struct {
+	idx    int64
+	id     ID
+	stored bool   // the destination holds it (same IDs): nothing read
+	sealed []byte // the source's envelope, checked, to store as it is
+	plain  []byte // the data, to seal for the destination
+	err    error
+	done   chan struct{}
+}
+
 func copyDisk(ctx context.Context, src *Repository, pw *PointWriter, d *DiskManifest, have map[ID]bool, o CopyOptions, st *CopyStats) error {
 	rt, err := src.diskRoot(ctx, d)
 	if err != nil {
@@ -144,43 +160,108 @@ func copyDisk(ctx context.Context, src *Repository, pw *PointWriter, d *DiskMani
 		st.ChunksNew += s.ChunksNew
 		st.BytesStored += s.BytesStored
 	}()
-	same := src.sameIDs(pw.r)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var fetchers sync.WaitGroup
+	defer fetchers.Wait()
+	queue := make(chan *fetched, copyWindow)
+	var walkErr error
+	go func() {
+		defer close(queue)
+		walkErr = src.walkChunks(ctx, rt, func(idx int64, id ID) error {
+			f := &fetched{idx: idx, id: id, stored: src.sameIDs(pw.r) && have[id], done: make(chan struct{})}
+			select {
+			case queue <- f:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			fetchers.Add(1)
+			go func() {
+				defer fetchers.Done()
+				defer close(f.done)
+				src.fetch(ctx, pw.r, f)
+			}()
+			return nil
+		})
+	}()
 	cs := int64(rt.chunkSize)
-	for p, pid := range rt.pages {
-		if pid.IsZero() {
-			continue
+	for f := range queue {
+		<-f.done
+		if f.err == nil {
+			f.err = f.store(ctx, dw, st)
 		}
-		ids, err := src.loadPage(ctx, rt, int64(p))
-		if err != nil {
-			return fmt.Errorf("disk %s: index page %d: %w", d.Name, p, err)
+		if f.err != nil {
+			cancel()
+			for range queue {
+			}
+			return fmt.Errorf("disk %s: chunk %d: %w", d.Name, f.idx, f.err)
 		}
-		for i, cid := range ids {
-			idx := int64(p)*pageEntries + int64(i)
-			if cid.IsZero() {
-				continue
-			}
-			st.Chunks++
-			if err := copyChunk(ctx, src, dw, idx, cid, same && have[cid], st); err != nil {
-				return fmt.Errorf("disk %s: chunk %d: %w", d.Name, idx, err)
-			}
-			if o.Progress != nil {
-				o.Progress(d.Name, min((idx+1)*cs, rt.size), rt.size)
-			}
+		if o.Progress != nil {
+			o.Progress(d.Name, min((f.idx+1)*cs, rt.size), rt.size)
 		}
+	}
+	if walkErr != nil {
+		return fmt.Errorf("disk %s: %w", d.Name, walkErr)
 	}
 	return dw.Close(ctx)
 }
 
-func copyChunk(ctx context.Context, src *Repository, dw *DiskWriter, idx int64, cid ID, stored bool, st *CopyStats) error {
-	if stored {
-		return dw.Stored(ctx, idx, cid)
+// walkChunks calls fn with each chunk of rt that is not zero, in order.
+func (r *Repository) walkChunks(ctx context.Context, rt *root, fn func(idx int64, id ID) error) error {
+	for p, pid := range rt.pages {
+		if pid.IsZero() {
+			continue
+		}
+		ids, err := r.loadPage(ctx, rt, int64(p))
+		if err != nil {
+			return fmt.Errorf("index page %d: %w", p, err)
+		}
+		for i, cid := range ids {
+			if cid.IsZero() {
+				continue
+			}
+			if err := fn(int64(p)*pageEntries+int64(i), cid); err != nil {
+				return err
+			}
+		}
 	}
-	plain, err := src.getObject(ctx, typeChunk, cid)
-	if err != nil {
-		return err
+	return nil
+}
+
+// sealsAlike reports whether o stores the same envelope for the same data.
+func (r *Repository) sealsAlike(o *Repository) bool {
+	return r.sameIDs(o) && r.codec.aead == nil && o.codec.aead == nil && r.codec.compress == o.codec.compress
+}
+
+// fetch reads f's chunk for dst: nothing when dst holds it, the envelope
+// (checked as getObject does) when dst seals alike, else the data.
+func (r *Repository) fetch(ctx context.Context, dst *Repository, f *fetched) {
+	switch {
+	case f.stored:
+	case r.sealsAlike(dst):
+		obj, err := r.getEnvelope(ctx, typeChunk, objectKey(typeChunk, f.id))
+		if err == nil {
+			_, err = r.openChecked(typeChunk, f.id, obj)
+		}
+		f.sealed, f.err = obj, err
+	default:
+		f.plain, f.err = r.getObject(ctx, typeChunk, f.id)
 	}
-	st.ChunksRead++
-	return dw.WriteChunk(ctx, idx, plain)
+}
+
+// store hands the fetched chunk to the destination's writer.
+func (f *fetched) store(ctx context.Context, dw *DiskWriter, st *CopyStats) error {
+	st.Chunks++
+	switch {
+	case f.stored:
+		return dw.Stored(ctx, f.idx, f.id)
+	case f.sealed != nil:
+		st.ChunksRead++
+		return dw.writeSealed(ctx, f.idx, f.id, f.sealed)
+	default:
+		st.ChunksRead++
+		return dw.WriteChunk(ctx, f.idx, f.plain)
+	}
 }
 
 // checkPoint checks point m in r on its own: its blobs and index load,

@@ -242,8 +242,12 @@ func (r *Repository) putObject(ctx context.Context, typ byte, plain []byte) (ID,
 // Objects written by a virtkeep whose compressor differs are rewritten
 // once, which costs an upload and loses nothing.
 func (r *Repository) putWithID(ctx context.Context, typ byte, id ID, plain []byte) (int64, error) {
-	key := objectKey(typ, id)
-	obj := r.codec.seal(typ, plain)
+	return r.putSealed(ctx, objectKey(typ, id), r.codec.seal(typ, plain))
+}
+
+// putSealed stores the envelope obj under key unless an object of its
+// length is there; it returns the bytes written.
+func (r *Repository) putSealed(ctx context.Context, key string, obj []byte) (int64, error) {
 	fi, err := r.b.Stat(ctx, key)
 	switch {
 	case err == nil && fi.Size == int64(len(obj)):
@@ -281,6 +285,13 @@ func (r *Repository) getObject(ctx context.Context, typ byte, id ID) ([]byte, er
 	if err != nil {
 		return nil, err
 	}
+	return r.openChecked(typ, id, obj)
+}
+
+// openChecked opens the envelope obj of object id and checks that its
+// content hashes to id.
+func (r *Repository) openChecked(typ byte, id ID, obj []byte) ([]byte, error) {
+	key := objectKey(typ, id)
 	plain, err := r.codec.open(typ, obj)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", key, err)

@@ -69,6 +69,10 @@ type job struct {
 	idx int64
 	buf *[]byte
 	n   int
+	// sealed, when set, is the chunk's envelope as it is to be stored,
+	// under id (a copy between repositories that seal alike).
+	sealed []byte
+	id     ID
 }
 
 // NewPoint starts a point. The caller must Commit or Abort it.
@@ -129,10 +133,17 @@ func (pw *PointWriter) work() {
 	defer pw.wg.Done()
 	pool := bufPool(pw.r.cfg.ChunkSize)
 	for j := range pw.jobs {
-		data := (*j.buf)[:j.n]
-		id := pw.r.codec.id(data)
 		var n int64
 		var err error
+		if j.sealed != nil {
+			if err = pw.lock.Err(); err == nil && j.dw.failed() == nil {
+				n, err = pw.r.putSealed(j.dw.ctx, objectKey(typeChunk, j.id), j.sealed)
+			}
+			j.dw.chunkDone(j.idx, j.id, n, err)
+			continue
+		}
+		data := (*j.buf)[:j.n]
+		id := pw.r.codec.id(data)
 		if err = pw.lock.Err(); err == nil && j.dw.failed() == nil {
 			n, err = pw.r.putWithID(j.dw.ctx, typeChunk, id, data)
 		}
@@ -388,6 +399,30 @@ func (dw *DiskWriter) WriteChunk(ctx context.Context, idx int64, data []byte) er
 	pool := bufPool(dw.pw.r.cfg.ChunkSize)
 	buf := pool.Get().(*[]byte)
 	copy(*buf, data)
+	return dw.send(ctx, job{dw: dw, idx: idx, buf: buf, n: len(data)}, func() { pool.Put(buf) })
+}
+
+// writeSealed stores chunk idx as obj, an envelope this repository's codec
+// would make of the chunk's data, which hashes to id: a copy from a
+// repository that seals alike stores the source's object as it is.
+func (dw *DiskWriter) writeSealed(ctx context.Context, idx int64, id ID, obj []byte) error {
+	if err := dw.advance(ctx, idx); err != nil {
+		return err
+	}
+	if idx >= dw.rt.chunks() {
+		return fmt.Errorf("disk %s: chunk %d past the end (%d)", dw.spec.Name, idx, dw.rt.chunks())
+	}
+	dw.mu.Lock()
+	dw.stats.BytesRead += int64(dw.chunkLen(idx))
+	dw.mu.Unlock()
+	dw.next = idx + 1
+	return dw.send(ctx, job{dw: dw, idx: idx, sealed: obj, id: id}, func() {})
+}
+
+// send hands a chunk to the workers; drop releases its buffer when it
+// cannot be sent.
+func (dw *DiskWriter) send(ctx context.Context, j job, drop func()) error {
+	idx := j.idx
 	dw.mu.Lock()
 	op := dw.page(idx / pageEntries)
 	op.pending++
@@ -396,16 +431,16 @@ func (dw *DiskWriter) WriteChunk(ctx context.Context, idx int64, data []byte) er
 	dw.pw.sendMu.RLock()
 	if dw.pw.closed {
 		dw.pw.sendMu.RUnlock()
-		pool.Put(buf)
+		drop()
 		err := fmt.Errorf("point %s was committed or aborted", dw.pw.m.ID)
 		dw.chunkDone(idx, ZeroID, 0, err)
 		return err
 	}
 	select {
-	case dw.pw.jobs <- job{dw: dw, idx: idx, buf: buf, n: len(data)}:
+	case dw.pw.jobs <- j:
 	case <-ctx.Done():
 		dw.pw.sendMu.RUnlock()
-		pool.Put(buf)
+		drop()
 		dw.chunkDone(idx, ZeroID, 0, ctx.Err())
 		return ctx.Err()
 	}
