@@ -92,3 +92,27 @@ func TestCopyResumes(t *testing.T) {
 		restoreEquals(t, dst, full.ID, c)
 	}
 }
+
+// TestCopyRefusesDamage: a damaged chunk in the source fails the copy, by
+// either path (stored as it is, or sealed anew); nothing becomes visible.
+func TestCopyRefusesDamage(t *testing.T) {
+	k, _ := target.NewKey()
+	for _, key := range []*target.Key{nil, &k} {
+		ctx := context.Background()
+		sb := mem.New()
+		src, dst := newRepo(t, sb, nil), newRepo(t, mem.New(), key)
+		c, _ := testenv.NewContent(4<<20, 9, testenv.Fill{Random: 1})
+		full, _ := backup(t, src, c, target.LevelFull, "", nil)
+		var victim string
+		_ = sb.List(ctx, "chunks/", func(fi target.ObjectInfo) error { victim = fi.Key; return nil })
+		obj, _ := sb.Get(ctx, victim, 0, -1)
+		obj[len(obj)/2] ^= 1
+		_ = sb.Put(ctx, victim, obj)
+		if _, _, err := target.Copy(ctx, src, dst, full.ID, target.CopyOptions{}); !errors.Is(err, target.ErrCorrupt) {
+			t.Fatalf("copy of a damaged point (encrypted destination %v): %v", key != nil, err)
+		}
+		if _, err := dst.Point(ctx, full.ID); !errors.Is(err, target.ErrNoPoint) {
+			t.Fatalf("a damaged copy is visible: %v", err)
+		}
+	}
+}
