@@ -1,6 +1,7 @@
 // Package catalog is the host's SQLite catalog (state_dir/catalog.db, WAL):
 // a cache of the points every target holds, the jobs and their log lines,
-// and the sessions (mounts, NBD servers, booted domains). The repositories
+// the sessions (mounts, NBD servers, booted domains), the points
+// verification found damaged, and the scheduler's last runs. The repositories
 // stay the truth: ReplaceTarget and AddPoints rebuild the points from them.
 // The schema and its numbered migrations are in docs/CATALOG.md.
 package catalog

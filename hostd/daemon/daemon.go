@@ -1,9 +1,12 @@
 // Package daemon is virtkeepd's life: it takes the host lock (waiting for
 // a CLI that holds it), repairs what an interrupted run left (jobs, libvirt
 // backup jobs, frozen guests, mounts, sessions), serves the API on the
-// unix socket, thaws guests whose freezer died, reconciles the catalog
-// with the targets, tells systemd how it is, and on SIGTERM cancels the
-// running jobs within a deadline and exits.
+// unix socket, runs the policies and each target's GC and verification on
+// their schedules, serves /metrics and sends notifications when asked,
+// thaws guests whose freezer died, reconciles the catalog with the
+// targets, tells systemd how it is, reloads the configuration on SIGHUP
+// (keeping the running one when the new one is invalid), and on SIGTERM
+// cancels the running jobs within a deadline and exits.
 package daemon
 
 import (

@@ -3,8 +3,8 @@
 // scheduler that, on an injected clock, fires each entry once when it is
 // due, catches up a run missed during downtime once (not in a burst), skips
 // a run while the previous one still goes (with the reason), and spreads
-// entries over a jitter window. It knows nothing of what a run does; the
-// daemon will give it policies (not wired yet).
+// entries over a jitter window. It knows nothing of what a run does: the
+// daemon gives it the policies' runs and each target's GC and verify.
 package schedule
 
 import (

@@ -1,9 +1,11 @@
 // Package service implements api.Service once, for the daemon and for the
 // CLI running in its own process: request validation, point resolution
 // from the catalog (reconciled with the targets), jobs for backups,
-// restores, exports, verifies and catalog rebuilds, and sessions for
-// mounts, NBD servers and booted domains. It holds the host lock, so
-// libvirt checkpoints and the catalog never have two writers.
+// restores, exports, verifies, catalog rebuilds, copies, prunes, GC and
+// policy runs (which domains a policy has, the level its plan gives, its
+// copies and retention), and sessions for mounts, NBD servers and booted
+// domains. It holds the host lock, so libvirt checkpoints and the catalog
+// never have two writers.
 package service
 
 import (
