@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/virtkeep/virtkeep/cmd/internal/config"
+	"github.com/virtkeep/virtkeep/cmd/internal/mandoc"
 	"github.com/virtkeep/virtkeep/hostd/api"
 	"github.com/virtkeep/virtkeep/hostd/client"
 	"github.com/virtkeep/virtkeep/hostd/service"
@@ -179,6 +180,7 @@ or the daemon holds the host).`,
 		newServeCmd(a), newMountCmd(a), newUmountCmd(a), newBootCmd(a), newVerifyCmd(a), newKeyCmd(a),
 		newJobsCmd(a), newJobCmd(a), newSessionsCmd(a), newCatalogCmd(a), newVersionCmd(a),
 		newPoliciesCmd(a), newRunCmd(a), newPruneCmd(a), newProtectCmd(a, false), newProtectCmd(a, true), newCopyCmd(a), newGCCmd(a))
+	root.AddCommand(mandoc.Command(root, "1"))
 	return root
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/virtkeep/virtkeep/cmd/internal/config"
+	"github.com/virtkeep/virtkeep/cmd/internal/mandoc"
 	"github.com/virtkeep/virtkeep/hostd/daemon"
 )
 
@@ -88,6 +89,7 @@ configuration file; an invalid one is logged and the running one stays.
 	root.Flags().BoolVar(&check, "check-config", false, "check the configuration file and exit")
 	root.Flags().BoolVarP(&verbose, "verbose", "v", false, "log API requests and debug lines")
 	root.SetVersionTemplate("virtkeepd {{.Version}}\n")
+	root.AddCommand(mandoc.Command(root, "8"))
 	root.SetOut(out)
 	root.SetErr(errw)
 	return root
