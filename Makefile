@@ -9,7 +9,7 @@ GOTEST_TIMEOUT ?= 25m
 ITEST_LOG := $(CURDIR)/.itest.log
 LEFTOVERS := $(CURDIR)/.leftovers.before
 
-.PHONY: help deps build test unit lint bench reliability demo install clean
+.PHONY: help deps build test unit lint bench reliability demo install clean deb
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -17,6 +17,9 @@ help: ## list the targets
 deps: ## install packages, start libvirtd/virtlogd, fetch Go modules (idempotent)
 	@bash testenv/scripts/deps.sh
 	@go mod download
+
+deb: ## build dist/virtkeep_<version>_amd64.deb (offline, from the checkout)
+	@bash systemd/debian/build.sh dist
 
 build: ## build bin/virtkeep and bin/virtkeepd
 	go build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
