@@ -155,7 +155,7 @@ func catchUp(t *testing.T, svc *service.Service, clock *fakeClock) {
 		return nil
 	})
 	if !caught || rs[len(rs)-1].State != api.Succeeded {
-		t.Errorf("the catch-up run (%s) does not say it stands for 2 missed runs", rs[len(rs)-1].State)
+		t.Errorf("the catch-up run (%s %s) does not say it stands for 2 missed runs", rs[len(rs)-1].State, rs[len(rs)-1].Error)
 	}
 }
 

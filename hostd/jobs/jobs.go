@@ -67,6 +67,10 @@ type Spec struct {
 	// Unlimited jobs start at once and do not count against the limits:
 	// a policy run, which only submits and waits for jobs of its own.
 	Unlimited bool
+	// Exclusive jobs run alone on their Target (on every target when it
+	// is empty): prune and GC, which take the repository's exclusive
+	// lock, never meet this host's backups and copies holding it shared.
+	Exclusive bool
 	// Policy and Parent are shown (api.Job).
 	Policy, Parent string
 }
@@ -81,6 +85,8 @@ type Manager struct {
 	wg      sync.WaitGroup
 	running int
 	perTgt  map[string]int
+	// excl counts the exclusive jobs running per target ("" : all).
+	excl map[string]int
 	// recent are the last jobs that ended, for Wait.
 	recent      map[string]*Handle
 	recentOrder []string
@@ -112,7 +118,7 @@ func New(cfg Config) *Manager {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{cfg: cfg, live: map[string]*job{}, perTgt: map[string]int{}, recent: map[string]*Handle{}}
+	return &Manager{cfg: cfg, live: map[string]*job{}, perTgt: map[string]int{}, excl: map[string]int{}, recent: map[string]*Handle{}}
 }
 
 func newID(now time.Time) string {
@@ -161,13 +167,21 @@ func (m *Manager) Submit(s Spec) (api.Job, error) {
 }
 
 // dispatchLocked starts the queued jobs that fit the limits, in order.
+// An exclusive job that waits holds back the jobs queued after it on its
+// target, so that a stream of backups cannot starve a GC.
 func (m *Manager) dispatchLocked() {
 	rest := m.order[:0]
+	waiting := map[string]bool{} // targets an exclusive job waits for ("": all)
 	for _, j := range m.order {
 		if j.ctx.Err() != nil { // cancelled while queued
 			continue
 		}
-		if !j.spec.Unlimited && (m.running >= m.cfg.MaxJobs || (j.spec.Target != "" && m.perTgt[j.spec.Target] >= m.perTarget(j.spec.Target))) {
+		t := j.spec.Target
+		held := waiting[""] || waiting[t] || (j.spec.Exclusive && t == "" && len(waiting) > 0)
+		if !j.spec.Unlimited && (held || !m.fitsLocked(j.spec)) {
+			if j.spec.Exclusive {
+				waiting[t] = true
+			}
 			rest = append(rest, j)
 			continue
 		}
@@ -175,11 +189,33 @@ func (m *Manager) dispatchLocked() {
 		if !j.spec.Unlimited {
 			m.running++
 			m.perTgt[j.spec.Target]++
+			if j.spec.Exclusive {
+				m.excl[j.spec.Target]++
+			}
 		}
 		m.wg.Add(1)
 		go m.run(j)
 	}
 	m.order = rest
+}
+
+// fitsLocked reports whether a job of spec s may start now: within the
+// host's and its target's limits, and apart from exclusive jobs.
+func (m *Manager) fitsLocked(s Spec) bool {
+	t := s.Target
+	switch {
+	case m.running >= m.cfg.MaxJobs:
+		return false
+	case t != "" && m.perTgt[t] >= m.perTarget(t):
+		return false
+	case m.excl[""] > 0 || (t != "" && m.excl[t] > 0):
+		return false // an exclusive job runs there
+	case s.Exclusive && t == "":
+		return m.running == 0
+	case s.Exclusive:
+		return m.perTgt[t] == 0 && m.perTgt[""] == 0
+	}
+	return true
 }
 
 func (m *Manager) perTarget(name string) int {
@@ -255,6 +291,9 @@ func (m *Manager) finish(j *job, res *api.JobResult, err error) {
 	if !j.spec.Unlimited {
 		m.running--
 		m.perTgt[j.spec.Target]--
+		if j.spec.Exclusive {
+			m.excl[j.spec.Target]--
+		}
 	}
 	m.keepRecentLocked(h)
 	m.dispatchLocked()

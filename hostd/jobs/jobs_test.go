@@ -3,6 +3,7 @@ package jobs
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -232,4 +233,63 @@ func TestTargetLimitsUnlimitedAndWait(t *testing.T) {
 	if most != 3 || len(ended) != 7 {
 		t.Errorf("at most %d at once, %d ends heard of: want 3 and 7", most, len(ended))
 	}
+}
+
+// TestExclusiveJobs: a GC on a target waits for its backups, runs alone,
+// and holds back the backups queued after it; other targets go on.
+func TestExclusiveJobs(t *testing.T) {
+	m := New(Config{Store: newStore(), MaxJobs: 8, MaxPerTarget: 4})
+	var mu sync.Mutex
+	var events []string
+	release := map[string]chan struct{}{}
+	job := func(name string) func(context.Context, *Handle) (*api.JobResult, error) {
+		ch := make(chan struct{})
+		release[name] = ch
+		return func(context.Context, *Handle) (*api.JobResult, error) {
+			mu.Lock()
+			events = append(events, "start "+name)
+			mu.Unlock()
+			<-ch
+			mu.Lock()
+			events = append(events, "end "+name)
+			mu.Unlock()
+			return nil, nil
+		}
+	}
+	submit := func(name, target string, excl bool) string {
+		j, err := m.Submit(Spec{Kind: name, Target: target, Exclusive: excl, Run: job(name)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return j.ID
+	}
+	started := func(name string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Contains(events, "start "+name)
+	}
+	settle := func() { time.Sleep(30 * time.Millisecond) }
+	submit("b1", "a", false)
+	gc := submit("gc", "a", true)
+	submit("b2", "a", false)
+	other := submit("b3", "z", false)
+	settle()
+	if !started("b1") || started("gc") || started("b2") || !started("b3") {
+		t.Fatalf("events %v: want b1 and b3 running, gc waiting for b1, b2 behind gc", events)
+	}
+	close(release["b1"])
+	settle()
+	if !started("gc") || started("b2") {
+		t.Fatalf("events %v: want gc alone on a", events)
+	}
+	close(release["gc"])
+	close(release["b3"])
+	settle()
+	close(release["b2"])
+	for _, id := range []string{gc, other} {
+		if _, err := m.Wait(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.Shutdown(context.Background())
 }

@@ -35,9 +35,13 @@ func (s *Service) submit(spec jobs.Spec) (api.Job, error) {
 	return j, coded(err)
 }
 
-// transient: a target that could not be reached. A backup or restore
-// that failed leaves things as they were, so trying again is safe.
-func transient(err error) bool { return api.CodeOf(err) == api.CodeUnavailable }
+// transient: a target that could not be reached, or that another host's
+// prune or GC holds. A backup, copy or restore that failed leaves things
+// as they were, so trying again is safe.
+func transient(err error) bool {
+	c := api.CodeOf(err)
+	return c == api.CodeUnavailable || c == api.CodeLocked
+}
 
 // progressTo sends an operation's progress to its job.
 func progressTo(h *jobs.Handle) func(disk string, done, total int64) { return h.Progress }
@@ -89,7 +93,7 @@ func (s *Service) backup(ctx context.Context, r api.BackupRequest, x backupExtra
 		return api.Job{}, coded(err)
 	}
 	r.Target = t.Name
-	return s.submit(jobs.Spec{Kind: api.KindBackup, Domain: name, Key: uuid, Target: t.Name, Request: r, Retry: transient,
+	return s.submit(jobs.Spec{Kind: api.KindBackup, Domain: name, Key: uuid, Target: t.Name, Request: r, Retry: transient, Attempts: 5,
 		Policy: x.policy, Parent: x.parent,
 		Run: func(ctx context.Context, h *jobs.Handle) (*api.JobResult, error) {
 			return s.runBackup(ctx, h, t, uuid, r, x)

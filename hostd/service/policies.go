@@ -277,7 +277,7 @@ func (s *Service) runPolicy(ctx context.Context, h *jobs.Handle, p *policy.Polic
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
-	res.Decisions = s.policyPrune(ctx, h, p, doms)
+	res.Decisions = s.policyPrune(ctx, h, p, doms, &rep.Jobs)
 	return res, runFailure(rep)
 }
 

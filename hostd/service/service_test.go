@@ -189,7 +189,7 @@ func serviceTable(t *testing.T, s api.Service, dom *vm.Domain, dir, mode string)
 	if err := os.Rename(repo+".away", repo); err != nil {
 		t.Fatal(err)
 	}
-	if gj.State != api.Failed || gj.ErrorCode != api.CodeUnavailable || !strings.Contains(gj.Error, "is its storage mounted") || gj.Attempts != 3 {
+	if gj.State != api.Failed || gj.ErrorCode != api.CodeUnavailable || !strings.Contains(gj.Error, "is its storage mounted") || gj.Attempts != 5 {
 		t.Fatalf("backup into a vanished repository: %+v", gj)
 	}
 

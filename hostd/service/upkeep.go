@@ -45,7 +45,7 @@ func (s *Service) copyJob(ctx context.Context, r api.CopyRequest, pol, parent st
 	if len(todo) == 1 {
 		domain = todo[0].p.Domain
 	}
-	return s.submit(jobs.Spec{Kind: api.KindCopy, Domain: domain, Target: to.Name, Request: r, Retry: transient, Attempts: 5,
+	return s.submit(jobs.Spec{Kind: api.KindCopy, Domain: domain, Target: to.Name, Request: r, Retry: transient, Attempts: 6,
 		Policy: pol, Parent: parent,
 		Run: func(ctx context.Context, h *jobs.Handle) (*api.JobResult, error) {
 			res := &api.JobResult{}
@@ -103,15 +103,25 @@ func (s *Service) Prune(ctx context.Context, r api.PruneRequest) (api.Job, error
 		}
 	}
 	a, aerr := s.assign()
-	return s.submit(jobs.Spec{Kind: api.KindPrune, Domain: r.Domain, Target: r.Target, Request: r,
+	if aerr != nil {
+		s.log.Warn("libvirt's domains unknown: only domains the policies name or match are pruned", "err", aerr)
+	}
+	return s.pruneJob(ts, r, func(t string) func(string) (*target.Retention, string) { return s.rulesFor(t, a, r.Domain) }, "", "")
+}
+
+// pruneJob queues a prune of ts, each by its rules; it runs alone on its
+// target (one target: on that one; several: on every one).
+func (s *Service) pruneJob(ts []Target, r api.PruneRequest, rules func(target string) func(string) (*target.Retention, string), pol, parent string) (api.Job, error) {
+	name := r.Target
+	if len(ts) == 1 {
+		name = ts[0].Name
+	}
+	return s.submit(jobs.Spec{Kind: api.KindPrune, Domain: r.Domain, Target: name, Request: r, Exclusive: true, Policy: pol, Parent: parent,
 		Run: func(ctx context.Context, h *jobs.Handle) (*api.JobResult, error) {
-			if aerr != nil {
-				h.Log().Warn("libvirt's domains unknown: only domains the policies name or match are pruned", "err", aerr)
-			}
 			res := &api.JobResult{}
 			var failed []error
 			for _, t := range ts {
-				decs, err := s.pruneTarget(ctx, h, t, s.rulesFor(t.Name, a, r.Domain), r.DryRun)
+				decs, err := s.pruneTarget(ctx, h, t, rules(t.Name), r.DryRun)
 				res.Decisions = append(res.Decisions, decs...)
 				if err != nil {
 					failed = append(failed, fmt.Errorf("target %s: %w", t.Name, err))
@@ -143,9 +153,9 @@ func (s *Service) rulesFor(t string, a assignment, only string) func(string) (*t
 }
 
 // policyPrune prunes, after a run, the run's domains in each target p
-// has retention for. A failure is logged: the points stay until the next
-// run.
-func (s *Service) policyPrune(ctx context.Context, h *jobs.Handle, p *policy.Policy, doms []domainRef) []api.Decision {
+// has retention for, a prune job per target. A failure is logged: the
+// points stay until the next run.
+func (s *Service) policyPrune(ctx context.Context, h *jobs.Handle, p *policy.Policy, doms []domainRef, ids *[]string) []api.Decision {
 	var out []api.Decision
 	for _, tn := range append(slices.Clone(p.Targets), p.CopyTo...) {
 		r, ok := p.Retention[tn]
@@ -156,17 +166,21 @@ func (s *Service) policyPrune(ctx context.Context, h *jobs.Handle, p *policy.Pol
 		if err != nil {
 			continue
 		}
-		rules := func(d string) (*target.Retention, string) {
-			if slices.ContainsFunc(doms, func(x domainRef) bool { return x.name == d }) {
-				return &r, p.Name
+		rules := func(string) func(string) (*target.Retention, string) {
+			return func(d string) (*target.Retention, string) {
+				if slices.ContainsFunc(doms, func(x domainRef) bool { return x.name == d }) {
+					return &r, p.Name
+				}
+				return nil, ""
 			}
-			return nil, ""
 		}
-		decs, err := s.pruneTarget(ctx, h, t, rules, false)
+		j, err := s.child(ctx, ids)(s.pruneJob([]Target{t}, api.PruneRequest{Target: tn}, rules, p.Name, h.ID()))
 		if err != nil {
 			h.Log().Error("prune failed: the points stay until the next run", "target", tn, "err", err)
 		}
-		out = append(out, decs...)
+		if j.Result != nil {
+			out = append(out, j.Result.Decisions...)
+		}
 	}
 	return out
 }
@@ -249,7 +263,7 @@ func (s *Service) GC(ctx context.Context, r api.GCRequest) (api.Job, error) {
 	if err != nil {
 		return api.Job{}, err
 	}
-	return s.submit(jobs.Spec{Kind: api.KindGC, Target: r.Target, Request: r,
+	return s.submit(jobs.Spec{Kind: api.KindGC, Target: r.Target, Request: r, Exclusive: true,
 		Run: func(ctx context.Context, h *jobs.Handle) (*api.JobResult, error) {
 			res := &api.JobResult{GC: map[string]api.GCReport{}}
 			for _, t := range ts {
