@@ -102,7 +102,8 @@ func TestUnitFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Type=notify", "WatchdogSec=", "ExecStart=/usr/local/bin/virtkeepd", "ExecReload=/bin/kill -HUP $MAINPID"} {
+	for _, want := range []string{"Type=notify", "WatchdogSec=", "ExecStart=/usr/local/bin/virtkeepd", "ExecReload=/bin/kill -HUP $MAINPID",
+		"ExecStopPost=/usr/local/bin/virtkeepd --config /etc/virtkeep/virtkeep.yaml --cleanup", "NoNewPrivileges=yes", "CapabilityBoundingSet="} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("unit lacks %s", want)
 		}
@@ -115,4 +116,10 @@ func TestUnitFile(t *testing.T) {
 	if out, err := exec.Command("systemd-analyze", "verify", unit).CombinedOutput(); err != nil {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
+	out, _ := exec.Command("systemd-analyze", "security", "--offline=yes", "--no-pager", unit).CombinedOutput()
+	i := strings.Index(string(out), "Overall exposure level")
+	if i < 0 {
+		t.Fatalf("systemd-analyze security: %s", out)
+	}
+	t.Logf("systemd-analyze security: %s", strings.TrimSpace(string(out[i:])))
 }
