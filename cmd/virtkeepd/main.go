@@ -15,6 +15,7 @@ import (
 	"github.com/virtkeep/virtkeep/cmd/internal/config"
 	"github.com/virtkeep/virtkeep/cmd/internal/mandoc"
 	"github.com/virtkeep/virtkeep/hostd/daemon"
+	"github.com/virtkeep/virtkeep/systemd"
 )
 
 // version is set at build time (make build).
@@ -62,7 +63,7 @@ configuration file; an invalid one is logged and the running one stays.
 			if verbose {
 				level = slog.LevelDebug
 			}
-			log := slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: level}))
+			log := newLogger(errw, level)
 			if cfg.ZeroConfig {
 				log.Info("no configuration file: using a local target and qemu:///system", "config", configPath, "target", config.ZeroTarget().Path)
 			}
@@ -93,6 +94,17 @@ configuration file; an invalid one is logged and the running one stays.
 	root.SetOut(out)
 	root.SetErr(errw)
 	return root
+}
+
+// newLogger logs to journald with structured fields when standard error is
+// the journal (under systemd), and as text otherwise.
+func newLogger(errw io.Writer, level slog.Level) *slog.Logger {
+	if systemd.UnderJournal() {
+		if h, err := systemd.NewJournalHandler(systemd.JournalSocket, "virtkeepd", level); err == nil {
+			return slog.New(h)
+		}
+	}
+	return slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: level}))
 }
 
 // run executes the daemon and returns its exit code: 0, 1 on failure, 2
