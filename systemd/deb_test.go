@@ -33,8 +33,7 @@ func TestDebianPackage(t *testing.T) {
 	if _, err := os.Stat("/var/lib/virtkeep/repo"); err == nil {
 		testenv.Unavailable(t, "/var/lib/virtkeep/repo exists: not touching it")
 	}
-	dir := t.TempDir()
-	deb := strings.TrimSpace(sh(t, "bash", "debian/build.sh", dir))
+	deb := buildDeb(t)
 	lint, _ := exec.Command("lintian", "--tag-display-limit", "0", deb).CombinedOutput()
 	for _, l := range strings.Split(string(lint), "\n") {
 		if strings.HasPrefix(l, "E: ") {
