@@ -43,8 +43,8 @@ lint: ## go vet and staticcheck
 bench: deps ## benchmarks (numbers for the closing notes)
 	set -o pipefail; go test -run '^$$' -bench . -benchtime 1x -count=1 -timeout 60m ./... 2>&1 | tee bench.out
 
-demo: deps build ## virtkeep's main job end to end on a throwaway domain (KEEP=1 keeps it)
-	bash testenv/scripts/demo.sh
+demo: deps build ## virtkeep as an operator uses it, through virtkeepd, on a VM that boots (cleaned up after)
+	@go test -tags demo -count=1 -v -timeout 15m -run '^TestDemo$$' ./testenv/demo/ | grep -v '^=== RUN\|^--- PASS\|^PASS$$\|^ok '
 
 FUZZ_TIME ?= 60s
 reliability: deps ## long runs: 200 writer kills, every fuzz target for FUZZ_TIME

@@ -162,7 +162,13 @@ func Run(ctx context.Context, cfg Config) error {
 		case <-hup:
 			reload(wctx, svc, sched, cfg, &notifier, log)
 		case <-tick.C:
-			beat.Store(time.Now().UnixNano())
+			// The watchdog is fed only while the job engine and the
+			// catalog answer: a daemon stuck in either is restarted.
+			if err := svc.Healthy(wctx); err != nil {
+				log.Error("not healthy: the watchdog is not fed", "err", err)
+			} else {
+				beat.Store(time.Now().UnixNano())
+			}
 			if s := describe(svc.Running()); s != status {
 				status = s
 				_ = n.Status(s)

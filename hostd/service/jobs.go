@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"fmt"
 	"errors"
 	"sort"
 	"strconv"
@@ -208,4 +209,23 @@ func (s *Service) ThawOrphans(ctx context.Context) error {
 		return err
 	}
 	return h.Thaw(ctx)
+}
+
+// Healthy reports whether the job engine and the catalog answer within a
+// few seconds (the daemon feeds the watchdog only then).
+func (s *Service) Healthy(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_ = s.jobs.Live()
+		_, err := s.cat.LastRuns(ctx)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("job engine or catalog stuck: %w", ctx.Err())
+	}
 }
