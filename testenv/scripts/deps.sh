@@ -13,7 +13,7 @@ PACKAGES=(
   zstd e2fsprogs procps busybox-static fdisk fuse3 util-linux
   openssh-server openssh-client lvm2 systemd
   xfsprogs btrfs-progs dosfstools
-  msmtp-mta
+  msmtp-mta dpkg-dev binutils lintian ansible
 )
 
 say() { echo "deps: $*"; }
