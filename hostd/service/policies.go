@@ -90,12 +90,23 @@ type domainRef struct{ name, uuid string }
 // assignment is which domains each policy has now, and what is wrong.
 type assignment struct {
 	domains  map[string][]domainRef // policy -> its domains, by name
-	problems map[string][]string    // policy -> problems
+	problems map[string][]problem   // policy -> what it cannot back up
+}
+
+// problem is a domain a policy cannot back up, and why.
+type problem struct{ domain, why string }
+
+func whys(ps []problem) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.why)
+	}
+	return out
 }
 
 // assign lists libvirt's domains and gives each its policy.
 func (s *Service) assign() (assignment, error) {
-	a := assignment{domains: map[string][]domainRef{}, problems: map[string][]string{}}
+	a := assignment{domains: map[string][]domainRef{}, problems: map[string][]problem{}}
 	conn, err := s.libvirt()
 	if err != nil {
 		return a, err
@@ -125,13 +136,13 @@ func (s *Service) assign() (assignment, error) {
 		}
 	}
 	for _, o := range overlaps {
-		a.problems[o.A] = append(a.problems[o.A], o.Error())
-		a.problems[o.B] = append(a.problems[o.B], o.Error())
+		a.problems[o.A] = append(a.problems[o.A], problem{o.Domain, o.Error()})
+		a.problems[o.B] = append(a.problems[o.B], problem{o.Domain, o.Error()})
 	}
 	for _, p := range s.policies() {
 		for _, d := range p.Domains {
 			if !strings.ContainsAny(d, "*?[") && refs[d] == (domainRef{}) {
-				a.problems[p.Name] = append(a.problems[p.Name], fmt.Sprintf("domain %s is not defined in libvirt", d))
+				a.problems[p.Name] = append(a.problems[p.Name], problem{d, fmt.Sprintf("domain %s is not defined in libvirt", d)})
 			}
 		}
 	}
@@ -163,7 +174,7 @@ func (s *Service) Policies(ctx context.Context) ([]api.PolicyInfo, error) {
 	}
 	out := []api.PolicyInfo{}
 	for _, p := range s.policies() {
-		pi := api.PolicyInfo{Name: p.Name, Domains: []string{}, Problems: a.problems[p.Name], Level: p.Level, Full: p.Full.String(),
+		pi := api.PolicyInfo{Name: p.Name, Domains: []string{}, Problems: whys(a.problems[p.Name]), Level: p.Level, Full: p.Full.String(),
 			Targets: p.Targets, CopyTo: p.CopyTo}
 		if pi.Level == "" {
 			pi.Level = "auto"
@@ -247,8 +258,8 @@ func (s *Service) runPolicy(ctx context.Context, h *jobs.Handle, p *policy.Polic
 		}
 	} else {
 		for _, pr := range a.problems[p.Name] {
-			h.Log().Error("policy problem", "problem", pr)
-			set(problemDomain(pr), pr)
+			h.Log().Error("policy problem", "domain", pr.domain, "problem", pr.why)
+			set(pr.domain, pr.why)
 		}
 	}
 	sem := make(chan struct{}, max(1, p.Concurrency))
@@ -279,15 +290,6 @@ func (s *Service) runPolicy(ctx context.Context, h *jobs.Handle, p *policy.Polic
 	}
 	res.Decisions = s.policyPrune(ctx, h, p, doms, &rep.Jobs)
 	return res, runFailure(rep)
-}
-
-// problemDomain is the domain a problem of assign names.
-func problemDomain(problem string) string {
-	f := strings.Fields(problem)
-	if len(f) > 1 && f[0] == "domain" {
-		return f[1]
-	}
-	return problem
 }
 
 // runFailure is the error of a run some of whose domains failed.
