@@ -343,7 +343,10 @@ var (
 	keyErrRe      = regexp.MustCompile(`^'([^']*)' (.*)$`)
 )
 
-// decodeProblems adds what viper's strict decoding found, key by key.
+// decodeProblems adds what viper's strict decoding found, key by key. The
+// decoder reports only text, so this reads its lines to give each its key
+// and line; it decides nothing (the file is invalid either way), and a
+// line it does not recognise is shown as it is.
 func decodeProblems(p *problems, err error) {
 	for _, line := range strings.Split(err.Error(), "\n") {
 		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "* "))
