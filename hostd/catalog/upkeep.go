@@ -3,6 +3,7 @@ package catalog
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"time"
 )
 
@@ -49,6 +50,19 @@ func (c *DB) SetLastRun(ctx context.Context, entry string, t time.Time) error {
 	_, err := c.db.ExecContext(ctx, `INSERT INTO schedule(entry, last_ns) VALUES (?, ?)
 		ON CONFLICT(entry) DO UPDATE SET last_ns = excluded.last_ns`, entry, ns(t))
 	return err
+}
+
+// LastRun returns when entry last ran (zero: never).
+func (c *DB) LastRun(ctx context.Context, entry string) (time.Time, error) {
+	var t int64
+	err := c.db.QueryRowContext(ctx, "SELECT last_ns FROM schedule WHERE entry = ?", entry).Scan(&t)
+	if errors.Is(err, sql.ErrNoRows) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, err
+	}
+	return fromNS(t), nil
 }
 
 // LastRuns returns when each scheduler entry last ran.

@@ -209,7 +209,7 @@ func reload(ctx context.Context, svc *service.Service, sched *schedule.Scheduler
 	}
 	svc.SetPolicies(nc.Service.Policies)
 	if changed := svc.SetUpkeep(nc.Service.Targets); len(changed) > 0 {
-		log.Warn("target changes need a restart of virtkeepd to apply", "targets", strings.Join(changed, ", "))
+		log.Warn("targets added or removed: a restart of virtkeepd applies them", "targets", strings.Join(changed, ", "))
 	}
 	notifier.Store(newNotifier(nc.Notify, svc))
 	last, err := svc.LastRuns(ctx)

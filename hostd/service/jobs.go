@@ -219,7 +219,7 @@ func (s *Service) Healthy(ctx context.Context) error {
 	done := make(chan error, 1)
 	go func() {
 		_ = s.jobs.Live()
-		_, err := s.cat.LastRuns(ctx)
+		_, err := s.cat.LastRun(ctx, "")
 		done <- err
 	}()
 	select {

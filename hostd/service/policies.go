@@ -29,10 +29,15 @@ func PolicyEntry(name string) string { return "policy/" + name }
 func (s *Service) PolicyEntries(last map[string]time.Time) []schedule.Entry {
 	var out []schedule.Entry
 	for _, p := range s.policies() {
-		n := PolicyEntry(p.Name)
-		out = append(out, schedule.Entry{Name: n, Crons: p.Schedules, Jitter: p.Jitter, Last: last[n]})
+		out = append(out, policyEntry(p, last))
 	}
 	return out
+}
+
+// policyEntry is p's scheduler entry, last run as last records it.
+func policyEntry(p *policy.Policy, last map[string]time.Time) schedule.Entry {
+	n := PolicyEntry(p.Name)
+	return schedule.Entry{Name: n, Crons: p.Schedules, Jitter: p.Jitter, Last: last[n]}
 }
 
 // policies are the policies in force.
@@ -66,9 +71,6 @@ func (s *Service) Targets() []Target {
 	defer s.polMu.RUnlock()
 	return slices.Clone(s.cfg.Targets)
 }
-
-// Now is the service's clock.
-func (s *Service) Now() time.Time { return s.cfg.Clock() }
 
 func (s *Service) policy(name string) (*policy.Policy, error) {
 	var names []string
@@ -188,8 +190,7 @@ func (s *Service) Policies(ctx context.Context) ([]api.PolicyInfo, error) {
 		if aerr != nil {
 			pi.Problems = append(pi.Problems, aerr.Error())
 		}
-		e := schedule.Entry{Name: PolicyEntry(p.Name), Crons: p.Schedules, Jitter: p.Jitter, Last: last[PolicyEntry(p.Name)]}
-		pi.Next = e.NextAfter(s.cfg.Clock())
+		pi.Next = policyEntry(p, last).NextAfter(s.cfg.Clock())
 		if j, err := s.cat.LastJob(ctx, p.Name, api.KindPolicy); err == nil {
 			pi.Last = &j
 		} else if !errors.Is(err, catalog.ErrNotFound) {
@@ -377,11 +378,10 @@ func (s *Service) child(ctx context.Context, ids *[]string) func(api.Job, error)
 // taken (recorded when it succeeds, so pruning it does not bring the next
 // one forward), else the newest undamaged full the catalog has.
 func (s *Service) levelFor(ctx context.Context, p *policy.Policy, t, uuid string) (string, string, error) {
-	runs, err := s.cat.LastRuns(ctx)
+	lastFull, err := s.cat.LastRun(ctx, fullEntry(t, uuid))
 	if err != nil {
 		return "", "", err
 	}
-	lastFull := runs[fullEntry(t, uuid)]
 	if lastFull.IsZero() {
 		pts, err := s.cat.Points(ctx, catalog.Query{Target: t, Domain: uuid})
 		if err != nil {
@@ -406,8 +406,8 @@ func (s *Service) PointStats(ctx context.Context) ([]catalog.PointStat, error) {
 }
 
 // SetUpkeep takes the GC and verify schedules of the targets ts names
-// (a reload) and returns the targets whose other settings differ, which
-// only a restart applies.
+// (a reload) and returns the targets added or removed, which only a
+// restart applies (as it does any other change to a target's settings).
 func (s *Service) SetUpkeep(ts []Target) []string {
 	s.polMu.Lock()
 	defer s.polMu.Unlock()
