@@ -61,9 +61,13 @@ func Copy(ctx context.Context, src, dst *Repository, id string, o CopyOptions) (
 	if err != nil {
 		return nil, st, fmt.Errorf("copy %s: %w", id, err)
 	}
-	have, err := dst.chunkSet(ctx)
-	if err != nil {
-		return nil, st, fmt.Errorf("copy %s: destination: %w", id, err)
+	// Only when both name objects alike can the destination's chunks
+	// spare reads; otherwise listing them would be wasted.
+	var have map[ID]bool
+	if src.sameIDs(dst) {
+		if have, err = dst.chunkSet(ctx); err != nil {
+			return nil, st, fmt.Errorf("copy %s: destination: %w", id, err)
+		}
 	}
 	pw, err := dst.NewPoint(ctx, PointSpec{ID: m.ID, Host: m.Host, Time: m.Time, Domain: m.Domain, DomainUUID: m.DomainUUID,
 		Level: m.Level, Consistency: m.Consistency, FreezeMS: m.FreezeMS, Parent: m.Parent,
@@ -139,6 +143,7 @@ type fetched struct {
 	idx    int64
 	id     ID
 	stored bool   // the destination holds it (same IDs): nothing read
+	raw    bool   // the destination seals alike: read the envelope
 	sealed []byte // the source's envelope, checked, to store as it is
 	plain  []byte // the data, to seal for the destination
 	err    error
@@ -165,11 +170,12 @@ func copyDisk(ctx context.Context, src *Repository, pw *PointWriter, d *DiskMani
 	var fetchers sync.WaitGroup
 	defer fetchers.Wait()
 	queue := make(chan *fetched, copyWindow)
+	raw := src.sealsAlike(pw.r)
 	var walkErr error
 	go func() {
 		defer close(queue)
 		walkErr = src.walkChunks(ctx, rt, func(idx int64, id ID) error {
-			f := &fetched{idx: idx, id: id, stored: src.sameIDs(pw.r) && have[id], done: make(chan struct{})}
+			f := &fetched{idx: idx, id: id, stored: have[id], raw: raw, done: make(chan struct{})}
 			select {
 			case queue <- f:
 			case <-ctx.Done():
@@ -179,7 +185,7 @@ func copyDisk(ctx context.Context, src *Repository, pw *PointWriter, d *DiskMani
 			go func() {
 				defer fetchers.Done()
 				defer close(f.done)
-				src.fetch(ctx, pw.r, f)
+				src.fetch(ctx, f)
 			}()
 			return nil
 		})
@@ -233,12 +239,12 @@ func (r *Repository) sealsAlike(o *Repository) bool {
 	return r.sameIDs(o) && r.codec.aead == nil && o.codec.aead == nil && r.codec.compress == o.codec.compress
 }
 
-// fetch reads f's chunk for dst: nothing when dst holds it, the envelope
-// (checked as getObject does) when dst seals alike, else the data.
-func (r *Repository) fetch(ctx context.Context, dst *Repository, f *fetched) {
+// fetch reads f's chunk: nothing when the destination holds it, the
+// envelope (checked as getObject does) when it seals alike, else the data.
+func (r *Repository) fetch(ctx context.Context, f *fetched) {
 	switch {
 	case f.stored:
-	case r.sealsAlike(dst):
+	case f.raw:
 		obj, err := r.getEnvelope(ctx, typeChunk, objectKey(typeChunk, f.id))
 		if err == nil {
 			_, err = r.openChecked(typeChunk, f.id, obj)
@@ -279,22 +285,16 @@ func (r *Repository) checkPoint(ctx context.Context, m *Manifest) error {
 	for i := range m.Disks {
 		d := &m.Disks[i]
 		rt, err := r.diskRoot(ctx, d)
+		if err == nil {
+			err = r.walkChunks(ctx, rt, func(_ int64, c ID) error {
+				if !have[c] {
+					return fmt.Errorf("chunk %s missing", c)
+				}
+				return nil
+			})
+		}
 		if err != nil {
 			return fmt.Errorf("disk %s: %w", d.Name, err)
-		}
-		for p, pid := range rt.pages {
-			if pid.IsZero() {
-				continue
-			}
-			ids, err := r.loadPage(ctx, rt, int64(p))
-			if err != nil {
-				return fmt.Errorf("disk %s: index page %d: %w", d.Name, p, err)
-			}
-			for _, c := range ids {
-				if !c.IsZero() && !have[c] {
-					return fmt.Errorf("disk %s: chunk %s missing", d.Name, c)
-				}
-			}
 		}
 	}
 	return nil
