@@ -62,6 +62,20 @@ func jobErr(j api.Job) error {
 	return api.Errorf(code, "%s job %s %s: %s (virtkeep job log %s)", j.Kind, j.ID, j.State, j.Error, j.ID)
 }
 
+// printQueued prints a job the command leaves to the daemon (no --wait):
+// its ID, or its record with --json. It reports whether it did; in
+// process the job lives in this CLI, which must follow it.
+func (a *app) printQueued(j api.Job, wait bool) (bool, error) {
+	if wait || a.inproc != nil {
+		return false, nil
+	}
+	if a.json {
+		return true, a.printJSON(j)
+	}
+	fmt.Fprintln(a.out, j.ID)
+	return true, nil
+}
+
 // submitted follows a job the service took and returns its result.
 func (a *app) submitted(ctx context.Context, j api.Job, err error) (*api.JobResult, error) {
 	if err != nil {

@@ -30,12 +30,8 @@ An interrupt while waiting cancels the job, which undoes what it started.`,
 			if err != nil {
 				return err
 			}
-			if !wait && a.inproc == nil {
-				if a.json {
-					return a.printJSON(j)
-				}
-				fmt.Fprintln(a.out, j.ID)
-				return nil
+			if queued, err := a.printQueued(j, wait); queued {
+				return err
 			}
 			res, err := a.submitted(cmd.Context(), j, nil)
 			if err != nil {

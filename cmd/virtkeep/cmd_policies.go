@@ -97,12 +97,8 @@ follows the run and prints each domain's outcome.`,
 			if err != nil {
 				return err
 			}
-			if !wait && a.inproc == nil {
-				if a.json {
-					return a.printJSON(j)
-				}
-				fmt.Fprintln(a.out, j.ID)
-				return nil
+			if queued, err := a.printQueued(j, wait); queued {
+				return err
 			}
 			res, err := a.submitted(cmd.Context(), j, nil)
 			if res != nil && res.Run != nil {

@@ -299,6 +299,12 @@ func (m *Manager) finish(j *job, res *api.JobResult, err error) {
 	m.dispatchLocked()
 	m.mu.Unlock()
 	j.cancel()
+	m.ended(h)
+}
+
+// ended tells watchers and Config.Ended that h's job has ended (its final
+// state recorded).
+func (m *Manager) ended(h *Handle) {
 	h.end()
 	if m.cfg.Ended != nil {
 		m.cfg.Ended(h.snapshot())
@@ -383,10 +389,7 @@ func (m *Manager) Cancel(id string) (api.Job, error) {
 		m.mu.Lock()
 		m.keepRecentLocked(j.h)
 		m.mu.Unlock()
-		j.h.end()
-		if m.cfg.Ended != nil {
-			m.cfg.Ended(j.h.snapshot())
-		}
+		m.ended(j.h)
 	}
 	return j.h.snapshot(), nil
 }

@@ -215,11 +215,10 @@ func (t *TargetConfig) check() error {
 		if strings.Contains(t.Endpoint, "://") || strings.Contains(t.Endpoint, "/") {
 			return usageErr("(%s): endpoint %q: want host[:port] (insecure: true for plain HTTP)", t.Name, t.Endpoint)
 		}
-		b, err := target.ReadSecretFile(t.SecretKeyFile)
-		if err != nil {
+		var err error
+		if t.secretKey, err = secretFile(t.SecretKeyFile); err != nil {
 			return usageErr("(%s): secret_key_file: %v", t.Name, err)
 		}
-		t.secretKey = target.Secret(strings.TrimSpace(string(b)))
 		if t.secretKey.Empty() {
 			return usageErr("(%s): secret_key_file %s is empty", t.Name, t.SecretKeyFile)
 		}
@@ -402,6 +401,13 @@ func (t TargetConfig) Open() all.Config {
 		S3: s3.Config{Endpoint: t.Endpoint, Bucket: t.Bucket, Prefix: t.Prefix, Region: t.Region, AccessKey: t.AccessKey,
 			SecretKey: t.secretKey, Insecure: t.Insecure, CAFile: t.CAFile, PathStyle: t.PathStyle},
 	}
+}
+
+// secretFile reads a secret file (a key, a token) without the white space
+// around its content.
+func secretFile(path string) (target.Secret, error) {
+	b, err := target.ReadSecretFile(path)
+	return target.Secret(strings.TrimSpace(string(b))), err
 }
 
 // ReadPassphraseFile reads a passphrase from a secret file (owned by root,

@@ -326,11 +326,10 @@ func (c *Config) checkNotify(p *problems) {
 			p.add("notify.webhook.retries", "%d: want 0-20", w.Retries)
 		}
 		if w.TokenFile != "" {
-			b, err := target.ReadSecretFile(w.TokenFile)
-			if err != nil {
+			var err error
+			if c.webhookToken, err = secretFile(w.TokenFile); err != nil {
 				p.add("notify.webhook.token_file", "%v", err)
 			}
-			c.webhookToken = target.Secret(strings.TrimSpace(string(b)))
 		}
 		if w.Timeout != "" {
 			if d, err := time.ParseDuration(w.Timeout); err != nil || d < time.Second || d > 5*time.Minute {
@@ -386,11 +385,10 @@ func (c *Config) checkMetrics(p *problems) {
 		p.add("metrics.listen", "%s is not a loopback address: a listener elsewhere needs tls_cert_file, tls_key_file and token_file", m.Listen)
 	}
 	if m.TokenFile != "" {
-		b, err := target.ReadSecretFile(m.TokenFile)
-		if err != nil {
+		var err error
+		if c.metricsToken, err = secretFile(m.TokenFile); err != nil {
 			p.add("metrics.token_file", "%v", err)
-		}
-		if c.metricsToken = target.Secret(strings.TrimSpace(string(b))); err == nil && c.metricsToken.Empty() {
+		} else if c.metricsToken.Empty() {
 			p.add("metrics.token_file", "%s is empty", m.TokenFile)
 		}
 	}
