@@ -77,9 +77,11 @@ func Copy(ctx context.Context, src, dst *Repository, id string, o CopyOptions) (
 	}
 	if err := copyContent(ctx, src, pw, m, have, o, &st); err != nil {
 		pw.Abort(context.WithoutCancel(ctx))
+		st.addStored(pw)
 		return nil, st, fmt.Errorf("copy %s: %w", id, err)
 	}
 	out, err := pw.Commit(ctx)
+	st.addStored(pw)
 	if err != nil {
 		return nil, st, fmt.Errorf("copy %s: %w", id, err)
 	}
@@ -87,6 +89,18 @@ func Copy(ctx context.Context, src, dst *Repository, id string, o CopyOptions) (
 		return out, st, fmt.Errorf("copy %s: the copy does not check out in the destination: %w", id, err)
 	}
 	return out, st, nil
+}
+
+// addStored counts what pw's disks stored, once its workers have stopped
+// (after Commit or Abort: a chunk still in flight is counted too).
+func (st *CopyStats) addStored(pw *PointWriter) {
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	for _, dw := range pw.disks {
+		s := dw.Stats()
+		st.ChunksNew += s.ChunksNew
+		st.BytesStored += s.BytesStored
+	}
 }
 
 // chunkSet lists the chunks r holds (any that could be whole).
@@ -160,11 +174,6 @@ func copyDisk(ctx context.Context, src *Repository, pw *PointWriter, d *DiskMani
 	if err != nil {
 		return err
 	}
-	defer func() {
-		s := dw.Stats()
-		st.ChunksNew += s.ChunksNew
-		st.BytesStored += s.BytesStored
-	}()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var fetchers sync.WaitGroup
