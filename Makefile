@@ -40,8 +40,9 @@ lint: ## go vet and staticcheck
 	go vet ./...
 	go run honnef.co/go/tools/cmd/staticcheck@v0.7.0 ./...
 
-bench: deps ## benchmarks (numbers for the closing notes)
-	set -o pipefail; go test -run '^$$' -bench . -benchtime 1x -count=1 -timeout 60m ./... 2>&1 | tee bench.out
+BENCH ?= .
+bench: deps ## benchmarks side by side with the floor and virtnbdbackup (BENCH=regexp picks some; V=1 adds per-phase times)
+	set -o pipefail; go test -run '^$$' -bench '$(BENCH)' -benchtime 1x -count=1 -timeout 90m $(if $(V),-v) ./... 2>&1 | tee bench.out
 
 demo: deps build ## virtkeep as an operator uses it, through virtkeepd, on a VM that boots (cleaned up after)
 	@go test -tags demo -count=1 -v -timeout 15m -run '^TestDemo$$' ./testenv/demo/ | grep -v '^=== RUN\|^--- PASS\|^PASS$$\|^ok '
@@ -50,7 +51,7 @@ FUZZ_TIME ?= 60s
 reliability: deps ## long runs: 200 writer kills, every fuzz target for FUZZ_TIME
 	VIRTKEEP_CRASH_ITERATIONS=200 go test -count=1 -run CrashWriter -v -timeout 60m ./target/
 	for f in FuzzReplies FuzzHandshake; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./nbd/ || exit 1; done
-	for f in FuzzEnvelope FuzzIndex FuzzManifest; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./target/ || exit 1; done
+	for f in FuzzEnvelope FuzzIndex FuzzManifest FuzzPackIndex; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./target/ || exit 1; done
 	go test -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(FUZZ_TIME) ./cmd/internal/config/
 	for f in FuzzMetadata FuzzDisk; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./hostd/layout/ || exit 1; done
 	go test -run '^$$' -fuzz '^FuzzSafeDomain$$' -fuzztime $(FUZZ_TIME) ./hostd/domain/

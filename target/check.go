@@ -315,12 +315,12 @@ func (r *Repository) quarantine(ctx context.Context, bad map[ID]error, rep *Chec
 		if _, err := r.getObject(ctx, typeChunk, id); !errors.Is(err, ErrCorrupt) {
 			continue // rewritten meanwhile, or unreadable for another reason
 		}
-		obj, err := r.b.Get(ctx, key, 0, maxObject(typeChunk, r.cfg.ChunkSize))
+		obj, err := r.chunkEnvelope(ctx, id)
 		if err == nil {
 			err = r.b.Put(ctx, "damaged/"+key, obj)
 		}
 		if err == nil {
-			err = r.b.Delete(ctx, key)
+			err = r.dropChunk(ctx, id)
 		}
 		if err != nil {
 			rep.QuarantineError = fmt.Sprintf("%s: %v", key, err)

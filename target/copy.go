@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 )
 
@@ -113,16 +112,31 @@ func (r *Repository) chunkSet(ctx context.Context) (map[ID]bool, error) {
 	return have, err
 }
 
-// chunkSizes lists the chunks r holds and their sizes, with one listing.
+// chunkSizes lists the chunks r holds and their sizes: the chunk objects
+// in one listing, and the chunks of every pack the index knows after
+// bringing it up to date.
 func (r *Repository) chunkSizes(ctx context.Context) (map[ID]int64, error) {
 	out := map[ID]int64{}
 	err := r.b.List(ctx, "chunks/", func(fi ObjectInfo) error {
-		if id, err := ParseID(fi.Key[strings.LastIndex(fi.Key, "/")+1:]); err == nil {
+		if id, err := keyID(fi.Key); err == nil {
 			out[id] = fi.Size
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return out, err
+	}
+	if err := r.loadPacks(ctx); err != nil {
+		return out, err
+	}
+	r.packs.mu.Lock()
+	for o, l := range r.packs.have {
+		if o.typ == typeChunk {
+			out[o.id] = int64(l.n)
+		}
+	}
+	r.packs.mu.Unlock()
+	return out, nil
 }
 
 // sameIDs reports whether r and o name every object alike.
@@ -254,7 +268,7 @@ func (r *Repository) fetch(ctx context.Context, f *fetched) {
 	switch {
 	case f.stored:
 	case f.raw:
-		obj, err := r.getEnvelope(ctx, typeChunk, objectKey(typeChunk, f.id))
+		obj, err := r.chunkEnvelope(ctx, f.id)
 		if err == nil {
 			_, err = r.openChecked(typeChunk, f.id, obj)
 		}

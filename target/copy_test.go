@@ -73,7 +73,7 @@ func TestCopyResumes(t *testing.T) {
 		dst := newRepo(t, fb, key)
 		c, _ := testenv.NewContent(32<<20, 3, testenv.Fill{Random: 1})
 		full, _ := backup(t, src, c, target.LevelFull, "", nil)
-		fb.FailPutAfter(12, "chunks/")
+		fb.FailPutAfter(8, "packs/")
 		_, st1, err := target.Copy(ctx, src, dst, full.ID, target.CopyOptions{})
 		if !errors.Is(err, faulty.ErrInjected) {
 			t.Fatalf("interrupted copy: %v", err)
@@ -104,7 +104,7 @@ func TestCopyRefusesDamage(t *testing.T) {
 		c, _ := testenv.NewContent(4<<20, 9, testenv.Fill{Random: 1})
 		full, _ := backup(t, src, c, target.LevelFull, "", nil)
 		var victim string
-		_ = sb.List(ctx, "chunks/", func(fi target.ObjectInfo) error { victim = fi.Key; return nil })
+		_ = sb.List(ctx, "packs/", func(fi target.ObjectInfo) error { victim = fi.Key; return nil })
 		obj, _ := sb.Get(ctx, victim, 0, -1)
 		obj[len(obj)/2] ^= 1
 		_ = sb.Put(ctx, victim, obj)

@@ -13,6 +13,8 @@ import (
 	"github.com/virtkeep/virtkeep/testenv"
 )
 
+// localRepo is a format-1 repository (an object per chunk) in a directory:
+// its tests damage chunk files.
 func localRepo(t *testing.T, key *target.Key) (*target.Repository, string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -20,7 +22,7 @@ func localRepo(t *testing.T, key *target.Key) (*target.Repository, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newRepo(t, b, key), dir
+	return newLooseRepo(t, b, key), dir
 }
 
 // objectFiles lists the files of a repository directory under prefix.

@@ -149,34 +149,120 @@ func (c *codec) id(plain []byte) ID {
 
 // seal wraps plain in an envelope of type typ.
 func (c *codec) seal(typ byte, plain []byte) []byte {
-	var hdr [headerLen]byte
-	copy(hdr[:4], envelopeMagic[:])
-	hdr[4] = typ
-	binary.BigEndian.PutUint32(hdr[8:], uint32(len(plain)))
+	return c.sealTo(make([]byte, 0, headerLen+nonceLen+len(plain)+tagLen+64), typ, plain)
+}
+
+// scratch holds the compressed payloads sealTo makes before they are
+// copied into the envelope.
+var scratch = sync.Pool{New: func() any { return new([]byte) }}
+
+// sealTo appends the envelope of plain to dst (see seal).
+func (c *codec) sealTo(dst []byte, typ byte, plain []byte) []byte {
+	if c.sealsInPlace() {
+		return c.appendPlain(dst, typ, plain)
+	}
+	hdr := header(typ, plain)
 	payload := plain
-	// Without compression, a chunk that is largely zeroes (where a guest
-	// disk's hole cuts through it) is still squeezed: that costs little
-	// CPU and saves writing and storing the zeroes.
-	if len(plain) > 64 && (c.compress || zeroShare(plain) >= 4) {
+	z := scratch.Get().(*[]byte)
+	defer scratch.Put(z)
+	switch {
+	case !c.squeeze(plain):
+	case !c.compress:
+		*z = appendZeroFrame((*z)[:0], plain)
+		payload = *z
+		hdr[5] |= flagZstd
+	default:
 		enc := c.encPool.Get().(*zstd.Encoder)
-		z := enc.EncodeAll(plain, make([]byte, 0, len(plain)/2+64))
+		*z = enc.EncodeAll(plain, (*z)[:0])
 		c.encPool.Put(enc)
-		if len(z) < len(plain) {
-			payload = z
+		if len(*z) < len(plain) {
+			payload = *z
 			hdr[5] |= flagZstd
 		}
 	}
 	if c.aead == nil {
-		out := make([]byte, 0, headerLen+len(payload))
-		return append(append(out, hdr[:]...), payload...)
+		return append(append(dst, hdr[:]...), payload...)
 	}
 	hdr[5] |= flagEncrypted
-	out := make([]byte, headerLen+nonceLen, headerLen+nonceLen+len(payload)+tagLen)
-	copy(out, hdr[:])
-	if _, err := rand.Read(out[headerLen:]); err != nil {
+	start := len(dst)
+	dst = append(dst, hdr[:]...)
+	dst = append(dst, make([]byte, nonceLen)...)
+	nonce := dst[start+headerLen:]
+	if _, err := rand.Read(nonce); err != nil {
 		panic("virtkeep: no randomness: " + err.Error())
 	}
-	return c.aead.Seal(out, out[headerLen:headerLen+nonceLen], payload, hdr[:])
+	return c.aead.Seal(dst, nonce, payload, hdr[:])
+}
+
+// header is the envelope header of plain, without flags.
+func header(typ byte, plain []byte) [headerLen]byte {
+	var hdr [headerLen]byte
+	copy(hdr[:4], envelopeMagic[:])
+	hdr[4] = typ
+	binary.BigEndian.PutUint32(hdr[8:], uint32(len(plain)))
+	return hdr
+}
+
+// squeeze says whether sealing plain tries compression. Without
+// compression, a chunk that is largely zeroes (where a guest disk's hole
+// cuts through it) is still squeezed: that costs little CPU and saves
+// writing and storing the zeroes.
+func (c *codec) squeeze(plain []byte) bool {
+	return len(plain) > 64 && (c.compress || zeroShare(plain) >= 4)
+}
+
+// sealsInPlace says whether plain's envelope is made by copying: neither
+// compressed nor encrypted, or only its zero blocks squeezed (see
+// appendZeroFrame). appendPlain then makes it where it is stored.
+func (c *codec) sealsInPlace() bool { return c.aead == nil && !c.compress }
+
+// appendPlain appends to dst the envelope of plain that seal makes when
+// sealsInPlace holds.
+func (c *codec) appendPlain(dst []byte, typ byte, plain []byte) []byte {
+	hdr := header(typ, plain)
+	if !c.squeeze(plain) {
+		return append(append(dst, hdr[:]...), plain...)
+	}
+	hdr[5] |= flagZstd
+	return appendZeroFrame(append(dst, hdr[:]...), plain)
+}
+
+// appendZeroFrame appends a zstd frame of plain (RFC 8878) made of RLE
+// blocks for its all-zero 4 KiB blocks and raw blocks for the rest: what
+// compression "none" stores for a chunk a guest hole cuts through, at the
+// cost of a copy instead of a compressor's search. Any zstd decoder reads
+// it.
+func appendZeroFrame(dst, plain []byte) []byte {
+	const blk, maxBlock = 4096, 128 << 10
+	// Magic, then a single-segment descriptor with a 4-byte content size.
+	dst = append(dst, 0x28, 0xb5, 0x2f, 0xfd, 0xa0)
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(plain)))
+	for i := 0; i < len(plain); {
+		zero := IsZero(plain[i:min(i+blk, len(plain))])
+		j := i
+		for j < len(plain) && j-i < maxBlock {
+			end := min(j+blk, len(plain), i+maxBlock)
+			if IsZero(plain[j:end]) != zero {
+				break
+			}
+			j = end
+		}
+		h := uint32(j-i) << 3 // block size; type 0: raw
+		if zero {
+			h |= 1 << 1 // RLE: one byte, repeated
+		}
+		if j == len(plain) {
+			h |= 1 // last block
+		}
+		dst = append(dst, byte(h), byte(h>>8), byte(h>>16))
+		if zero {
+			dst = append(dst, 0)
+		} else {
+			dst = append(dst, plain[i:j]...)
+		}
+		i = j
+	}
+	return dst
 }
 
 // open unwraps an envelope that must be of type typ and returns the

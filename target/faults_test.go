@@ -21,7 +21,7 @@ func TestFaultsNeverHalfWrite(t *testing.T) {
 	c, _ := testenv.NewContent(6<<20, 17, testenv.Fill{})
 	first, _ := backup(t, r, c, target.LevelFull, "", nil)
 	_ = c.Record(testenv.Write{Off: 1 << 20, Len: 3 << 20, Pattern: 9})
-	for _, prefix := range []string{"chunks/", "index/", "points/", "journal/", "locks/"} {
+	for _, prefix := range []string{"packs/", "packindex/", "index/", "points/", "journal/", "locks/"} {
 		for n := 0; n < 30; n += 3 {
 			fb.FailPutAfter(n, prefix)
 			err := tryBackup(ctx, r, c, first.ID)
@@ -53,7 +53,7 @@ func TestFaultsNeverHalfWrite(t *testing.T) {
 		}
 	}
 	// Reads that fail are errors too, never zeroes.
-	fb.FailGet("chunks/")
+	fb.FailGet("packs/")
 	d, err := r.OpenDisk(ctx, first.ID, "vda")
 	if err != nil {
 		t.Fatal(err)

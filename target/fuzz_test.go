@@ -1,7 +1,9 @@
 package target
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -132,4 +134,29 @@ func TestNoneCompressionSqueezesZeroTails(t *testing.T) {
 			t.Fatalf("%s: round trip: %v", tc.name, err)
 		}
 	}
+}
+
+// FuzzPackIndex: any bytes decode to entries that lie inside the pack and
+// re-encode to the same bytes, or are refused as damaged; never a panic.
+func FuzzPackIndex(f *testing.F) {
+	pack := ID{1, 2, 3}
+	f.Add(encodePackIndex(pack, []packEntry{{ref: ref{typeChunk, ID{9}}, off: 0, n: 100}, {ref: ref{typePage, ID{8}}, off: 100, n: 50}}), int64(150))
+	f.Add([]byte{}, int64(0))
+	f.Fuzz(func(t *testing.T, plain []byte, size int64) {
+		es, err := decodePackIndex(plain, pack, size, maxObject(typeChunk, DefaultChunkSize))
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error %v does not wrap ErrCorrupt", err)
+			}
+			return
+		}
+		for _, e := range es {
+			if int64(e.off)+int64(e.n) > size || e.n <= headerLen {
+				t.Fatalf("entry %+v outside a pack of %d bytes", e, size)
+			}
+		}
+		if !bytes.Equal(encodePackIndex(pack, es), plain) {
+			t.Fatal("decoded index does not encode to its bytes")
+		}
+	})
 }

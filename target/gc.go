@@ -1,9 +1,12 @@
 package target
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 )
@@ -28,6 +31,9 @@ type GCStats struct {
 	BytesKept int64 `json:"bytes_kept"`
 	// TempRemoved counts temporary files of unfinished puts removed.
 	TempRemoved int `json:"temp_removed"`
+	// Repacked counts packs whose live chunks were written into new
+	// packs, so that the old ones (mostly unreferenced) could go.
+	Repacked int `json:"repacked"`
 }
 
 // TempSweeper is implemented by backends whose puts write a temporary
@@ -101,6 +107,9 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 	}
 	st.Referenced = len(live)
 	cutoff := r.now().Add(-grace)
+	if err := r.gcPacks(ctx, live, cutoff, grace > 0, o.DryRun, &st); err != nil {
+		return st, fmt.Errorf("gc: %w", err)
+	}
 	for _, prefix := range []string{"chunks/", "index/", "blobs/"} {
 		var dead []ObjectInfo
 		err := r.b.List(ctx, prefix, func(fi ObjectInfo) error {
@@ -146,3 +155,102 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 	r.log.Info("garbage collected", "temp_removed", st.TempRemoved, "deleted", st.Deleted, "bytes", st.BytesFreed, "kept_young", st.KeptYoung)
 	return st, nil
 }
+
+// repackShare: a pack of which more than this share of bytes is
+// unreferenced has its live chunks written into new packs and is deleted.
+const repackShare = 0.5
+
+// gcPacks sweeps packs: one no point references is deleted (index first,
+// so no writer takes its chunks as stored once the pack is going); one
+// mostly unreferenced is repacked; packs without an index and indexes
+// without a pack are removed. Only packs older than cutoff are touched
+// (when young counts), as a writer may rely on young ones' chunks. A
+// chunk held by two packs lives in the first by key order.
+func (r *Repository) gcPacks(ctx context.Context, live map[string]bool, cutoff time.Time, young, dryRun bool, st *GCStats) error {
+	packs, err := r.scanPacks(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer r.packs.reset() // reloaded from the backend next time
+	held := map[ref]ID{}  // object -> the pack it lives in
+	var drop, repack []*packInfo
+	for _, id := range slices.SortedFunc(maps.Keys(packs), compareIDs) {
+		p := packs[id]
+		if p.indexErr != nil {
+			return fmt.Errorf("%s, nothing swept: %w", packIndexKey(id), p.indexErr)
+		}
+		var liveBytes int64
+		for _, e := range p.entries {
+			if _, dup := held[e.ref]; !dup && live[objectKey(e.typ, e.id)] {
+				held[e.ref] = id
+				liveBytes += int64(e.n)
+			}
+		}
+		old := !young || (p.modTime.Before(cutoff) && (!p.indexed || p.idxMod.Before(cutoff)))
+		dead := liveBytes == 0 || p.size < 0 || !p.indexed
+		sparse := float64(p.size-liveBytes) > repackShare*float64(p.size)
+		switch {
+		case !dead && !sparse:
+			st.BytesKept += p.size + p.idxSize
+		case !old:
+			st.KeptYoung++
+			st.BytesKept += max(p.size, 0) + p.idxSize
+		case dead:
+			drop = append(drop, p)
+		default:
+			repack = append(repack, p)
+		}
+	}
+	if len(repack) > 0 && !dryRun {
+		if err := r.repack(ctx, repack, held, st); err != nil {
+			return err
+		}
+	}
+	for _, p := range append(drop, repack...) {
+		for _, key := range []string{packIndexKey(p.id), packKey(p.id)} {
+			if !dryRun {
+				if err := r.b.Delete(ctx, key); err != nil && !errors.Is(err, ErrNotFound) {
+					return err
+				}
+			}
+		}
+		st.Deleted++
+		st.BytesFreed += max(p.size, 0) + p.idxSize
+	}
+	return nil
+}
+
+// repack writes the live chunks of ps into new packs and makes them
+// durable, before the caller deletes ps.
+func (r *Repository) repack(ctx context.Context, ps []*packInfo, held map[ref]ID, st *GCStats) error {
+	pk := r.newPacker(func(n int64, _ int) { st.BytesKept += n })
+	r.packs.reset()
+	for _, p := range ps {
+		if p.size > maxPackSize+maxObject(typeChunk, r.cfg.ChunkSize) {
+			return fmt.Errorf("repack %s: %w", packKey(p.id), corrupt("pack of %d bytes", p.size))
+		}
+		data, err := r.b.Get(ctx, packKey(p.id), 0, p.size)
+		if err != nil {
+			return fmt.Errorf("repack %s: %w", packKey(p.id), err)
+		}
+		for _, e := range p.entries {
+			if held[e.ref] != p.id || int64(e.off)+int64(e.n) > int64(len(data)) {
+				continue
+			}
+			obj := data[e.off : e.off+e.n]
+			if _, err := r.openChecked(e.typ, e.id, obj); err != nil {
+				return fmt.Errorf("repack %s: %w", packKey(p.id), err)
+			}
+			if _, _, err := pk.add(ctx, e.ref, sealed(obj)); err != nil {
+				return fmt.Errorf("repack: %w", err)
+			}
+		}
+		st.Repacked++
+	}
+	if err := pk.flush(ctx); err != nil {
+		return fmt.Errorf("repack: %w", err)
+	}
+	return r.b.Sync(ctx)
+}
+
+func compareIDs(a, b ID) int { return bytes.Compare(a[:], b[:]) }

@@ -37,7 +37,7 @@ func plantHuge(t *testing.T, dir, key string) {
 // type can hold, never loaded whole.
 func testHugeObjects(t *testing.T, b target.Backend, dir string) {
 	ctx := context.Background()
-	r := newRepo(t, b, nil)
+	r := newLooseRepo(t, b, nil)
 	c, err := testenv.NewContent(1<<20, 3, testenv.Fill{Random: 1})
 	if err != nil {
 		t.Fatal(err)

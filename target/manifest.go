@@ -92,8 +92,8 @@ func ParseManifest(b []byte) (*Manifest, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, corrupt("manifest: %v", err)
 	}
-	if m.Version > FormatVersion {
-		return nil, fmt.Errorf("manifest %s has version %d, newer than this virtkeep (%d)", m.ID, m.Version, FormatVersion)
+	if m.Version > manifestVersion {
+		return nil, fmt.Errorf("manifest %s has version %d, newer than this virtkeep (%d)", m.ID, m.Version, manifestVersion)
 	}
 	if m.Version < 1 || checkPointID(m.ID) != nil || m.Time.IsZero() {
 		return nil, corrupt("manifest %q: bad version, id or time", m.ID)

@@ -13,8 +13,13 @@ import (
 )
 
 const (
-	// FormatVersion is the repository format this code writes and reads.
-	FormatVersion = 1
+	// FormatVersion is the newest repository format this code writes and
+	// reads: 2 keeps chunks in packs (pack_size set); 1 stores a chunk per
+	// object and is still read and written.
+	FormatVersion = 2
+	// manifestVersion is the version of the manifests written (unchanged
+	// by format 2).
+	manifestVersion = 1
 	// DefaultChunkSize is the chunk size of new repositories (docs/FORMAT.md).
 	DefaultChunkSize = 256 << 10
 	pageEntries      = 1024
@@ -35,7 +40,9 @@ type repoConfig struct {
 	ChunkSize   int         `json:"chunk_size"`
 	PageEntries int         `json:"page_entries"`
 	Compression Compression `json:"compression"`
-	Encryption  *struct {
+	// PackSize, in format 2, is the size a pack is stored at; 0: no packs.
+	PackSize   int `json:"pack_size,omitempty"`
+	Encryption *struct {
 		Cipher   string `json:"cipher"`
 		KeyCheck string `json:"key_check"`
 	} `json:"encryption"`
@@ -46,6 +53,10 @@ type InitOptions struct {
 	Compression Compression // default zstd
 	Key         *Key        // nil: not encrypted
 	ChunkSize   int         // default DefaultChunkSize; a power of two from 64 KiB to 4 MiB
+	// PackSize is how many bytes of chunks go into one pack object:
+	// default DefaultPackSize, from 1 MiB to 256 MiB; negative stores one
+	// object per chunk (format 1, readable by older virtkeeps).
+	PackSize int
 }
 
 // ErrNotRepository means the backend holds no repository config.
@@ -77,7 +88,16 @@ func Init(ctx context.Context, b Backend, o InitOptions) error {
 	if _, err := rand.Read(rid[:]); err != nil {
 		return err
 	}
-	cfg := repoConfig{Version: FormatVersion, ID: hex.EncodeToString(rid[:]), ChunkSize: o.ChunkSize, PageEntries: pageEntries, Compression: o.Compression}
+	cfg := repoConfig{Version: 1, ID: hex.EncodeToString(rid[:]), ChunkSize: o.ChunkSize, PageEntries: pageEntries, Compression: o.Compression}
+	switch {
+	case o.PackSize == 0:
+		cfg.Version, cfg.PackSize = FormatVersion, DefaultPackSize
+	case o.PackSize > 0:
+		if o.PackSize < minPackSize || o.PackSize > maxPackSize {
+			return fmt.Errorf("init: pack size %d: want 1 MiB to 256 MiB", o.PackSize)
+		}
+		cfg.Version, cfg.PackSize = FormatVersion, o.PackSize
+	}
 	if o.Key != nil {
 		sk, err := o.Key.derive(cfg.ID)
 		if err != nil {
@@ -125,6 +145,9 @@ type Repository struct {
 	log    *slog.Logger
 	now    func() time.Time
 	worker int
+
+	packs   *packIndex
+	packSem chan struct{} // bounds the packs being stored at once
 
 	owner     Owner
 	lockStale time.Duration
@@ -176,6 +199,7 @@ func Open(ctx context.Context, b Backend, o OpenOptions) (*Repository, error) {
 	if r.worker <= 0 {
 		r.worker = max(4, 2*runtime.GOMAXPROCS(0))
 	}
+	r.packs, r.packSem = newPackIndex(), make(chan struct{}, packUploads(b.Properties()))
 	r.owner, r.lockStale = localOwner(o.Host), o.LockStale
 	if r.lockStale <= 0 {
 		r.lockStale = DefaultLockStale
@@ -193,6 +217,7 @@ func parseConfig(raw []byte) (repoConfig, error) {
 	}
 	if cfg.Version < 1 || cfg.ChunkSize < 64<<10 || cfg.ChunkSize > 4<<20 || cfg.ChunkSize&(cfg.ChunkSize-1) != 0 ||
 		cfg.PageEntries != pageEntries || len(cfg.ID) != 32 ||
+		(cfg.Version == 1) != (cfg.PackSize == 0) || (cfg.PackSize != 0 && (cfg.PackSize < minPackSize || cfg.PackSize > maxPackSize)) ||
 		(cfg.Compression != CompressionZstd && cfg.Compression != CompressionNone) ||
 		(cfg.Encryption != nil && cfg.Encryption.Cipher != "aes-256-gcm") {
 		return cfg, fmt.Errorf("%w: config: unsupported or malformed parameters", ErrCorrupt)
@@ -278,10 +303,28 @@ func (r *Repository) getEnvelope(ctx context.Context, typ byte, key string) ([]b
 	return obj, nil
 }
 
+// openAt loads and opens the object at key, of type typ.
+func (r *Repository) openAt(ctx context.Context, typ byte, key string) ([]byte, error) {
+	obj, err := r.getEnvelope(ctx, typ, key)
+	if err != nil {
+		return nil, err
+	}
+	plain, err := r.codec.open(typ, obj)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	return plain, nil
+}
+
 // getObject loads, opens and verifies a content-addressed object.
 func (r *Repository) getObject(ctx context.Context, typ byte, id ID) ([]byte, error) {
-	key := objectKey(typ, id)
-	obj, err := r.getEnvelope(ctx, typ, key)
+	var obj []byte
+	var err error
+	if typ == typeChunk || typ == typePage {
+		obj, err = r.packedEnvelope(ctx, ref{typ, id})
+	} else {
+		obj, err = r.getEnvelope(ctx, typ, objectKey(typ, id))
+	}
 	if err != nil {
 		return nil, err
 	}

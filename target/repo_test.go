@@ -13,10 +13,27 @@ import (
 	"github.com/virtkeep/virtkeep/testenv"
 )
 
+// testPackSize is the pack size of the tests' repositories: the least,
+// so that a few MiB of test data make several packs.
+const testPackSize = 1 << 20
+
+// newRepo makes a repository with packs (format 2); newLooseRepo one with
+// an object per chunk (format 1, as virtkeep wrote it first).
 func newRepo(t testing.TB, b target.Backend, key *target.Key) *target.Repository {
 	t.Helper()
+	return initRepo(t, b, target.InitOptions{Key: key, PackSize: testPackSize})
+}
+
+func newLooseRepo(t testing.TB, b target.Backend, key *target.Key) *target.Repository {
+	t.Helper()
+	return initRepo(t, b, target.InitOptions{Key: key, PackSize: -1})
+}
+
+func initRepo(t testing.TB, b target.Backend, o target.InitOptions) *target.Repository {
+	t.Helper()
 	ctx := context.Background()
-	if err := target.Init(ctx, b, target.InitOptions{Key: key}); err != nil {
+	key := o.Key
+	if err := target.Init(ctx, b, o); err != nil {
 		t.Fatal(err)
 	}
 	r, err := target.Open(ctx, b, target.OpenOptions{Key: key, Host: "testhost"})

@@ -47,6 +47,9 @@ type DiskStats struct {
 	ChunksNew   int64 // chunks stored
 	ChunksDedup int64 // chunks found already stored
 	ChunksZero  int64 // all-zero chunks (never stored)
+	// Time spent, summed over the workers: hashing chunks, sealing them
+	// (compression, encryption), and storing them (puts, waits for packs).
+	Hash, Seal, Store time.Duration
 }
 
 // PointWriter writes one point: disks, then Commit. It holds a shared lock
@@ -101,11 +104,16 @@ func (r *Repository) NewPoint(ctx context.Context, s PointSpec) (*PointWriter, e
 	if err != nil {
 		return nil, fmt.Errorf("new point: %w", err)
 	}
+	// Under the lock no GC runs: the packs known now stay until Commit.
+	if err := r.loadPacks(ctx); err != nil {
+		lock.Unlock(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("new point: %w", err)
+	}
 	pw := &PointWriter{
 		r:    r,
 		lock: lock,
 		jobs: make(chan job, 2*r.worker),
-		m: Manifest{Version: FormatVersion, ID: s.ID, Domain: s.Domain, DomainUUID: s.DomainUUID,
+		m: Manifest{Version: manifestVersion, ID: s.ID, Domain: s.Domain, DomainUUID: s.DomainUUID,
 			Host: host, Time: s.Time.UTC(), Level: s.Level, Consistency: s.Consistency, FreezeMS: s.FreezeMS,
 			Parent: s.Parent, DomainXML: s.DomainXML, DomainXMLInactive: s.DomainXMLInactive, Tags: s.Tags},
 	}
@@ -137,15 +145,17 @@ func (pw *PointWriter) work() {
 		var err error
 		if j.sealed != nil {
 			if err = pw.lock.Err(); err == nil && j.dw.failed() == nil {
-				n, err = pw.r.putSealed(j.dw.ctx, objectKey(typeChunk, j.id), j.sealed)
+				n, err = j.dw.storeChunk(j.id, nil, j.sealed)
 			}
 			j.dw.chunkDone(j.idx, j.id, n, err)
 			continue
 		}
 		data := (*j.buf)[:j.n]
+		t0 := time.Now()
 		id := pw.r.codec.id(data)
+		j.dw.spent(&j.dw.stats.Hash, t0)
 		if err = pw.lock.Err(); err == nil && j.dw.failed() == nil {
-			n, err = pw.r.putWithID(j.dw.ctx, typeChunk, id, data)
+			n, err = j.dw.storeChunk(id, data, nil)
 		}
 		pool.Put(j.buf)
 		j.dw.chunkDone(j.idx, id, n, err)
@@ -184,6 +194,14 @@ func (pw *PointWriter) AddDisk(ctx context.Context, s DiskSpec) (*DiskWriter, er
 	rt := &root{size: s.VirtualSize, chunkSize: int(cs)}
 	rt.pages = make([]ID, numPages(rt.chunks()))
 	dw := &DiskWriter{pw: pw, spec: s, rt: rt, ctx: ctx, open: map[int64]*openPage{}}
+	if pw.r.cfg.PackSize > 0 {
+		dw.pk = pw.r.newPacker(func(n int64, k int) {
+			dw.mu.Lock()
+			dw.stats.BytesStored += n
+			dw.stats.ChunksNew += int64(k)
+			dw.mu.Unlock()
+		})
+	}
 	if s.Base != "" {
 		bm, err := pw.r.Point(ctx, s.Base)
 		if err != nil {
@@ -298,6 +316,102 @@ func (pw *PointWriter) shutdown() {
 	}
 	pw.sendMu.Unlock()
 	pw.wg.Wait()
+	pw.mu.Lock()
+	disks := pw.disks
+	pw.mu.Unlock()
+	for _, d := range disks {
+		if d.pk != nil {
+			d.pk.discard()
+		}
+	}
+}
+
+// storeChunk stores chunk id, sealing data unless its envelope obj is
+// given. It returns the bytes written, or -1 when the chunk went into a
+// pack, whose store counts them.
+func (dw *DiskWriter) storeChunk(id ID, data, obj []byte) (int64, error) {
+	r := dw.pw.r
+	if dw.pk != nil {
+		if known, up := r.packs.state(ref{typeChunk, id}); known {
+			dw.await(up)
+			return 0, nil
+		}
+	}
+	var put func([]byte) []byte
+	switch {
+	case obj == nil && dw.pk != nil && r.codec.sealsInPlace():
+		// The envelope made straight in the pack: one copy less.
+		put = func(pack []byte) []byte { return r.codec.appendPlain(pack, typeChunk, data) }
+	case obj == nil && dw.pk != nil:
+		// Sealed into a buffer of the pool: the pack copies it.
+		t0 := time.Now()
+		env := envelopes.Get().(*[]byte)
+		defer envelopes.Put(env)
+		*env = r.codec.sealTo((*env)[:0], typeChunk, data)
+		dw.spent(&dw.stats.Seal, t0)
+		put = sealed(*env)
+	case obj == nil:
+		t0 := time.Now()
+		obj = r.codec.seal(typeChunk, data)
+		dw.spent(&dw.stats.Seal, t0)
+		fallthrough
+	default:
+		put = sealed(obj)
+	}
+	defer dw.spent(&dw.stats.Store, time.Now())
+	if dw.pk == nil {
+		return r.putSealed(dw.ctx, objectKey(typeChunk, id), obj)
+	}
+	queued, up, err := dw.pk.add(dw.ctx, ref{typeChunk, id}, put)
+	dw.await(up)
+	if queued {
+		return -1, err
+	}
+	return 0, err
+}
+
+// envelopes holds the buffers chunks are sealed into before they are
+// packed.
+var envelopes = sync.Pool{New: func() any { return new([]byte) }}
+
+// spent adds the time since t0 to the counter d of the disk's stats.
+func (dw *DiskWriter) spent(d *time.Duration, t0 time.Time) {
+	t := time.Since(t0)
+	dw.mu.Lock()
+	*d += t
+	dw.mu.Unlock()
+}
+
+// await makes Close wait for up, the pack of a chunk this disk shares.
+func (dw *DiskWriter) await(up *packUpload) {
+	if up == nil || up.pk == dw.pk {
+		return
+	}
+	dw.mu.Lock()
+	if dw.waits == nil {
+		dw.waits = map[*packUpload]bool{}
+	}
+	dw.waits[up] = true
+	dw.mu.Unlock()
+}
+
+// finishPacks stores the disk's last pack and waits for every pack holding
+// its chunks.
+func (dw *DiskWriter) finishPacks(ctx context.Context) error {
+	if dw.pk == nil {
+		return nil
+	}
+	defer dw.spent(&dw.stats.Store, time.Now())
+	err := dw.pk.flush(ctx)
+	dw.mu.Lock()
+	waits := dw.waits
+	dw.mu.Unlock()
+	for up := range waits {
+		if e := up.wait(ctx); e != nil && err == nil {
+			err = fmt.Errorf("a chunk shared with another disk: %w", e)
+		}
+	}
+	return err
 }
 
 // DiskWriter writes one disk of a point, chunk by chunk in increasing
@@ -312,6 +426,9 @@ type DiskWriter struct {
 	base     *root
 	basePage int64
 	baseIDs  []ID
+
+	pk    *packer              // nil: one object per chunk
+	waits map[*packUpload]bool // other disks' packs holding chunks of this one
 
 	next     int64 // next chunk index expected
 	inflight sync.WaitGroup
@@ -379,27 +496,46 @@ func (dw *DiskWriter) advance(ctx context.Context, idx int64) error {
 // WriteChunk stores chunk idx. data must be the chunk's full length (the
 // chunk size, or what remains of the disk for the last chunk); it is copied.
 func (dw *DiskWriter) WriteChunk(ctx context.Context, idx int64, data []byte) error {
-	if err := dw.advance(ctx, idx); err != nil {
-		return err
-	}
-	if idx >= dw.rt.chunks() || len(data) != dw.chunkLen(idx) {
+	buf := dw.ChunkBuffer()
+	if len(data) > len(*buf) {
+		bufPool(len(*buf)).Put(buf)
 		return fmt.Errorf("disk %s: chunk %d of %d bytes, want %d", dw.spec.Name, idx, len(data), dw.chunkLen(max(0, min(idx, dw.rt.chunks()-1))))
 	}
+	copy(*buf, data)
+	return dw.WriteChunkBuffer(ctx, idx, buf, len(data))
+}
+
+// ChunkBuffer is a buffer of the chunk size for WriteChunkBuffer.
+func (dw *DiskWriter) ChunkBuffer() *[]byte {
+	return bufPool(dw.pw.r.cfg.ChunkSize).Get().(*[]byte)
+}
+
+// WriteChunkBuffer is WriteChunk of (*buf)[:n] without the copy: buf, from
+// ChunkBuffer, belongs to the writer from the call on.
+func (dw *DiskWriter) WriteChunkBuffer(ctx context.Context, idx int64, buf *[]byte, n int) error {
+	pool := bufPool(dw.pw.r.cfg.ChunkSize)
+	if err := dw.advance(ctx, idx); err != nil {
+		pool.Put(buf)
+		return err
+	}
+	if idx >= dw.rt.chunks() || n != dw.chunkLen(idx) || n > len(*buf) {
+		pool.Put(buf)
+		return fmt.Errorf("disk %s: chunk %d of %d bytes, want %d", dw.spec.Name, idx, n, dw.chunkLen(max(0, min(idx, dw.rt.chunks()-1))))
+	}
+	data := (*buf)[:n]
 	dw.mu.Lock()
 	dw.stats.BytesRead += int64(len(data))
 	dw.mu.Unlock()
 	dw.next = idx + 1
 	if IsZero(data) {
+		pool.Put(buf)
 		dw.mu.Lock()
 		dw.stats.ChunksZero++
 		dw.mu.Unlock()
 		dw.set(idx, ZeroID)
 		return nil
 	}
-	pool := bufPool(dw.pw.r.cfg.ChunkSize)
-	buf := pool.Get().(*[]byte)
-	copy(*buf, data)
-	return dw.send(ctx, job{dw: dw, idx: idx, buf: buf, n: len(data)}, func() { pool.Put(buf) })
+	return dw.send(ctx, job{dw: dw, idx: idx, buf: buf, n: n}, func() { pool.Put(buf) })
 }
 
 // writeSealed stores chunk idx as obj, an envelope this repository's codec
@@ -562,10 +698,11 @@ func (dw *DiskWriter) chunkDone(idx int64, id ID, stored int64, err error) {
 		}
 	} else {
 		op.ids[idx%pageEntries] = id
-		dw.stats.BytesStored += stored
-		if stored > 0 {
+		switch {
+		case stored > 0:
+			dw.stats.BytesStored += stored
 			dw.stats.ChunksNew++
-		} else {
+		case stored == 0:
 			dw.stats.ChunksDedup++
 		}
 	}
@@ -614,7 +751,7 @@ func (dw *DiskWriter) storePage(p int64) {
 		dw.rt.pages[p] = ZeroID
 		return
 	}
-	id, n, err := dw.pw.r.putObject(dw.ctx, typePage, encodePage(op.ids))
+	id, n, err := dw.putPage(encodePage(op.ids))
 	if err != nil {
 		dw.fail(fmt.Errorf("index page %d: %w", p, err))
 		return
@@ -623,6 +760,24 @@ func (dw *DiskWriter) storePage(p int64) {
 	dw.rt.pages[p] = id
 	dw.stats.BytesStored += n
 	dw.mu.Unlock()
+}
+
+// putPage stores an index page: into the disk's packs (its bytes are
+// counted when its pack is stored), or as an object of its own.
+func (dw *DiskWriter) putPage(plain []byte) (ID, int64, error) {
+	r := dw.pw.r
+	if dw.pk == nil {
+		return r.putObject(dw.ctx, typePage, plain)
+	}
+	id := r.codec.id(plain)
+	o := ref{typePage, id}
+	if known, up := r.packs.state(o); known {
+		dw.await(up)
+		return id, 0, nil
+	}
+	_, up, err := dw.pk.add(dw.ctx, o, sealed(r.codec.seal(typePage, plain)))
+	dw.await(up)
+	return id, 0, err
 }
 
 // Close finishes the disk: chunks not given are kept or zero, the index is
@@ -637,6 +792,9 @@ func (dw *DiskWriter) Close(ctx context.Context) error {
 		err = dw.sealBefore(dw.rt.chunks()/pageEntries + 1)
 	}
 	dw.inflight.Wait()
+	if perr := dw.finishPacks(ctx); err == nil {
+		err = perr
+	}
 	if err != nil {
 		dw.fail(err)
 	}

@@ -78,9 +78,15 @@ func TestRestoreChain(t *testing.T) {
 	for i := int64(0); victim.IsZero(); i++ {
 		victim, _ = d.ChunkID(f.Ctx, i)
 	}
-	chunk := filepath.Join(f.Dom.Dir, "repo-t", "chunks", victim.String()[:2], victim.String())
+	key, off, n, err := tg.Repo.ChunkObject(f.Ctx, victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := filepath.Join(f.Dom.Dir, "repo-t", key)
 	orig, _ := os.ReadFile(chunk)
-	os.WriteFile(chunk, append(bytes.Clone(orig[:len(orig)-1]), orig[len(orig)-1]^1), 0o600)
+	damaged := bytes.Clone(orig)
+	damaged[off+n-1] ^= 1
+	os.WriteFile(chunk, damaged, 0o600)
 	bad := filepath.Join(dir, "bad.qcow2")
 	if err := restore.Disk(f.Ctx, tg.Repo, last.ID, "vda", bad, restore.Options{Format: "qcow2"}); !errors.Is(err, target.ErrCorrupt) {
 		t.Fatalf("restore of a damaged point: %v", err)

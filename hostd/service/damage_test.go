@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/virtkeep/virtkeep/hostd/api"
+	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/target/all"
 	"github.com/virtkeep/virtkeep/testenv"
 	"github.com/virtkeep/virtkeep/testenv/vm"
 )
@@ -27,13 +29,7 @@ func TestDamagedPointIsNoBase(t *testing.T) {
 		t.Fatalf("backup: %s %s", first.State, first.Error)
 	}
 	// Damage one chunk: flip its last byte (the envelope's tag/checksum).
-	chunks, _ := filepath.Glob(filepath.Join(dir, "repo-local", "chunks", "*", "*"))
-	if len(chunks) == 0 {
-		t.Fatal("no chunks")
-	}
-	b, _ := os.ReadFile(chunks[0])
-	b[len(b)-1] ^= 0xff
-	os.WriteFile(chunks[0], b, 0o600)
+	damageChunk(t, filepath.Join(dir, "repo-local"), first.Result.Point.ID)
 
 	v := waitJob(t, s, must(s.Verify(ctx, api.VerifyRequest{All: true, ReadData: true})))
 	if v.State != api.Failed {
@@ -73,4 +69,32 @@ func logHas(t *testing.T, s api.Service, job, text string) bool {
 		return nil
 	})
 	return found
+}
+
+// damageChunk flips the last byte (the envelope's tag or checksum) of the
+// first chunk of point's disk vda in the local repository at repo.
+func damageChunk(t *testing.T, repo, point string) {
+	t.Helper()
+	ctx := context.Background()
+	r, err := all.Open(ctx, all.Config{Name: "local", Kind: "local", Path: repo}, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	d, err := r.OpenDisk(ctx, point, "vda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var victim target.ID
+	for i := int64(0); victim.IsZero() && i < 64; i++ {
+		victim, _ = d.ChunkID(ctx, i)
+	}
+	key, off, n, err := r.ChunkObject(ctx, victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(repo, key)
+	b, _ := os.ReadFile(path)
+	b[off+n-1] ^= 0xff
+	os.WriteFile(path, b, 0o600)
 }

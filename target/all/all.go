@@ -23,6 +23,9 @@ type Config struct {
 	SFTP        sftp.Config
 	S3          s3.Config
 	Compression target.Compression
+	// PackSize is the pack size of a repository created here (see
+	// target.InitOptions; 0 the default, negative an object per chunk).
+	PackSize int
 	// KeyFile turns on encryption: the repository key, created with the
 	// repository when the file does not exist yet.
 	KeyFile    string
@@ -97,7 +100,7 @@ func open(ctx context.Context, b target.Backend, cfg Config, create bool, log *s
 	}
 	r, err := target.Open(ctx, b, target.OpenOptions{Key: key, Compression: cfg.Compression, Logger: log, Now: cfg.Now})
 	if errors.Is(err, target.ErrNotRepository) && create {
-		if err := target.Init(ctx, b, target.InitOptions{Compression: cfg.Compression, Key: key}); err != nil {
+		if err := target.Init(ctx, b, target.InitOptions{Compression: cfg.Compression, Key: key, PackSize: cfg.PackSize}); err != nil {
 			return nil, fmt.Errorf("target %s: %w", cfg.Name, err)
 		}
 		if log != nil {

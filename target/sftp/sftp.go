@@ -214,7 +214,7 @@ func (s *SFTP) dial(ctx context.Context) (*conn, error) {
 	}
 	_ = nc.SetDeadline(time.Time{})
 	sc := ssh.NewClient(cc, chans, reqs)
-	fc, err := sftp.NewClient(sc, sftp.UseConcurrentWrites(true), sftp.UseConcurrentReads(true), sftp.MaxConcurrentRequestsPerFile(16))
+	fc, err := sftp.NewClient(sc, sftp.UseConcurrentWrites(true), sftp.UseConcurrentReads(true), sftp.MaxConcurrentRequestsPerFile(64))
 	if err != nil {
 		sc.Close()
 		return nil, fmt.Errorf("sftp: %s: start sftp subsystem: %w", s.name(), err)
@@ -339,6 +339,9 @@ func (s *SFTP) Put(ctx context.Context, key string, data []byte) error {
 	return nil
 }
 
+// smallRead is the largest range Get reads without a Stat.
+const smallRead = 1 << 20
+
 // Get reads a range of the object.
 func (s *SFTP) Get(ctx context.Context, key string, off, length int64) ([]byte, error) {
 	p, err := s.path(key)
@@ -355,14 +358,18 @@ func (s *SFTP) Get(ctx context.Context, key string, off, length int64) ([]byte, 
 			return err
 		}
 		defer f.Close()
-		fi, err := f.Stat()
-		if err != nil {
-			return err
-		}
-		// Allocate what exists, never more than asked.
+		// Allocate what exists, never more than asked: a small range (a
+		// chunk in a pack) is read without asking the size first, which
+		// costs a round trip.
 		n := length
-		if left := max(fi.Size()-off, 0); n < 0 || n > left {
-			n = left
+		if n < 0 || n > smallRead {
+			fi, err := f.Stat()
+			if err != nil {
+				return err
+			}
+			if left := max(fi.Size()-off, 0); n < 0 || n > left {
+				n = left
+			}
 		}
 		b := make([]byte, n)
 		got, err := f.ReadAt(b, off)

@@ -90,7 +90,10 @@ type TargetConfig struct {
 	Kind        string `mapstructure:"kind"`
 	Path        string `mapstructure:"path"`
 	Compression string `mapstructure:"compression"`
-	KeyFile     string `mapstructure:"key_file"`
+	// PackSize is the pack size of a repository created here: 1MiB to
+	// 256MiB (default 8MiB), or "none" for an object per chunk.
+	PackSize string `mapstructure:"pack_size"`
+	KeyFile  string `mapstructure:"key_file"`
 	// PassphraseFile holds the passphrase of a passphrase-protected
 	// key_file (unattended runs); without it the CLI asks on a terminal.
 	PassphraseFile string `mapstructure:"passphrase_file"`
@@ -142,7 +145,7 @@ var kindSettings = map[string][]string{
 }
 
 // commonSettings are the settings of every kind.
-var commonSettings = []string{"name", "kind", "compression", "key_file", "passphrase_file",
+var commonSettings = []string{"name", "kind", "compression", "pack_size", "key_file", "passphrase_file",
 	"gc", "verify", "verify_read_data", "verify_sample", "bandwidth", "requests", "max_jobs"}
 
 // set lists the kind-specific settings t has (fields not left at zero),
@@ -330,6 +333,9 @@ func (c *Config) check(p *problems) {
 		default:
 			p.add(key+".compression", "%q: want zstd or none", t.Compression)
 		}
+		if _, err := t.packSize(); err != nil {
+			p.add(key+".pack_size", "%v", err)
+		}
 		t.checkUpkeep(p, key, c.TimeZone)
 	}
 	c.checkPolicies(p)
@@ -383,6 +389,21 @@ func (c *Config) checkDaemon(p *problems) {
 	}
 }
 
+// packSize is pack_size as target.InitOptions takes it.
+func (t TargetConfig) packSize() (int, error) {
+	switch t.PackSize {
+	case "":
+		return 0, nil
+	case "none":
+		return -1, nil
+	}
+	n, err := parseBytes(t.PackSize)
+	if err != nil || n < 1<<20 || n > 256<<20 {
+		return 0, fmt.Errorf("%q: want 1MiB to 256MiB, or none (an object per chunk)", t.PackSize)
+	}
+	return int(n), nil
+}
+
 // Open is how target/all opens t's repository. Passphrase is set from
 // passphrase_file; without one, a passphrase-protected key needs one
 // asked for (the CLI on a terminal).
@@ -395,7 +416,8 @@ func (t TargetConfig) Open() all.Config {
 	if !t.passphrase.Empty() {
 		pass = []byte(t.passphrase.Reveal())
 	}
-	return all.Config{Name: t.Name, Kind: t.Kind, Path: t.Path, Compression: comp, KeyFile: t.KeyFile, Passphrase: pass,
+	packs, _ := t.packSize() // checked by Check
+	return all.Config{Name: t.Name, Kind: t.Kind, Path: t.Path, Compression: comp, PackSize: packs, KeyFile: t.KeyFile, Passphrase: pass,
 		SFTP: sftp.Config{Host: t.Host, Port: t.Port, User: t.User, Path: t.Path, IdentityFile: t.IdentityFile,
 			KnownHostsFile: t.KnownHostsFile, Connections: t.Connections},
 		S3: s3.Config{Endpoint: t.Endpoint, Bucket: t.Bucket, Prefix: t.Prefix, Region: t.Region, AccessKey: t.AccessKey,

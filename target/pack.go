@@ -1,0 +1,641 @@
+package target
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Packs (docs/FORMAT.md, "Packs"): a repository whose config sets
+// pack_size stores chunk envelopes concatenated into pack objects, each
+// with a pack index naming its chunks, so that a backup writes one object
+// per pack_size bytes instead of one per chunk.
+
+const (
+	// DefaultPackSize is the pack size of new repositories.
+	DefaultPackSize = 8 << 20
+	minPackSize     = 1 << 20
+	maxPackSize     = 256 << 20
+	typePackIndex   = 7
+	packEntryLen    = 1 + 32 + 4 + 4 // type, ID, offset, length
+	// packIndexLoaders is how many pack indexes are read at once.
+	packIndexLoaders = 16
+)
+
+func packKey(id ID) string      { h := id.String(); return "packs/" + h[:2] + "/" + h }
+func packIndexKey(id ID) string { h := id.String(); return "packindex/" + h[:2] + "/" + h }
+
+// keyID parses the ID a key ends with.
+func keyID(key string) (ID, error) {
+	return ParseID(key[strings.LastIndex(key, "/")+1:])
+}
+
+// ref names a packed object: a chunk or an index page.
+type ref struct {
+	typ byte
+	id  ID
+}
+
+type packEntry struct {
+	ref
+	off, n uint32
+}
+
+// encodePackIndex is the plaintext of pack's index: its ID, then an entry
+// per object.
+func encodePackIndex(pack ID, es []packEntry) []byte {
+	out := make([]byte, 32, 32+len(es)*packEntryLen)
+	copy(out, pack[:])
+	for _, e := range es {
+		out = append(append(out, e.typ), e.id[:]...)
+		out = binary.BigEndian.AppendUint32(out, e.off)
+		out = binary.BigEndian.AppendUint32(out, e.n)
+	}
+	return out
+}
+
+// decodePackIndex parses the index of pack, a pack of size bytes, and
+// checks every entry against it.
+func decodePackIndex(plain []byte, pack ID, size int64, chunkMax int64) ([]packEntry, error) {
+	if len(plain) < 32 || (len(plain)-32)%packEntryLen != 0 {
+		return nil, corrupt("pack index of %d bytes", len(plain))
+	}
+	if ID(plain[:32]) != pack {
+		return nil, corrupt("pack index names pack %s", ID(plain[:32]))
+	}
+	es := make([]packEntry, 0, (len(plain)-32)/packEntryLen)
+	for p := plain[32:]; len(p) > 0; p = p[packEntryLen:] {
+		e := packEntry{ref: ref{typ: p[0], id: ID(p[1:33])}, off: binary.BigEndian.Uint32(p[33:]), n: binary.BigEndian.Uint32(p[37:])}
+		if e.typ != typeChunk && e.typ != typePage {
+			return nil, corrupt("pack index entry %s of type %d", e.id, e.typ)
+		}
+		if e.n <= headerLen || int64(e.n) > chunkMax || int64(e.off)+int64(e.n) > size {
+			return nil, corrupt("pack index entry %s at %d+%d outside the pack's %d bytes", e.id, e.off, e.n, size)
+		}
+		es = append(es, e)
+	}
+	return es, nil
+}
+
+// packInfo is one pack as a scan found it.
+type packInfo struct {
+	id       ID
+	size     int64
+	modTime  time.Time
+	indexed  bool // it has an index
+	idxSize  int64
+	idxMod   time.Time
+	entries  []packEntry
+	indexErr error // the index could not be read or is damaged
+}
+
+// scanPacks lists packs and their indexes and reads every index for which
+// skip is false. Indexes of missing packs are returned with size -1.
+func (r *Repository) scanPacks(ctx context.Context, skip func(ID) bool) (map[ID]*packInfo, error) {
+	packs := map[ID]*packInfo{}
+	err := r.b.List(ctx, "packs/", func(fi ObjectInfo) error {
+		if id, err := keyID(fi.Key); err == nil {
+			packs[id] = &packInfo{id: id, size: fi.Size, modTime: fi.ModTime}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list packs: %w", err)
+	}
+	var todo []*packInfo
+	err = r.b.List(ctx, "packindex/", func(fi ObjectInfo) error {
+		id, err := keyID(fi.Key)
+		if err != nil {
+			return nil
+		}
+		p := packs[id]
+		if p == nil {
+			p = &packInfo{id: id, size: -1}
+			packs[id] = p
+		}
+		p.indexed, p.idxSize, p.idxMod = true, fi.Size, fi.ModTime
+		if p.size >= 0 && (skip == nil || !skip(id)) {
+			todo = append(todo, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list pack indexes: %w", err)
+	}
+	return packs, r.readPackIndexes(ctx, todo)
+}
+
+// readPackIndexes reads the indexes of ps, several at once. A damaged
+// index is recorded in its packInfo; other failures are returned.
+func (r *Repository) readPackIndexes(ctx context.Context, ps []*packInfo) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+		next  = make(chan *packInfo)
+	)
+	chunkMax := maxObject(typeChunk, r.cfg.ChunkSize)
+	for range min(packIndexLoaders, len(ps)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range next {
+				plain, err := r.openAt(ctx, typePackIndex, packIndexKey(p.id))
+				if err == nil {
+					p.entries, err = decodePackIndex(plain, p.id, p.size, chunkMax)
+				}
+				switch {
+				case errors.Is(err, ErrCorrupt):
+					p.indexErr = err
+				case errors.Is(err, ErrNotFound):
+					p.indexed = false // deleted meanwhile
+				case err != nil:
+					mu.Lock()
+					first = firstErr(first, err)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, p := range ps {
+		select {
+		case next <- p:
+		case <-ctx.Done():
+		}
+	}
+	close(next)
+	wg.Wait()
+	if first == nil {
+		first = ctx.Err()
+	}
+	return first
+}
+
+// firstErr is a unless it is nil.
+func firstErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// packIndex is the repository's chunk ID -> pack location map in memory,
+// and the chunks being packed that are not stored yet.
+type packIndex struct {
+	loadMu sync.Mutex // one load at a time
+
+	mu    sync.Mutex
+	names []ID         // pack IDs, by packLoc.pack
+	known map[ID]int32 // pack ID -> its number in names
+	// index is the size of each known pack's index when read: an index
+	// rewritten since (check dropped a damaged chunk) is read again.
+	index   map[ID]ObjectInfo
+	have    map[ref]packLoc
+	pending map[ref]*packUpload
+}
+
+type packLoc struct {
+	pack   int32
+	off, n uint32
+}
+
+func newPackIndex() *packIndex {
+	return &packIndex{known: map[ID]int32{}, index: map[ID]ObjectInfo{}, have: map[ref]packLoc{}, pending: map[ref]*packUpload{}}
+}
+
+// reset forgets every pack (they are read again when needed).
+func (x *packIndex) reset() {
+	x.mu.Lock()
+	x.names, x.known, x.index, x.have = nil, map[ID]int32{}, map[ID]ObjectInfo{}, map[ref]packLoc{}
+	x.mu.Unlock()
+}
+
+// addPack records pack's chunks (a chunk already in another pack keeps its
+// place there).
+func (x *packIndex) addPack(pack ID, es []packEntry, idx ObjectInfo) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.index[pack] = idx
+	n, ok := x.known[pack]
+	if !ok {
+		n = int32(len(x.names))
+		x.names = append(x.names, pack)
+		x.known[pack] = n
+	}
+	for _, e := range es {
+		if _, dup := x.have[e.ref]; !dup {
+			x.have[e.ref] = packLoc{pack: n, off: e.off, n: e.n}
+		}
+	}
+}
+
+// dropPacks forgets every chunk of the packs in gone.
+func (x *packIndex) dropPacks(gone map[ID]bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	nums := map[int32]bool{}
+	for id := range gone {
+		if n, ok := x.known[id]; ok {
+			nums[n] = true
+			delete(x.known, id)
+			delete(x.index, id)
+		}
+	}
+	if len(nums) == 0 {
+		return
+	}
+	maps.DeleteFunc(x.have, func(_ ref, l packLoc) bool { return nums[l.pack] })
+}
+
+// state says whether object id is stored or being packed (then up is the
+// pack it goes into).
+func (x *packIndex) state(id ref) (known bool, up *packUpload) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if _, ok := x.have[id]; ok {
+		return true, nil
+	}
+	up, ok := x.pending[id]
+	return ok, up
+}
+
+// lookup finds object id.
+func (x *packIndex) lookup(id ref) (ID, packLoc, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	l, ok := x.have[id]
+	if !ok {
+		return ID{}, l, false
+	}
+	return x.names[l.pack], l, true
+}
+
+// loadPacks brings the pack index up to date with the backend: it reads
+// the indexes of packs it does not know and forgets packs that are gone
+// (a GC here or on another host). Entries of an index whose pack is
+// missing (a writer killed between the two puts) are not taken.
+func (r *Repository) loadPacks(ctx context.Context) error {
+	x := r.packs
+	x.loadMu.Lock()
+	defer x.loadMu.Unlock()
+	x.mu.Lock()
+	known := maps.Clone(x.index)
+	x.mu.Unlock()
+	found, err := r.scanPacks(ctx, func(id ID) bool { _, ok := known[id]; return ok })
+	if err != nil {
+		return err
+	}
+	gone := map[ID]bool{}
+	for id, was := range known {
+		if p := found[id]; p == nil || !p.indexed || p.size < 0 || p.idxSize != was.Size {
+			gone[id] = true
+		}
+	}
+	x.dropPacks(gone)
+	for _, id := range slices.SortedFunc(maps.Keys(found), compareIDs) {
+		p := found[id]
+		if _, ok := known[id]; (ok && !gone[id]) || !p.indexed || p.size < 0 {
+			continue
+		}
+		if p.entries == nil && p.indexErr == nil {
+			// Known when listed, changed since: read it again.
+			if err := r.readPackIndexes(ctx, []*packInfo{p}); err != nil {
+				return err
+			}
+		}
+		if p.indexErr != nil {
+			r.log.Warn("pack index damaged: its chunks are not used", "pack", packKey(id), "err", p.indexErr)
+			continue
+		}
+		x.addPack(id, p.entries, ObjectInfo{Size: p.idxSize, ModTime: p.idxMod})
+	}
+	return nil
+}
+
+// chunkEnvelope loads the envelope of chunk id.
+func (r *Repository) chunkEnvelope(ctx context.Context, id ID) ([]byte, error) {
+	return r.packedEnvelope(ctx, ref{typeChunk, id})
+}
+
+// packedEnvelope loads the envelope of a chunk or page: from its pack, or
+// its own object (format 1). One the index does not know, or whose pack
+// is gone (a GC here or elsewhere repacked it), is looked for again after
+// reloading the index.
+func (r *Repository) packedEnvelope(ctx context.Context, o ref) ([]byte, error) {
+	pack, l, ok := r.packs.lookup(o)
+	if ok {
+		obj, err := r.packRead(ctx, o, pack, l)
+		if !errors.Is(err, ErrNotFound) {
+			return obj, err
+		}
+	}
+	key := objectKey(o.typ, o.id)
+	if r.cfg.PackSize > 0 {
+		if err := r.loadPacks(ctx); err != nil {
+			return nil, fmt.Errorf("load %s: %w", key, err)
+		}
+		if pack, l, ok = r.packs.lookup(o); ok {
+			return r.packRead(ctx, o, pack, l)
+		}
+	}
+	return r.getEnvelope(ctx, o.typ, key)
+}
+
+// packRead reads the envelope of o at l in pack.
+func (r *Repository) packRead(ctx context.Context, o ref, pack ID, l packLoc) ([]byte, error) {
+	key := objectKey(o.typ, o.id)
+	if int64(l.n) > maxObject(o.typ, r.cfg.ChunkSize) {
+		return nil, fmt.Errorf("%s in %s: %w", key, packKey(pack), corrupt("%d bytes, more than its type allows", l.n))
+	}
+	obj, err := r.b.Get(ctx, packKey(pack), int64(l.off), int64(l.n))
+	if err != nil {
+		return nil, fmt.Errorf("load %s from %s: %w", key, packKey(pack), err)
+	}
+	if len(obj) != int(l.n) {
+		return nil, fmt.Errorf("%s in %s: %w", key, packKey(pack), corrupt("read %d bytes of %d", len(obj), l.n))
+	}
+	return obj, nil
+}
+
+// packUpload is a pack being filled or stored; done is closed when it is
+// stored (err nil) or has failed.
+type packUpload struct {
+	pk   *packer
+	done chan struct{}
+	err  error
+}
+
+// packer fills packs with one disk's chunks and stores each when full.
+type packer struct {
+	r *Repository
+	// stored credits n bytes and k chunks (pages not counted) stored to
+	// the packer's owner.
+	stored func(n int64, k int)
+
+	mu      sync.Mutex
+	buf     []byte
+	entries []packEntry
+	cur     *packUpload
+	err     error
+	wg      sync.WaitGroup // uploads in flight
+	// depth bounds the packs filled or being stored at once, so a disk
+	// holds at most depth packs in memory; room signals one was stored.
+	depth, packs int
+	room         *sync.Cond
+}
+
+func (r *Repository) newPacker(stored func(int64, int)) *packer {
+	if stored == nil {
+		stored = func(int64, int) {}
+	}
+	pk := &packer{r: r, stored: stored, depth: packUploads(r.b.Properties())}
+	pk.room = sync.NewCond(&pk.mu)
+	return pk
+}
+
+// add packs object id, whose envelope put appends to the pack, unless the
+// repository has it or it is being packed: then it returns the upload to
+// wait for (nil when stored). queued says the object was taken.
+func (pk *packer) add(ctx context.Context, id ref, put func(pack []byte) []byte) (queued bool, wait *packUpload, err error) {
+	x := pk.r.packs
+	pk.mu.Lock()
+	for pk.cur == nil && pk.packs >= pk.depth && pk.err == nil {
+		pk.room.Wait()
+	}
+	if err := pk.err; err != nil {
+		pk.mu.Unlock()
+		return false, nil, err
+	}
+	x.mu.Lock()
+	if _, ok := x.have[id]; ok {
+		x.mu.Unlock()
+		pk.mu.Unlock()
+		return false, nil, nil
+	}
+	if up, ok := x.pending[id]; ok {
+		x.mu.Unlock()
+		pk.mu.Unlock()
+		return false, up, nil
+	}
+	if pk.cur == nil {
+		pk.cur = &packUpload{pk: pk, done: make(chan struct{})}
+		pk.buf = pk.r.packBuf()
+		pk.packs++
+	}
+	x.pending[id] = pk.cur
+	x.mu.Unlock()
+	off := len(pk.buf)
+	pk.buf = put(pk.buf)
+	pk.entries = append(pk.entries, packEntry{ref: id, off: uint32(off), n: uint32(len(pk.buf) - off)})
+	var full func() error
+	if len(pk.buf) >= pk.r.cfg.PackSize {
+		full = pk.detach(ctx)
+	}
+	pk.mu.Unlock()
+	if full != nil {
+		err = full()
+	}
+	return true, nil, err
+}
+
+// packBufs holds buffers packs are filled in, of any capacity.
+var packBufs sync.Pool
+
+// packBuf is an empty buffer that holds a whole pack: its size, plus the
+// chunk that fills it past that.
+func (r *Repository) packBuf() []byte {
+	need := r.cfg.PackSize + int(maxObject(typeChunk, r.cfg.ChunkSize))
+	if b, ok := packBufs.Get().(*[]byte); ok && cap(*b) >= need {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, need)
+}
+
+// sealed appends the envelope obj.
+func sealed(obj []byte) func([]byte) []byte {
+	return func(pack []byte) []byte { return append(pack, obj...) }
+}
+
+// detach takes the pack being filled; the function it returns stores it.
+// pk.mu is held.
+func (pk *packer) detach(ctx context.Context) func() error {
+	buf, es, up := pk.buf, pk.entries, pk.cur
+	pk.buf, pk.entries, pk.cur = nil, nil, nil
+	pk.wg.Add(1)
+	return func() error {
+		defer pk.wg.Done()
+		err := pk.store(ctx, buf, es, up)
+		buf = buf[:0]
+		packBufs.Put(&buf)
+		return err
+	}
+}
+
+// store writes a pack, then its index, then makes its chunks known.
+func (pk *packer) store(ctx context.Context, buf []byte, es []packEntry, up *packUpload) error {
+	r, x := pk.r, pk.r.packs
+	var pack ID
+	if _, err := rand.Read(pack[:]); err != nil {
+		panic("virtkeep: no randomness: " + err.Error())
+	}
+	r.packSem <- struct{}{}
+	err := r.b.Put(ctx, packKey(pack), buf)
+	idx := r.codec.seal(typePackIndex, encodePackIndex(pack, es))
+	if err == nil {
+		err = r.b.Put(ctx, packIndexKey(pack), idx)
+	}
+	<-r.packSem
+	if err != nil {
+		err = fmt.Errorf("store %s: %w", packKey(pack), err)
+	} else {
+		x.addPack(pack, es, ObjectInfo{Size: int64(len(idx))})
+		chunks := 0
+		for _, e := range es {
+			if e.typ == typeChunk {
+				chunks++
+			}
+		}
+		pk.stored(int64(len(buf)+len(idx)), chunks)
+	}
+	x.mu.Lock()
+	for _, e := range es {
+		if x.pending[e.ref] == up {
+			delete(x.pending, e.ref)
+		}
+	}
+	x.mu.Unlock()
+	up.err = err
+	close(up.done)
+	pk.mu.Lock()
+	pk.err = firstErr(pk.err, err)
+	pk.packs--
+	pk.room.Broadcast()
+	pk.mu.Unlock()
+	return err
+}
+
+// flush stores the pack being filled and waits for every upload.
+func (pk *packer) flush(ctx context.Context) error {
+	pk.mu.Lock()
+	var last func() error
+	if len(pk.entries) > 0 {
+		last = pk.detach(ctx)
+	}
+	pk.mu.Unlock()
+	if last != nil {
+		last()
+	}
+	pk.wg.Wait()
+	pk.mu.Lock()
+	defer pk.mu.Unlock()
+	return pk.err
+}
+
+// discard drops the pack being filled (an aborted point): whoever waits
+// for its chunks is told they were not stored.
+func (pk *packer) discard() {
+	pk.wg.Wait()
+	pk.mu.Lock()
+	es, up := pk.entries, pk.cur
+	pk.buf, pk.entries, pk.cur = nil, nil, nil
+	pk.err = firstErr(pk.err, errors.New("point aborted"))
+	if up != nil {
+		pk.packs--
+	}
+	pk.room.Broadcast()
+	pk.mu.Unlock()
+	if up == nil {
+		return
+	}
+	x := pk.r.packs
+	x.mu.Lock()
+	for _, e := range es {
+		if x.pending[e.ref] == up {
+			delete(x.pending, e.ref)
+		}
+	}
+	x.mu.Unlock()
+	up.err = errors.New("its point was aborted")
+	close(up.done)
+}
+
+// wait returns once up is stored or failed, storing it first if it is
+// still being filled.
+func (up *packUpload) wait(ctx context.Context) error {
+	pk := up.pk
+	pk.mu.Lock()
+	var store func() error
+	if pk.cur == up {
+		store = pk.detach(ctx)
+	}
+	pk.mu.Unlock()
+	if store != nil {
+		store()
+	}
+	<-up.done
+	return up.err
+}
+
+// packUploads is how many packs a disk has filled or in flight at once
+// (and each repository stores at once): more where each put waits for
+// network round trips (BenchmarkLatency).
+func packUploads(p Properties) int {
+	if p.Local {
+		return 3
+	}
+	return 6
+}
+
+// dropChunk removes chunk id from the repository: its object, or its entry
+// in its pack's index (the bytes stay in the pack until GC repacks it).
+func (r *Repository) dropChunk(ctx context.Context, id ID) error {
+	pack, _, ok := r.packs.lookup(ref{typeChunk, id})
+	if !ok {
+		return r.b.Delete(ctx, objectKey(typeChunk, id))
+	}
+	fi, err := r.b.Stat(ctx, packKey(pack))
+	if err != nil {
+		return err
+	}
+	plain, err := r.openAt(ctx, typePackIndex, packIndexKey(pack))
+	if err != nil {
+		return err
+	}
+	es, err := decodePackIndex(plain, pack, fi.Size, maxObject(typeChunk, r.cfg.ChunkSize))
+	if err != nil {
+		return err
+	}
+	es = slices.DeleteFunc(es, func(e packEntry) bool { return e.ref == ref{typeChunk, id} })
+	if err := r.b.Put(ctx, packIndexKey(pack), r.codec.seal(typePackIndex, encodePackIndex(pack, es))); err != nil {
+		return err
+	}
+	r.packs.mu.Lock()
+	delete(r.packs.have, ref{typeChunk, id})
+	r.packs.mu.Unlock()
+	return nil
+}
+
+// ChunkObject says where chunk id's envelope is stored: the key of its
+// object, and its offset and length there (a pack, or the chunk's own
+// object at offset 0). For tools and tests that inspect the backend.
+func (r *Repository) ChunkObject(ctx context.Context, id ID) (key string, off, n int64, err error) {
+	if err := r.loadPacks(ctx); err != nil {
+		return "", 0, 0, err
+	}
+	if pack, l, ok := r.packs.lookup(ref{typeChunk, id}); ok {
+		return packKey(pack), int64(l.off), int64(l.n), nil
+	}
+	key = objectKey(typeChunk, id)
+	fi, err := r.b.Stat(ctx, key)
+	if err != nil {
+		return "", 0, 0, err
+	}
+	return key, 0, fi.Size, nil
+}
