@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"testing"
-	"time"
 
-	"github.com/virtkeep/virtkeep/nbd"
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/local"
 	"github.com/virtkeep/virtkeep/testenv"
@@ -58,42 +56,7 @@ func BenchmarkBackends(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		start := time.Now()
-		pw, err := r.NewPoint(ctx, target.PointSpec{Domain: "bench", Level: target.LevelFull})
-		if err != nil {
-			b.Fatal(err)
-		}
-		dw, _ := pw.AddDisk(ctx, target.DiskSpec{Name: "vda", VirtualSize: size})
-		buf := make([]byte, dw.ChunkSize())
-		for idx := int64(0); idx < dw.Chunks(); idx++ {
-			content.ReadAt(buf, idx*int64(len(buf)))
-			if err := dw.WriteChunk(ctx, idx, buf); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if err := dw.Close(ctx); err != nil {
-			b.Fatal(err)
-		}
-		m, err := pw.Commit(ctx)
-		if err != nil {
-			b.Fatal(err)
-		}
-		wrote := time.Since(start)
-		d, err := r.OpenDisk(ctx, m.ID, "vda")
-		if err != nil {
-			b.Fatal(err)
-		}
-		start = time.Now()
-		var got int64
-		err = nbd.Fetch(ctx, diskRead{d}, []nbd.Extent{{Off: 0, Len: size}}, nbd.FetchOptions{PieceSize: 4 << 20, InFlight: 4}, func(off int64, p []byte) error {
-			got += int64(len(p))
-			return nil
-		})
-		if err != nil || got != size {
-			b.Fatalf("read back %d bytes: %v", got, err)
-		}
-		read := time.Since(start)
-		w, rd := float64(size)/wrote.Seconds()/1e6, float64(size)/read.Seconds()/1e6
+		w, rd, _ := writeRead(b, r, content)
 		if be.name == "local" {
 			localW, localR = w, rd
 		}

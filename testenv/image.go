@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -115,4 +116,42 @@ func ImageSHA256(ctx context.Context, path, format string) (string, error) {
 		return "", fmt.Errorf("testenv: read %s: %w", path, cerr)
 	}
 	return fmt.Sprintf("%x", h.Sum(nil)), nil
+}
+
+// ImageSize is the virtual size of the image at path.
+func ImageSize(ctx context.Context, path string) (int64, error) {
+	out, err := exec.CommandContext(ctx, "qemu-img", "info", "-U", "--output=json", path).Output()
+	if err != nil {
+		return 0, fmt.Errorf("testenv: qemu-img info %s: %w", path, err)
+	}
+	var info struct {
+		VirtualSize int64 `json:"virtual-size"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil || info.VirtualSize <= 0 {
+		return 0, fmt.Errorf("testenv: qemu-img info %s: %q", path, out)
+	}
+	return info.VirtualSize, nil
+}
+
+// FilesImage makes a qcow2 image at path holding an ext4 filesystem of
+// size bytes with a copy of the host's directory src (real files, for
+// benchmarks of compression), built by mkfs.ext4 -d without mounting.
+func FilesImage(ctx context.Context, src, path string, size int64) error {
+	raw := path + ".raw"
+	defer os.Remove(raw)
+	if err := os.WriteFile(raw, nil, 0o644); err != nil {
+		return err
+	}
+	if err := os.Truncate(raw, size); err != nil {
+		return err
+	}
+	for _, c := range [][]string{
+		{"mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", "-d", src, raw},
+		{"qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, path},
+	} {
+		if out, err := exec.CommandContext(ctx, c[0], c[1:]...).CombinedOutput(); err != nil {
+			return fmt.Errorf("testenv: %s: %v %s", c[0], err, out)
+		}
+	}
+	return nil
 }

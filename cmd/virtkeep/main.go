@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -31,6 +32,7 @@ type app struct {
 	json       bool
 	verbose    bool
 	local      bool
+	cpuProfile string // hidden --cpu-profile: where a CPU profile goes
 	cfg        *config.Config
 	log        *slog.Logger
 	out, errw  io.Writer
@@ -166,7 +168,12 @@ or the daemon holds the host).`,
 	pf.BoolVar(&a.json, "json", false, "print machine-readable JSON")
 	pf.BoolVarP(&a.verbose, "verbose", "v", false, "log what is done")
 	pf.BoolVar(&a.local, "local", false, "run in this process, not through virtkeepd")
-	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) { a.explicit = cmd.Flags().Changed("config") }
+	pf.StringVar(&a.cpuProfile, "cpu-profile", "", "write a CPU profile of the command to this file")
+	_ = pf.MarkHidden("cpu-profile")
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		a.explicit = cmd.Flags().Changed("config")
+		return a.startProfile()
+	}
 	root.SetVersionTemplate("virtkeep {{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr("%v", err) })
 	root.Args = cobra.ArbitraryArgs
@@ -184,6 +191,18 @@ or the daemon holds the host).`,
 	return root
 }
 
+// startProfile starts the CPU profile --cpu-profile asks for.
+func (a *app) startProfile() error {
+	if a.cpuProfile == "" {
+		return nil
+	}
+	f, err := os.OpenFile(a.cpuProfile, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return usageErr("--cpu-profile: %v", err)
+	}
+	return pprof.StartCPUProfile(f)
+}
+
 // run executes the CLI and returns its exit code.
 func run(ctx context.Context, args []string, out, errw io.Writer) int {
 	a := &app{out: out, errw: errw}
@@ -192,6 +211,7 @@ func run(ctx context.Context, args []string, out, errw io.Writer) int {
 	root.SetOut(out)
 	root.SetErr(errw)
 	err := root.ExecuteContext(ctx)
+	pprof.StopCPUProfile()
 	if err != nil {
 		fmt.Fprintln(errw, "virtkeep:", withAdvice(err))
 	}

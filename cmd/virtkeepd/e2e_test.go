@@ -30,7 +30,7 @@ var (
 )
 
 // binaries builds the real virtkeep and virtkeepd once per test run.
-func binaries(t *testing.T) (cli, daemon string) {
+func binaries(t testing.TB) (cli, daemon string) {
 	t.Helper()
 	buildOnce.Do(func() {
 		binDir, buildErr = os.MkdirTemp(testenv.BaseDir(), "bin-")
@@ -65,7 +65,7 @@ type daemonProc struct {
 	code   int
 }
 
-func startDaemon(t *testing.T, bin, cfg string) *daemonProc {
+func startDaemon(t testing.TB, bin, cfg string) *daemonProc {
 	t.Helper()
 	sock := filepath.Join(filepath.Dir(cfg), fmt.Sprintf("notify-%d.sock", time.Now().UnixNano()%1e6))
 	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
@@ -126,7 +126,7 @@ func (d *daemonProc) await(want string, max time.Duration) bool {
 }
 
 // stop signals the daemon and waits; it returns how long it took.
-func (d *daemonProc) stop(t *testing.T, sig syscall.Signal, max time.Duration) time.Duration {
+func (d *daemonProc) stop(t testing.TB, sig syscall.Signal, max time.Duration) time.Duration {
 	start := time.Now()
 	select {
 	case <-d.done:
@@ -145,7 +145,7 @@ func (d *daemonProc) stop(t *testing.T, sig syscall.Signal, max time.Duration) t
 }
 
 // cli runs the real virtkeep binary.
-func cli(t *testing.T, bin, cfg string, args ...string) (int, string, string) {
+func cli(t testing.TB, bin, cfg string, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errw bytes.Buffer
 	cmd := exec.Command(bin, append([]string{"--config", cfg}, args...)...)
@@ -154,7 +154,7 @@ func cli(t *testing.T, bin, cfg string, args ...string) (int, string, string) {
 	return cmd.ProcessState.ExitCode(), out.String(), errw.String()
 }
 
-func jobInfo(t *testing.T, bin, cfg, id string) api.Job {
+func jobInfo(t testing.TB, bin, cfg, id string) api.Job {
 	t.Helper()
 	code, out, errw := cli(t, bin, cfg, "--json", "job", "info", id)
 	var j api.Job

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/virtkeep/virtkeep/bitmap"
 	"github.com/virtkeep/virtkeep/nbd"
@@ -24,6 +26,9 @@ type CopyStats struct {
 	BytesRead    int64 // bytes read from the source
 	BytesSkipped int64 // unchanged bytes kept from the base point
 	BytesZero    int64 // changed bytes that read as zeroes (not read)
+	// Read is the time spent in reads from the source, summed over the
+	// reads in flight.
+	Read time.Duration
 }
 
 // CopyDisk copies a disk from src into dw following plan: with incremental
@@ -49,11 +54,11 @@ func CopyDisk(ctx context.Context, src nbd.Reader, plan *bitmap.Map, incremental
 		buf  *[]byte
 		done chan error
 	}
-	pool := sync.Pool{New: func() any { b := make([]byte, cs); return &b }}
 	tasks := make(chan *task, n)
 	sem := make(chan struct{}, n)
 	var walkErr error
 	var readers sync.WaitGroup
+	var readNS atomic.Int64
 	go func() {
 		defer close(tasks)
 		walkErr = plan.Walk(cs, incremental, func(p bitmap.Piece) error {
@@ -64,12 +69,15 @@ func CopyDisk(ctx context.Context, src nbd.Reader, plan *bitmap.Map, incremental
 				case <-ctx.Done():
 					return ctx.Err()
 				}
-				t.buf = pool.Get().(*[]byte)
+				t.buf = dw.ChunkBuffer()
 				readers.Add(1)
 				go func() {
 					defer readers.Done()
 					defer func() { <-sem }()
-					t.done <- readPiece(ctx, src, p, (*t.buf)[:p.Len])
+					t0 := time.Now()
+					err := readPiece(ctx, src, p, (*t.buf)[:p.Len])
+					readNS.Add(int64(time.Since(t0)))
+					t.done <- err
 				}()
 			} else {
 				t.done <- nil
@@ -103,11 +111,10 @@ func CopyDisk(ctx context.Context, src nbd.Reader, plan *bitmap.Map, incremental
 			err = dw.Zero(ctx, idx, chunks)
 			st.BytesZero += t.p.Len
 		case bitmap.Read:
-			err = dw.WriteChunk(ctx, idx, (*t.buf)[:t.p.Len])
+			err = dw.WriteChunkBuffer(ctx, idx, t.buf, int(t.p.Len))
 			for _, r := range t.p.Reads {
 				st.BytesRead += r.Len
 			}
-			pool.Put(t.buf)
 		}
 		if err != nil {
 			cancel()
@@ -119,6 +126,7 @@ func CopyDisk(ctx context.Context, src nbd.Reader, plan *bitmap.Map, incremental
 		}
 	}
 	readers.Wait()
+	st.Read = time.Duration(readNS.Load())
 	if err == nil && walkErr != nil {
 		err = walkErr
 	}

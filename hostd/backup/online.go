@@ -56,6 +56,7 @@ func (b *run) online(ctx context.Context) error {
 		return fmt.Errorf("domain %s: start backup job: %w", b.name, err)
 	}
 	b.log.Info("backup job started", "level", b.level, "checkpoint", b.newCheckpoint, "freeze_ms", b.freezeMS)
+	b.phase("job set-up", b.started)
 	ok := false
 	defer func() {
 		if ok {
@@ -70,11 +71,13 @@ func (b *run) online(ctx context.Context) error {
 	}
 	// The point is durable: end the job, keep the new checkpoint.
 	ok = true
+	teardown := time.Now()
 	if err := b.dom.AbortJob(); err != nil {
 		b.log.Warn("ending the backup job failed", "err", err)
 	}
 	b.waitJobEnded()
 	b.retire(ctx)
+	b.phase("teardown", teardown)
 	return nil
 }
 
@@ -89,7 +92,11 @@ func (b *run) readExport(ctx context.Context, sock string) error {
 	dial := func(ctx context.Context, d virt.Disk, contexts []string) (*nbd.Pool, error) {
 		return nbd.DialPool(ctx, 2, "unix", sock, nbd.Options{Export: d.Target, MetaContexts: contexts})
 	}
+	copyStart := time.Now()
 	_, err := b.copyDisks(ctx, dial)
+	if err == nil {
+		b.phase("copy (read, hash, compress, store)", copyStart)
+	}
 	return err
 }
 

@@ -3,9 +3,11 @@ package vm
 import (
 	"context"
 	"fmt"
-	"github.com/virtkeep/virtkeep/testenv"
+	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/virtkeep/virtkeep/testenv"
 )
 
 // DiskSpec describes a disk to create.
@@ -15,6 +17,10 @@ type DiskSpec struct {
 	Size   int64        // virtual size in bytes; default 64 MiB
 	Seed   uint64       // content seed; default derived from the position
 	Fill   testenv.Fill // content mix; default testenv.DefaultFill
+	// Image, if set, is an image file (of Format) copied as the disk
+	// instead of generated content: the Disk has no Content then, so
+	// nothing can be written to it through the test helpers.
+	Image string
 }
 
 // Disk is a disk of a test domain or QEMU process.
@@ -22,12 +28,13 @@ type Disk struct {
 	Target  string           // guest target name (vda)
 	Path    string           // image file
 	Format  string           // qcow2 or raw
-	Content *testenv.Content // what the disk must hold now
+	Content *testenv.Content // what the disk must hold now (nil: copied from an Image)
 	qdev    string           // QEMU device id, set while running
+	size    int64
 }
 
 // Size is the disk's virtual size.
-func (d *Disk) Size() int64 { return d.Content.Size() }
+func (d *Disk) Size() int64 { return d.size }
 
 // ExpectedSHA256 is the SHA-256 of what the disk must hold now.
 func (d *Disk) ExpectedSHA256() string { return d.Content.SHA256() }
@@ -57,15 +64,26 @@ func createDisks(ctx context.Context, dir string, specs []DiskSpec) ([]*Disk, er
 		if s.Seed == 0 {
 			s.Seed = uint64(i) + 1
 		}
+		path := filepath.Join(dir, s.Target+"."+s.Format)
+		if s.Image != "" {
+			if out, err := exec.CommandContext(ctx, "cp", "--sparse=always", s.Image, path).CombinedOutput(); err != nil {
+				return nil, fmt.Errorf("testenv: disk %s: copy %s: %v %s", s.Target, s.Image, err, out)
+			}
+			size, err := testenv.ImageSize(ctx, path)
+			if err != nil {
+				return nil, fmt.Errorf("testenv: disk %s: %w", s.Target, err)
+			}
+			disks = append(disks, &Disk{Target: s.Target, Path: path, Format: s.Format, size: size})
+			continue
+		}
 		c, err := testenv.NewContent(s.Size, s.Seed, s.Fill)
 		if err != nil {
 			return nil, fmt.Errorf("testenv: disk %s: %w", s.Target, err)
 		}
-		path := filepath.Join(dir, s.Target+"."+s.Format)
 		if err := testenv.WriteImage(ctx, c, path, s.Format); err != nil {
 			return nil, fmt.Errorf("testenv: disk %s: %w", s.Target, err)
 		}
-		disks = append(disks, &Disk{Target: s.Target, Path: path, Format: s.Format, Content: c})
+		disks = append(disks, &Disk{Target: s.Target, Path: path, Format: s.Format, Content: c, size: c.Size()})
 	}
 	return disks, nil
 }

@@ -357,5 +357,6 @@ func (d *Domain) Resize(target string, size int64) error {
 	if err := d.Dom.BlockResize(target, uint64(size), libvirt.DOMAIN_BLOCK_RESIZE_BYTES); err != nil {
 		return fmt.Errorf("testenv: resize %s of %s: %w", target, d.Name, err)
 	}
+	disk.size = size
 	return disk.Content.Grow(size)
 }
