@@ -259,3 +259,54 @@ func TestFromNBD(t *testing.T) {
 		t.Error("short map accepted")
 	}
 }
+
+// rangeMapper serves a whole-disk allocation map range by range, as an NBD
+// server does, counting the ranges asked for.
+type rangeMapper struct {
+	exts  []nbd.Extent
+	asked int64
+}
+
+func (f *rangeMapper) Map(_ context.Context, _ string, off, length int64, fn func(nbd.Extent) error) error {
+	f.asked += length
+	for _, e := range f.exts {
+		if e.Off+e.Len <= off || e.Off >= off+length {
+			continue
+		}
+		s := max(e.Off, off)
+		// The last extent may run past the range, as servers may report.
+		if err := fn(nbd.Extent{Off: s, Len: e.Off + e.Len - s, Flags: e.Flags}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestAllocationOf: asked only where the bitmap is dirty, the plan is the
+// same as the whole-disk one wherever it matters (the dirty ranges), and
+// the rest of the disk is never mapped.
+func TestAllocationOf(t *testing.T) {
+	ctx := context.Background()
+	f := &rangeMapper{exts: []nbd.Extent{{Off: 0, Len: 4096}, {Off: 4096, Len: 12288, Flags: nbd.StateZero | nbd.StateHole}, {Off: 16384, Len: 16384}}}
+	dirty, _ := DirtyMap(ctx, fakeMapper{"d": {{Off: 0, Len: 2048}, {Off: 2048, Len: 8192, Flags: nbd.StateDirty}, {Off: 10240, Len: 22528}}}, "d", 32768)
+	got, err := AllocationOf(ctx, f, dirty)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.asked != 8192 {
+		t.Errorf("mapped %d bytes, want only the 8192 dirty ones", f.asked)
+	}
+	whole, _ := Allocation(ctx, &rangeMapper{exts: f.exts}, 32768)
+	a, _ := Overlay(got, dirty)
+	b, _ := Overlay(whole, dirty)
+	for _, e := range a.Extents() {
+		if e.State&Dirty == 0 {
+			continue
+		}
+		for _, w := range b.Extents() {
+			if w.Off < e.Off+e.Len && e.Off < w.Off+w.Len && w.State != e.State {
+				t.Errorf("dirty extent %v, whole-disk plan says %v", e, w)
+			}
+		}
+	}
+}

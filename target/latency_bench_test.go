@@ -2,6 +2,8 @@ package target_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
@@ -106,7 +108,8 @@ func BenchmarkLatency(b *testing.B) {
 	b.Log(sb.String())
 }
 
-// writeRead writes c as a point and reads it back; it returns both
+// writeRead writes c as a point and reads it back, comparing every byte
+// with c, then checks the repository with --read-data; it returns both
 // throughputs in MB/s.
 func writeRead(b *testing.B, r *target.Repository, c *testenv.Content) (w, rd float64, m *target.Manifest) {
 	ctx := context.Background()
@@ -135,16 +138,26 @@ func writeRead(b *testing.B, r *target.Repository, c *testenv.Content) (w, rd fl
 	if err != nil {
 		b.Fatal(err)
 	}
+	want := c.SHA256()
 	start = time.Now()
 	var got int64
+	h := sha256.New()
 	err = nbd.Fetch(ctx, diskRead{d}, []nbd.Extent{{Off: 0, Len: size}}, nbd.FetchOptions{PieceSize: 4 << 20, InFlight: 4}, func(off int64, p []byte) error {
 		got += int64(len(p))
+		h.Write(p)
 		return nil
 	})
 	if err != nil || got != size {
 		b.Fatalf("read back %d bytes: %v", got, err)
 	}
-	return float64(size) / wrote.Seconds() / 1e6, float64(size) / time.Since(start).Seconds() / 1e6, m
+	if hex.EncodeToString(h.Sum(nil)) != want {
+		b.Fatal("read back other bytes than were written")
+	}
+	rd = float64(size) / time.Since(start).Seconds() / 1e6
+	if rep, err := r.Check(ctx, target.CheckOptions{ReadData: true}); err != nil || !rep.OK() {
+		b.Fatalf("check --read-data: %v %v", rep, err)
+	}
+	return float64(size) / wrote.Seconds() / 1e6, rd, m
 }
 
 // proxiedSSH is srv reached at addr: its known_hosts names the host key

@@ -330,7 +330,7 @@ func (b *run) copyOne(ctx context.Context, pw *target.PointWriter, d virt.Disk, 
 	defer pool.Close()
 	c := pool.Client()
 	mapStart := time.Now()
-	plan, err := bitmap.Allocation(ctx, c, c.Size())
+	plan, err := diskPlan(ctx, c, dirtyCtx)
 	if err != nil {
 		return rep, err
 	}
@@ -340,16 +340,6 @@ func (b *run) copyOne(ctx context.Context, pw *target.PointWriter, d virt.Disk, 
 		spec.FormatDetails = virt.Qcow2Details(d.Path)
 	}
 	if since != "" {
-		if !c.HasContext(dirtyCtx) {
-			return rep, fmt.Errorf("export offers no %s", dirtyCtx)
-		}
-		dirty, err := bitmap.DirtyMap(ctx, c, dirtyCtx, c.Size())
-		if err != nil {
-			return rep, err
-		}
-		if plan, err = bitmap.Overlay(plan, dirty); err != nil {
-			return rep, err
-		}
 		spec.Base = b.base.ID
 		rep.Incremental = true
 	}
@@ -379,6 +369,27 @@ func (b *run) copyOne(ctx context.Context, pw *target.PointWriter, d virt.Disk, 
 	b.log.Info("disk phases", "disk", d.Target, "extent_map", ms(mapTime), "copy_wall", ms(time.Since(copyStart)),
 		"read_busy", ms(st.Read), "hash_busy", ms(ds.Hash), "compress_busy", ms(ds.Seal), "store_busy", ms(ds.Store))
 	return rep, nil
+}
+
+// diskPlan maps what to read of the export: its allocation, and with
+// dirtyCtx (an incremental) its dirty bitmap over it, the allocation asked
+// only where the bitmap says dirty.
+func diskPlan(ctx context.Context, c *nbd.Client, dirtyCtx string) (*bitmap.Map, error) {
+	if dirtyCtx == "" {
+		return bitmap.Allocation(ctx, c, c.Size())
+	}
+	if !c.HasContext(dirtyCtx) {
+		return nil, fmt.Errorf("export offers no %s", dirtyCtx)
+	}
+	dirty, err := bitmap.DirtyMap(ctx, c, dirtyCtx, c.Size())
+	if err != nil {
+		return nil, err
+	}
+	alloc, err := bitmap.AllocationOf(ctx, c, dirty)
+	if err != nil {
+		return nil, err
+	}
+	return bitmap.Overlay(alloc, dirty)
 }
 
 // ms rounds d to milliseconds for logs.
