@@ -39,80 +39,73 @@ func objectFiles(t *testing.T, dir, prefix string) []string {
 }
 
 func TestDamageIsReported(t *testing.T) {
-	for _, enc := range []bool{false, true} {
-		t.Run(map[bool]string{false: "plain", true: "encrypted"}[enc], func(t *testing.T) {
-			var key *target.Key
-			if enc {
-				k, _ := target.NewKey()
-				key = &k
-			}
-			r, dir := localRepo(t, key)
-			ctx := context.Background()
-			a, _ := testenv.NewContent(8<<20, 1, testenv.Fill{Random: 1})
-			b, _ := testenv.NewContent(8<<20, 2, testenv.Fill{Random: 1})
-			pa, _ := backup(t, r, a, target.LevelFull, "", nil)
-			pb, _ := backup(t, r, b, target.LevelFull, "", nil)
-			_ = a.Record(testenv.Write{Off: 0, Len: 4096, Pattern: 1})
-			pa2, _ := backup(t, r, a, target.LevelInc, pa.ID, overlaps(a.Writes()))
-			if rep, err := r.Check(ctx, target.CheckOptions{ReadData: true}); err != nil || !rep.OK() {
-				t.Fatalf("clean repo: %v %v", err, rep)
-			}
+	eachKey(t, func(t *testing.T, key *target.Key) {
+		r, dir := localRepo(t, key)
+		ctx := context.Background()
+		a, _ := testenv.NewContent(8<<20, 1, testenv.Fill{Random: 1})
+		b, _ := testenv.NewContent(8<<20, 2, testenv.Fill{Random: 1})
+		pa, _ := backup(t, r, a, target.LevelFull, "", nil)
+		pb, _ := backup(t, r, b, target.LevelFull, "", nil)
+		_ = a.Record(testenv.Write{Off: 0, Len: 4096, Pattern: 1})
+		pa2, _ := backup(t, r, a, target.LevelInc, pa.ID, overlaps(a.Writes()))
+		if rep, err := r.Check(ctx, target.CheckOptions{ReadData: true}); err != nil || !rep.OK() {
+			t.Fatalf("clean repo: %v %v", err, rep)
+		}
 
-			// 1. Flip a byte in a chunk only b uses: --read-data finds it and
-			// names b; a restore of b fails instead of returning bad data.
-			chunkOfB := chunkFileOf(t, r, dir, pb.ID, 3)
-			flipByte(t, chunkOfB, 100)
-			if rep, _ := r.Check(ctx, target.CheckOptions{}); !rep.OK() {
-				t.Fatalf("structure check flagged a flipped byte it cannot see: %v", rep)
-			}
-			rep, err := r.Check(ctx, target.CheckOptions{ReadData: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			assertProblem(t, rep, filepath.Base(chunkOfB), []string{pb.ID}, []string{pa.ID, pa2.ID})
-			d, _ := r.OpenDisk(ctx, pb.ID, "vda")
-			if err := d.ReadAt(ctx, make([]byte, 256<<10), 3*256<<10); !errors.Is(err, target.ErrCorrupt) {
-				t.Fatalf("read of a damaged chunk: %v", err)
-			}
-			flipByte(t, chunkOfB, 100) // repair
+		// 1. Flip a byte in a chunk only b uses: --read-data finds it and
+		// names b; a restore of b fails instead of returning bad data.
+		chunkOfB := chunkFileOf(t, r, dir, pb.ID, 3)
+		flipByte(t, chunkOfB, 100)
+		if rep, _ := r.Check(ctx, target.CheckOptions{}); !rep.OK() {
+			t.Fatalf("structure check flagged a flipped byte it cannot see: %v", rep)
+		}
+		rep, err := r.Check(ctx, target.CheckOptions{ReadData: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertProblem(t, rep, filepath.Base(chunkOfB), []string{pb.ID}, []string{pa.ID, pa2.ID})
+		d, _ := r.OpenDisk(ctx, pb.ID, "vda")
+		if err := d.ReadAt(ctx, make([]byte, 256<<10), 3*256<<10); !errors.Is(err, target.ErrCorrupt) {
+			t.Fatalf("read of a damaged chunk: %v", err)
+		}
+		flipByte(t, chunkOfB, 100) // repair
 
-			// 2. Truncate an index page used by a's points.
-			pages := objectFiles(t, dir, "index")
-			var truncated string
+		// 2. Truncate an index page used by a's points.
+		pages := objectFiles(t, dir, "index")
+		var truncated string
+		for _, p := range pages {
+			if pointUsesObject(t, r, pa.ID, filepath.Base(p)) && pointUsesObject(t, r, pa2.ID, filepath.Base(p)) {
+				truncated = p
+			}
+		}
+		if truncated == "" {
+			// a's page changed between pa and pa2; pick pa's
 			for _, p := range pages {
-				if pointUsesObject(t, r, pa.ID, filepath.Base(p)) && pointUsesObject(t, r, pa2.ID, filepath.Base(p)) {
+				if pointUsesObject(t, r, pa.ID, filepath.Base(p)) {
 					truncated = p
 				}
 			}
-			if truncated == "" {
-				// a's page changed between pa and pa2; pick pa's
-				for _, p := range pages {
-					if pointUsesObject(t, r, pa.ID, filepath.Base(p)) {
-						truncated = p
-					}
-				}
-			}
-			orig, _ := os.ReadFile(truncated)
-			if err := os.WriteFile(truncated, orig[:len(orig)/2], 0o600); err != nil {
-				t.Fatal(err)
-			}
-			rep, _ = r.Check(ctx, target.CheckOptions{})
-			if rep.OK() || !mentions(rep, pa.ID) || mentions(rep, pb.ID) {
-				t.Fatalf("truncated index object: %v", rep)
-			}
-			_ = os.WriteFile(truncated, orig, 0o600)
+		}
+		orig, _ := os.ReadFile(truncated)
+		if err := os.WriteFile(truncated, orig[:len(orig)/2], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		rep, _ = r.Check(ctx, target.CheckOptions{})
+		if rep.OK() || !mentions(rep, pa.ID) || mentions(rep, pb.ID) {
+			t.Fatalf("truncated index object: %v", rep)
+		}
+		_ = os.WriteFile(truncated, orig, 0o600)
 
-			// 3. Delete a manifest: the journal names the lost point.
-			if err := os.Remove(filepath.Join(dir, "points", pb.ID)); err != nil {
-				t.Fatal(err)
-			}
-			rep, _ = r.Check(ctx, target.CheckOptions{})
-			assertProblem(t, rep, "points/"+pb.ID, []string{pb.ID}, nil)
-			if !strings.Contains(rep.String(), "manifest missing") || !strings.Contains(rep.String(), "vm1") {
-				t.Fatalf("report does not say what is lost: %s", rep)
-			}
-		})
-	}
+		// 3. Delete a manifest: the journal names the lost point.
+		if err := os.Remove(filepath.Join(dir, "points", pb.ID)); err != nil {
+			t.Fatal(err)
+		}
+		rep, _ = r.Check(ctx, target.CheckOptions{})
+		assertProblem(t, rep, "points/"+pb.ID, []string{pb.ID}, nil)
+		if !strings.Contains(rep.String(), "manifest missing") || !strings.Contains(rep.String(), "vm1") {
+			t.Fatalf("report does not say what is lost: %s", rep)
+		}
+	})
 }
 
 func mentions(rep *target.CheckReport, id string) bool {

@@ -254,3 +254,17 @@ func TestWriterRejectsBadInput(t *testing.T) {
 		t.Error("keep without base accepted")
 	}
 }
+
+// eachKey runs f as a subtest for a plain and for an encrypted repository.
+func eachKey(t *testing.T, f func(t *testing.T, key *target.Key)) {
+	for _, enc := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "encrypted"}[enc], func(t *testing.T) {
+			var key *target.Key
+			if enc {
+				k, _ := target.NewKey()
+				key = &k
+			}
+			f(t, key)
+		})
+	}
+}

@@ -19,56 +19,49 @@ import (
 // heals the older point too. A chunk damaged at its full length is found
 // by check --read-data, moved aside, and stored again by the next backup.
 func TestTornChunks(t *testing.T) {
-	for _, enc := range []bool{false, true} {
-		t.Run(map[bool]string{false: "plain", true: "encrypted"}[enc], func(t *testing.T) {
-			var key *target.Key
-			if enc {
-				k, _ := target.NewKey()
-				key = &k
+	eachKey(t, func(t *testing.T, key *target.Key) {
+		r, dir := localRepo(t, key)
+		ctx := context.Background()
+		c, _ := testenv.NewContent(2<<20, 5, testenv.Fill{Random: 1, Text: 1})
+		p1, _ := backup(t, r, c, target.LevelFull, "", nil)
+		for idx, size := range map[int64]int64{0: 13, 1: 4096} {
+			if err := os.Truncate(chunkFileOf(t, r, dir, p1.ID, idx), size); err != nil {
+				t.Fatal(err)
 			}
-			r, dir := localRepo(t, key)
-			ctx := context.Background()
-			c, _ := testenv.NewContent(2<<20, 5, testenv.Fill{Random: 1, Text: 1})
-			p1, _ := backup(t, r, c, target.LevelFull, "", nil)
-			for idx, size := range map[int64]int64{0: 13, 1: 4096} {
-				if err := os.Truncate(chunkFileOf(t, r, dir, p1.ID, idx), size); err != nil {
-					t.Fatal(err)
-				}
-			}
-			// The incremental rewrites the same data into chunks 0 and 1.
-			p2, st := backup(t, r, c, target.LevelInc, p1.ID, func(off, n int64) bool { return off < 512<<10 })
-			if st.ChunksNew != 2 {
-				t.Fatalf("incremental stored %d chunks, want the 2 torn ones again (%+v)", st.ChunksNew, st)
-			}
-			p3, _ := backup(t, r, c, target.LevelFull, "", nil)
-			rep, err := r.Check(ctx, target.CheckOptions{ReadData: true})
-			if err != nil || !rep.OK() {
-				t.Fatalf("after the re-upload: %v %v", err, rep)
-			}
-			for _, p := range []string{p1.ID, p2.ID, p3.ID} {
-				restoreEquals(t, r, p, c)
-			}
+		}
+		// The incremental rewrites the same data into chunks 0 and 1.
+		p2, st := backup(t, r, c, target.LevelInc, p1.ID, func(off, n int64) bool { return off < 512<<10 })
+		if st.ChunksNew != 2 {
+			t.Fatalf("incremental stored %d chunks, want the 2 torn ones again (%+v)", st.ChunksNew, st)
+		}
+		p3, _ := backup(t, r, c, target.LevelFull, "", nil)
+		rep, err := r.Check(ctx, target.CheckOptions{ReadData: true})
+		if err != nil || !rep.OK() {
+			t.Fatalf("after the re-upload: %v %v", err, rep)
+		}
+		for _, p := range []string{p1.ID, p2.ID, p3.ID} {
+			restoreEquals(t, r, p, c)
+		}
 
-			// Damaged at full length: the size cannot tell, check can.
-			flipByte(t, chunkFileOf(t, r, dir, p3.ID, 5), 200)
-			rep, err = r.Check(ctx, target.CheckOptions{ReadData: true, Quarantine: true})
-			if err != nil || rep.OK() || len(rep.Quarantined) != 1 || rep.QuarantineError != "" {
-				t.Fatalf("damaged chunk: %v %+v", err, rep)
-			}
-			if _, err := os.Stat(filepath.Join(dir, "damaged", rep.Quarantined[0])); err != nil {
-				t.Fatalf("quarantined copy: %v", err)
-			}
-			p4, st := backup(t, r, c, target.LevelFull, "", nil)
-			if st.ChunksNew != 1 {
-				t.Fatalf("the full after check stored %d chunks, want the damaged one", st.ChunksNew)
-			}
-			if rep, err := r.Check(ctx, target.CheckOptions{ReadData: true}); err != nil || !rep.OK() {
-				t.Fatalf("after the re-upload: %v %v", err, rep)
-			}
-			restoreEquals(t, r, p1.ID, c)
-			restoreEquals(t, r, p4.ID, c)
-		})
-	}
+		// Damaged at full length: the size cannot tell, check can.
+		flipByte(t, chunkFileOf(t, r, dir, p3.ID, 5), 200)
+		rep, err = r.Check(ctx, target.CheckOptions{ReadData: true, Quarantine: true})
+		if err != nil || rep.OK() || len(rep.Quarantined) != 1 || rep.QuarantineError != "" {
+			t.Fatalf("damaged chunk: %v %+v", err, rep)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "damaged", rep.Quarantined[0])); err != nil {
+			t.Fatalf("quarantined copy: %v", err)
+		}
+		p4, st := backup(t, r, c, target.LevelFull, "", nil)
+		if st.ChunksNew != 1 {
+			t.Fatalf("the full after check stored %d chunks, want the damaged one", st.ChunksNew)
+		}
+		if rep, err := r.Check(ctx, target.CheckOptions{ReadData: true}); err != nil || !rep.OK() {
+			t.Fatalf("after the re-upload: %v %v", err, rep)
+		}
+		restoreEquals(t, r, p1.ID, c)
+		restoreEquals(t, r, p4.ID, c)
+	})
 }
 
 // TestUnreadableAndStrayPoints: prune removes nothing while a manifest
