@@ -57,6 +57,9 @@ func BenchmarkBackends(b *testing.B) {
 			b.Fatal(err)
 		}
 		w, rd, _ := writeRead(b, r, content)
+		if rep, err := r.Check(ctx, target.CheckOptions{ReadData: true}); err != nil || !rep.OK() {
+			b.Fatalf("%s: check --read-data: %v %v", be.name, rep, err)
+		}
 		if be.name == "local" {
 			localW, localR = w, rd
 		}

@@ -52,9 +52,17 @@ func (p *DelayProxy) accept() {
 		p.mu.Lock()
 		p.conns = append(p.conns, c, s)
 		p.mu.Unlock()
-		p.wg.Add(2)
-		go p.pipe(s, c)
-		go p.pipe(c, s)
+		p.wg.Add(3)
+		var both sync.WaitGroup
+		both.Add(2)
+		go func() { defer both.Done(); p.pipe(s, c) }()
+		go func() { defer both.Done(); p.pipe(c, s) }()
+		go func() { // both directions done: give the descriptors back
+			defer p.wg.Done()
+			both.Wait()
+			c.Close()
+			s.Close()
+		}()
 	}
 }
 
