@@ -132,57 +132,50 @@ func overlaps(ws []testenv.Write) func(off, n int64) bool {
 }
 
 func TestRoundTripChainAndDelete(t *testing.T) {
-	for _, enc := range []bool{false, true} {
-		t.Run(map[bool]string{false: "plain", true: "encrypted"}[enc], func(t *testing.T) {
-			var key *target.Key
-			if enc {
-				k, _ := target.NewKey()
-				key = &k
-			}
-			r := newRepo(t, mem.New(), key)
-			c, _ := testenv.NewContent(40<<20+12345, 3, testenv.Fill{})
-			rng := rand.New(rand.NewPCG(1, 1))
-			var points []string
-			var states []*testenv.Content
-			m, _ := backup(t, r, c, target.LevelFull, "", nil)
-			points, states = append(points, m.ID), append(states, c.Snapshot())
-			for i := 0; i < 5; i++ {
-				var ws []testenv.Write
-				for j := 0; j < 10; j++ {
-					w := testenv.Write{Off: rng.Int64N(c.Size() - 100000), Len: 1 + rng.Int64N(100000), Pattern: byte(1 + rng.IntN(250))}
-					if err := c.Record(w); err != nil {
-						t.Fatal(err)
-					}
-					ws = append(ws, w)
+	eachKey(t, func(t *testing.T, key *target.Key) {
+		r := newRepo(t, mem.New(), key)
+		c, _ := testenv.NewContent(40<<20+12345, 3, testenv.Fill{})
+		rng := rand.New(rand.NewPCG(1, 1))
+		var points []string
+		var states []*testenv.Content
+		m, _ := backup(t, r, c, target.LevelFull, "", nil)
+		points, states = append(points, m.ID), append(states, c.Snapshot())
+		for i := 0; i < 5; i++ {
+			var ws []testenv.Write
+			for j := 0; j < 10; j++ {
+				w := testenv.Write{Off: rng.Int64N(c.Size() - 100000), Len: 1 + rng.Int64N(100000), Pattern: byte(1 + rng.IntN(250))}
+				if err := c.Record(w); err != nil {
+					t.Fatal(err)
 				}
-				m, _ := backup(t, r, c, target.LevelInc, points[len(points)-1], overlaps(ws))
-				points, states = append(points, m.ID), append(states, c.Snapshot())
+				ws = append(ws, w)
 			}
-			for i := range points {
+			m, _ := backup(t, r, c, target.LevelInc, points[len(points)-1], overlaps(ws))
+			points, states = append(points, m.ID), append(states, c.Snapshot())
+		}
+		for i := range points {
+			restoreEquals(t, r, points[i], states[i])
+		}
+		// Delete a middle point: every other one stays exact.
+		ctx := context.Background()
+		if err := r.DeletePoint(ctx, points[2]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Point(ctx, points[2]); !errors.Is(err, target.ErrNoPoint) {
+			t.Fatalf("deleted point: %v", err)
+		}
+		if _, err := r.GC(ctx, target.GCOptions{Grace: -1}); err != nil {
+			t.Fatal(err)
+		}
+		for i := range points {
+			if i != 2 {
 				restoreEquals(t, r, points[i], states[i])
 			}
-			// Delete a middle point: every other one stays exact.
-			ctx := context.Background()
-			if err := r.DeletePoint(ctx, points[2]); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := r.Point(ctx, points[2]); !errors.Is(err, target.ErrNoPoint) {
-				t.Fatalf("deleted point: %v", err)
-			}
-			if _, err := r.GC(ctx, target.GCOptions{Grace: -1}); err != nil {
-				t.Fatal(err)
-			}
-			for i := range points {
-				if i != 2 {
-					restoreEquals(t, r, points[i], states[i])
-				}
-			}
-			rep, err := r.Check(ctx, target.CheckOptions{ReadData: true})
-			if err != nil || !rep.OK() {
-				t.Fatalf("check after delete: %v %+v", err, rep)
-			}
-		})
-	}
+		}
+		rep, err := r.Check(ctx, target.CheckOptions{ReadData: true})
+		if err != nil || !rep.OK() {
+			t.Fatalf("check after delete: %v %+v", err, rep)
+		}
+	})
 }
 
 func TestDedup(t *testing.T) {
