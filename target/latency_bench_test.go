@@ -19,10 +19,10 @@ import (
 	"github.com/virtkeep/virtkeep/testenv"
 )
 
-// counted counts a backend's requests.
+// counted counts a backend's puts and gets.
 type counted struct {
 	target.Backend
-	puts, gets, other atomic.Int64
+	puts, gets atomic.Int64
 }
 
 func (c *counted) Put(ctx context.Context, key string, data []byte) error {
@@ -33,16 +33,6 @@ func (c *counted) Put(ctx context.Context, key string, data []byte) error {
 func (c *counted) Get(ctx context.Context, key string, off, n int64) ([]byte, error) {
 	c.gets.Add(1)
 	return c.Backend.Get(ctx, key, off, n)
-}
-
-func (c *counted) Stat(ctx context.Context, key string) (target.ObjectInfo, error) {
-	c.other.Add(1)
-	return c.Backend.Stat(ctx, key)
-}
-
-func (c *counted) List(ctx context.Context, prefix string, fn func(target.ObjectInfo) error) error {
-	c.other.Add(1)
-	return c.Backend.List(ctx, prefix, fn)
 }
 
 // BenchmarkLatency writes one 256 MiB point (half random, half text,

@@ -1,6 +1,7 @@
 package target
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -97,8 +98,9 @@ type packInfo struct {
 }
 
 // scanPacks lists packs and their indexes and reads every index for which
-// skip is false. Indexes of missing packs are returned with size -1.
-func (r *Repository) scanPacks(ctx context.Context, skip func(ID) bool) (map[ID]*packInfo, error) {
+// skip (given the pack and the size of its index) is false. Indexes of
+// missing packs are returned with size -1.
+func (r *Repository) scanPacks(ctx context.Context, skip func(pack ID, idxSize int64) bool) (map[ID]*packInfo, error) {
 	packs := map[ID]*packInfo{}
 	err := r.b.List(ctx, "packs/", func(fi ObjectInfo) error {
 		if id, err := keyID(fi.Key); err == nil {
@@ -121,7 +123,7 @@ func (r *Repository) scanPacks(ctx context.Context, skip func(ID) bool) (map[ID]
 			packs[id] = p
 		}
 		p.indexed, p.idxSize, p.idxMod = true, fi.Size, fi.ModTime
-		if p.size >= 0 && (skip == nil || !skip(id)) {
+		if p.size >= 0 && (skip == nil || !skip(id, fi.Size)) {
 			todo = append(todo, p)
 		}
 		return nil
@@ -158,7 +160,7 @@ func (r *Repository) readPackIndexes(ctx context.Context, ps []*packInfo) error 
 					p.indexed = false // deleted meanwhile
 				case err != nil:
 					mu.Lock()
-					first = firstErr(first, err)
+					first = cmp.Or(first, err)
 					mu.Unlock()
 				}
 			}
@@ -178,27 +180,24 @@ func (r *Repository) readPackIndexes(ctx context.Context, ps []*packInfo) error 
 	return first
 }
 
-// firstErr is a unless it is nil.
-func firstErr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
-}
-
 // packIndex is the repository's chunk ID -> pack location map in memory,
 // and the chunks being packed that are not stored yet.
 type packIndex struct {
 	loadMu sync.Mutex // one load at a time
 
-	mu    sync.Mutex
-	names []ID         // pack IDs, by packLoc.pack
-	known map[ID]int32 // pack ID -> its number in names
-	// index is the size of each known pack's index when read: an index
-	// rewritten since (check dropped a damaged chunk) is read again.
-	index   map[ID]ObjectInfo
+	mu      sync.Mutex
+	names   []ID             // pack IDs, by packLoc.pack
+	known   map[ID]knownPack // pack ID -> what is known of it
 	have    map[ref]packLoc
 	pending map[ref]*packUpload
+}
+
+// knownPack is a pack whose index was read.
+type knownPack struct {
+	num int32 // its number in names
+	// idxSize is the size of its index when read: an index rewritten
+	// since (check dropped a damaged chunk) is read again.
+	idxSize int64
 }
 
 type packLoc struct {
@@ -207,28 +206,29 @@ type packLoc struct {
 }
 
 func newPackIndex() *packIndex {
-	return &packIndex{known: map[ID]int32{}, index: map[ID]ObjectInfo{}, have: map[ref]packLoc{}, pending: map[ref]*packUpload{}}
+	return &packIndex{known: map[ID]knownPack{}, have: map[ref]packLoc{}, pending: map[ref]*packUpload{}}
 }
 
 // reset forgets every pack (they are read again when needed).
 func (x *packIndex) reset() {
 	x.mu.Lock()
-	x.names, x.known, x.index, x.have = nil, map[ID]int32{}, map[ID]ObjectInfo{}, map[ref]packLoc{}
+	x.names, x.known, x.have = nil, map[ID]knownPack{}, map[ref]packLoc{}
 	x.mu.Unlock()
 }
 
 // addPack records pack's chunks (a chunk already in another pack keeps its
 // place there).
-func (x *packIndex) addPack(pack ID, es []packEntry, idx ObjectInfo) {
+func (x *packIndex) addPack(pack ID, es []packEntry, idxSize int64) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.index[pack] = idx
-	n, ok := x.known[pack]
+	k, ok := x.known[pack]
 	if !ok {
-		n = int32(len(x.names))
+		k.num = int32(len(x.names))
 		x.names = append(x.names, pack)
-		x.known[pack] = n
 	}
+	k.idxSize = idxSize
+	x.known[pack] = k
+	n := k.num
 	for _, e := range es {
 		if _, dup := x.have[e.ref]; !dup {
 			x.have[e.ref] = packLoc{pack: n, off: e.off, n: e.n}
@@ -242,10 +242,9 @@ func (x *packIndex) dropPacks(gone map[ID]bool) {
 	defer x.mu.Unlock()
 	nums := map[int32]bool{}
 	for id := range gone {
-		if n, ok := x.known[id]; ok {
-			nums[n] = true
+		if k, ok := x.known[id]; ok {
+			nums[k.num] = true
 			delete(x.known, id)
-			delete(x.index, id)
 		}
 	}
 	if len(nums) == 0 {
@@ -266,6 +265,18 @@ func (x *packIndex) state(id ref) (known bool, up *packUpload) {
 	return ok, up
 }
 
+// unpend forgets that the objects es are going into up, once it is stored
+// or given up.
+func (x *packIndex) unpend(es []packEntry, up *packUpload) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, e := range es {
+		if x.pending[e.ref] == up {
+			delete(x.pending, e.ref)
+		}
+	}
+}
+
 // lookup finds object id.
 func (x *packIndex) lookup(id ref) (ID, packLoc, bool) {
 	x.mu.Lock()
@@ -282,39 +293,37 @@ func (x *packIndex) lookup(id ref) (ID, packLoc, bool) {
 // (a GC here or on another host). Entries of an index whose pack is
 // missing (a writer killed between the two puts) are not taken.
 func (r *Repository) loadPacks(ctx context.Context) error {
+	if r.cfg.PackSize == 0 {
+		return nil // format 1: no packs, nothing to list
+	}
 	x := r.packs
 	x.loadMu.Lock()
 	defer x.loadMu.Unlock()
 	x.mu.Lock()
-	known := maps.Clone(x.index)
+	known := maps.Clone(x.known)
 	x.mu.Unlock()
-	found, err := r.scanPacks(ctx, func(id ID) bool { _, ok := known[id]; return ok })
+	unchanged := func(id ID, idxSize int64) bool { k, ok := known[id]; return ok && k.idxSize == idxSize }
+	found, err := r.scanPacks(ctx, unchanged)
 	if err != nil {
 		return err
 	}
 	gone := map[ID]bool{}
-	for id, was := range known {
-		if p := found[id]; p == nil || !p.indexed || p.size < 0 || p.idxSize != was.Size {
+	for id := range known {
+		if p := found[id]; p == nil || !p.indexed || p.size < 0 || !unchanged(id, p.idxSize) {
 			gone[id] = true
 		}
 	}
 	x.dropPacks(gone)
 	for _, id := range slices.SortedFunc(maps.Keys(found), compareIDs) {
 		p := found[id]
-		if _, ok := known[id]; (ok && !gone[id]) || !p.indexed || p.size < 0 {
+		if unchanged(id, p.idxSize) || !p.indexed || p.size < 0 {
 			continue
-		}
-		if p.entries == nil && p.indexErr == nil {
-			// Known when listed, changed since: read it again.
-			if err := r.readPackIndexes(ctx, []*packInfo{p}); err != nil {
-				return err
-			}
 		}
 		if p.indexErr != nil {
 			r.log.Warn("pack index damaged: its chunks are not used", "pack", packKey(id), "err", p.indexErr)
 			continue
 		}
-		x.addPack(id, p.entries, ObjectInfo{Size: p.idxSize, ModTime: p.idxMod})
+		x.addPack(id, p.entries, p.idxSize)
 	}
 	return nil
 }
@@ -495,7 +504,7 @@ func (pk *packer) store(ctx context.Context, buf []byte, es []packEntry, up *pac
 	if err != nil {
 		err = fmt.Errorf("store %s: %w", packKey(pack), err)
 	} else {
-		x.addPack(pack, es, ObjectInfo{Size: int64(len(idx))})
+		x.addPack(pack, es, int64(len(idx)))
 		chunks := 0
 		for _, e := range es {
 			if e.typ == typeChunk {
@@ -504,17 +513,11 @@ func (pk *packer) store(ctx context.Context, buf []byte, es []packEntry, up *pac
 		}
 		pk.stored(int64(len(buf)+len(idx)), chunks)
 	}
-	x.mu.Lock()
-	for _, e := range es {
-		if x.pending[e.ref] == up {
-			delete(x.pending, e.ref)
-		}
-	}
-	x.mu.Unlock()
+	x.unpend(es, up)
 	up.err = err
 	close(up.done)
 	pk.mu.Lock()
-	pk.err = firstErr(pk.err, err)
+	pk.err = cmp.Or(pk.err, err)
 	pk.packs--
 	pk.room.Broadcast()
 	pk.mu.Unlock()
@@ -545,7 +548,7 @@ func (pk *packer) discard() {
 	pk.mu.Lock()
 	es, up := pk.entries, pk.cur
 	pk.buf, pk.entries, pk.cur = nil, nil, nil
-	pk.err = firstErr(pk.err, errors.New("point aborted"))
+	pk.err = cmp.Or(pk.err, errors.New("point aborted"))
 	if up != nil {
 		pk.packs--
 	}
@@ -554,14 +557,7 @@ func (pk *packer) discard() {
 	if up == nil {
 		return
 	}
-	x := pk.r.packs
-	x.mu.Lock()
-	for _, e := range es {
-		if x.pending[e.ref] == up {
-			delete(x.pending, e.ref)
-		}
-	}
-	x.mu.Unlock()
+	pk.r.packs.unpend(es, up)
 	up.err = errors.New("its point was aborted")
 	close(up.done)
 }

@@ -331,43 +331,54 @@ func (pw *PointWriter) shutdown() {
 // pack, whose store counts them.
 func (dw *DiskWriter) storeChunk(id ID, data, obj []byte) (int64, error) {
 	r := dw.pw.r
-	if dw.pk != nil {
-		if known, up := r.packs.state(ref{typeChunk, id}); known {
-			dw.await(up)
-			return 0, nil
-		}
-	}
-	var put func([]byte) []byte
-	switch {
-	case obj == nil && dw.pk != nil && r.codec.sealsInPlace():
-		// The envelope made straight in the pack: one copy less.
-		put = func(pack []byte) []byte { return r.codec.appendPlain(pack, typeChunk, data) }
-	case obj == nil && dw.pk != nil:
-		// Sealed into a buffer of the pool: the pack copies it.
-		t0 := time.Now()
-		env := envelopes.Get().(*[]byte)
-		defer envelopes.Put(env)
-		*env = r.codec.sealTo((*env)[:0], typeChunk, data)
-		dw.spent(&dw.stats.Seal, t0)
-		put = sealed(*env)
-	case obj == nil:
-		t0 := time.Now()
-		obj = r.codec.seal(typeChunk, data)
-		dw.spent(&dw.stats.Seal, t0)
-		fallthrough
-	default:
-		put = sealed(obj)
-	}
-	defer dw.spent(&dw.stats.Store, time.Now())
 	if dw.pk == nil {
+		if obj == nil {
+			t0 := time.Now()
+			obj = r.codec.seal(typeChunk, data)
+			dw.spent(&dw.stats.Seal, t0)
+		}
+		defer dw.spent(&dw.stats.Store, time.Now())
 		return r.putSealed(dw.ctx, objectKey(typeChunk, id), obj)
 	}
-	queued, up, err := dw.pk.add(dw.ctx, ref{typeChunk, id}, put)
-	dw.await(up)
+	var env *[]byte // a pooled buffer sealed into, given back once packed
+	queued, err := dw.pack(ref{typeChunk, id}, func() func([]byte) []byte {
+		switch {
+		case obj != nil:
+			return sealed(obj)
+		case r.codec.sealsInPlace():
+			// The envelope made straight in the pack: one copy less.
+			return func(pack []byte) []byte { return r.codec.appendPlain(pack, typeChunk, data) }
+		}
+		t0 := time.Now()
+		env = envelopes.Get().(*[]byte)
+		*env = r.codec.sealTo((*env)[:0], typeChunk, data)
+		dw.spent(&dw.stats.Seal, t0)
+		return sealed(*env)
+	})
+	if env != nil {
+		envelopes.Put(env)
+	}
 	if queued {
 		return -1, err
 	}
 	return 0, err
+}
+
+// pack puts object o into the disk's packs unless the repository holds it
+// or it is being packed (then Close waits for that pack). envelope, called
+// only when o is to be packed, says how its envelope is appended. queued
+// says o went into a pack of this disk.
+func (dw *DiskWriter) pack(o ref, envelope func() func([]byte) []byte) (queued bool, err error) {
+	if known, up := dw.pw.r.packs.state(o); known {
+		dw.await(up)
+		return false, nil
+	}
+	put := envelope()
+	t0 := time.Now()
+	queued, up, err := dw.pk.add(dw.ctx, o, put)
+	dw.spent(&dw.stats.Store, t0)
+	dw.await(up)
+	return queued, err
 }
 
 // envelopes holds the buffers chunks are sealed into before they are
@@ -770,13 +781,7 @@ func (dw *DiskWriter) putPage(plain []byte) (ID, int64, error) {
 		return r.putObject(dw.ctx, typePage, plain)
 	}
 	id := r.codec.id(plain)
-	o := ref{typePage, id}
-	if known, up := r.packs.state(o); known {
-		dw.await(up)
-		return id, 0, nil
-	}
-	_, up, err := dw.pk.add(dw.ctx, o, sealed(r.codec.seal(typePage, plain)))
-	dw.await(up)
+	_, err := dw.pack(ref{typePage, id}, func() func([]byte) []byte { return sealed(r.codec.seal(typePage, plain)) })
 	return id, 0, err
 }
 

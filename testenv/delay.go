@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"io"
 	"net"
 	"sync"
 	"testing"
@@ -101,7 +100,6 @@ func (p *DelayProxy) pipe(dst, src net.Conn) {
 	} else {
 		_ = dst.Close()
 	}
-	_, _ = io.Copy(io.Discard, src)
 }
 
 func (p *DelayProxy) close() {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -116,21 +115,6 @@ func ImageSHA256(ctx context.Context, path, format string) (string, error) {
 		return "", fmt.Errorf("testenv: read %s: %w", path, cerr)
 	}
 	return fmt.Sprintf("%x", h.Sum(nil)), nil
-}
-
-// ImageSize is the virtual size of the image at path.
-func ImageSize(ctx context.Context, path string) (int64, error) {
-	out, err := exec.CommandContext(ctx, "qemu-img", "info", "-U", "--output=json", path).Output()
-	if err != nil {
-		return 0, fmt.Errorf("testenv: qemu-img info %s: %w", path, err)
-	}
-	var info struct {
-		VirtualSize int64 `json:"virtual-size"`
-	}
-	if err := json.Unmarshal(out, &info); err != nil || info.VirtualSize <= 0 {
-		return 0, fmt.Errorf("testenv: qemu-img info %s: %q", path, out)
-	}
-	return info.VirtualSize, nil
 }
 
 // FilesImage makes a qcow2 image at path holding an ext4 filesystem of

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/virtkeep/virtkeep/hostd/virt"
 	"github.com/virtkeep/virtkeep/testenv"
 )
 
@@ -69,11 +70,11 @@ func createDisks(ctx context.Context, dir string, specs []DiskSpec) ([]*Disk, er
 			if out, err := exec.CommandContext(ctx, "cp", "--sparse=always", s.Image, path).CombinedOutput(); err != nil {
 				return nil, fmt.Errorf("testenv: disk %s: copy %s: %v %s", s.Target, s.Image, err, out)
 			}
-			size, err := testenv.ImageSize(ctx, path)
+			info, err := virt.ReadImageInfo(ctx, path, s.Format)
 			if err != nil {
 				return nil, fmt.Errorf("testenv: disk %s: %w", s.Target, err)
 			}
-			disks = append(disks, &Disk{Target: s.Target, Path: path, Format: s.Format, size: size})
+			disks = append(disks, &Disk{Target: s.Target, Path: path, Format: s.Format, size: info.VirtualSize})
 			continue
 		}
 		c, err := testenv.NewContent(s.Size, s.Seed, s.Fill)
