@@ -312,6 +312,12 @@ func (r *Repository) quarantine(ctx context.Context, bad map[ID]error, rep *Chec
 	defer lock.Unlock(ctx)
 	for _, id := range damaged {
 		key := objectKey(typeChunk, id)
+		// Each drop rewrites a pack index another host may have replaced
+		// since, had our lock lapsed.
+		if err := lock.Check(ctx); err != nil {
+			rep.QuarantineError = fmt.Sprintf("%s: %v", key, err)
+			return
+		}
 		if _, err := r.getObject(ctx, typeChunk, id); !errors.Is(err, ErrCorrupt) {
 			continue // rewritten meanwhile, or unreadable for another reason
 		}

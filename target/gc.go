@@ -107,7 +107,14 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 	}
 	st.Referenced = len(live)
 	cutoff := r.now().Add(-grace)
-	if err := r.gcPacks(ctx, live, cutoff, grace > 0, o.DryRun, &st); err != nil {
+	// Marking may have stalled past the stale period (a hung mount, a
+	// stopped process): then another host may have taken the lock as
+	// stale and committed points that use what we would sweep.
+	del := r.guardedDelete(lock, o.DryRun)
+	if err := del.check(ctx); err != nil {
+		return st, fmt.Errorf("gc: %w", err)
+	}
+	if err := r.gcPacks(ctx, live, cutoff, grace > 0, del, &st); err != nil {
 		return st, fmt.Errorf("gc: %w", err)
 	}
 	for _, prefix := range []string{"chunks/", "index/", "blobs/"} {
@@ -128,11 +135,14 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 		if err != nil {
 			return st, fmt.Errorf("gc: list %s: %w", prefix, err)
 		}
+		if len(dead) > 0 {
+			if err := del.check(ctx); err != nil {
+				return st, fmt.Errorf("gc: %w", err)
+			}
+		}
 		for _, fi := range dead {
-			if !o.DryRun {
-				if err := r.b.Delete(ctx, fi.Key); err != nil {
-					return st, fmt.Errorf("gc: %w", err)
-				}
+			if err := del.delete(ctx, fi.Key); err != nil {
+				return st, fmt.Errorf("gc: %w", err)
 			}
 			st.Deleted++
 			st.BytesFreed += fi.Size
@@ -141,6 +151,9 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 	// Temporary files of puts that a killed writer never finished: a put
 	// takes seconds, so anything older than the grace period is dead.
 	if ts, ok := r.b.(TempSweeper); ok && !o.DryRun && grace > 0 {
+		if err := del.check(ctx); err != nil {
+			return st, fmt.Errorf("gc: %w", err)
+		}
 		n, err := ts.SweepTemp(ctx, cutoff)
 		if err != nil {
 			return st, fmt.Errorf("gc: %w", err)
@@ -166,7 +179,7 @@ const repackShare = 0.5
 // without a pack are removed. Only packs older than cutoff are touched
 // (when young counts), as a writer may rely on young ones' chunks. A
 // chunk held by two packs lives in the first by key order.
-func (r *Repository) gcPacks(ctx context.Context, live map[string]bool, cutoff time.Time, young, dryRun bool, st *GCStats) error {
+func (r *Repository) gcPacks(ctx context.Context, live map[string]bool, cutoff time.Time, young bool, del *deleter, st *GCStats) error {
 	packs, err := r.scanPacks(ctx, nil)
 	if err != nil {
 		return err
@@ -201,17 +214,21 @@ func (r *Repository) gcPacks(ctx context.Context, live map[string]bool, cutoff t
 			repack = append(repack, p)
 		}
 	}
-	if len(repack) > 0 && !dryRun {
+	if err := del.check(ctx); err != nil {
+		return err
+	}
+	if len(repack) > 0 && !del.dryRun {
 		if err := r.repack(ctx, repack, held, st); err != nil {
+			return err
+		}
+		if err := del.check(ctx); err != nil {
 			return err
 		}
 	}
 	for _, p := range append(drop, repack...) {
 		for _, key := range []string{packIndexKey(p.id), packKey(p.id)} {
-			if !dryRun {
-				if err := r.b.Delete(ctx, key); err != nil && !errors.Is(err, ErrNotFound) {
-					return err
-				}
+			if err := del.delete(ctx, key); err != nil && !errors.Is(err, ErrNotFound) {
+				return err
 			}
 		}
 		st.Deleted++
@@ -254,3 +271,45 @@ func (r *Repository) repack(ctx context.Context, ps []*packInfo, held map[ref]ID
 }
 
 func compareIDs(a, b ID) int { return bytes.Compare(a[:], b[:]) }
+
+// deleteBatch is how many objects a deleter removes between two checks of
+// its lock.
+const deleteBatch = 64
+
+// deleter removes objects under an exclusive lock. Its user confirms the
+// lock still holds (check) after deciding and before each run of deletes,
+// and the deleter again every deleteBatch deletes: a holder that stalled
+// past the stale period must not delete what others committed meanwhile.
+// A dry run deletes nothing.
+type deleter struct {
+	r      *Repository
+	lock   *Lock
+	dryRun bool
+	n      int // deletes since the last check
+}
+
+func (r *Repository) guardedDelete(lock *Lock, dryRun bool) *deleter {
+	return &deleter{r: r, lock: lock, dryRun: dryRun, n: deleteBatch}
+}
+
+// check confirms the lock holds, now.
+func (d *deleter) check(ctx context.Context) error {
+	d.n = 0
+	if d.dryRun {
+		return nil
+	}
+	return d.lock.Check(ctx)
+}
+
+func (d *deleter) delete(ctx context.Context, key string) error {
+	if d.dryRun {
+		return nil
+	}
+	if d.n >= deleteBatch {
+		if err := d.check(ctx); err != nil {
+			return err
+		}
+	}
+	d.n++
+	return d.r.b.Delete(ctx, key)
+}

@@ -65,16 +65,21 @@ func (r *Repository) DeletePoint(ctx context.Context, id string) error {
 	if _, err := r.b.Stat(ctx, "points/"+id); errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("delete %s: %w", id, ErrNoPoint)
 	}
-	return r.deletePoint(ctx, id)
+	return r.deletePoint(ctx, r.guardedDelete(lock, false), id)
 }
 
 // deletePoint removes the journal entry first: an interruption leaves an
 // unjournaled manifest (harmless), never a journal entry that cries damage.
-func (r *Repository) deletePoint(ctx context.Context, id string) error {
-	if err := r.b.Delete(ctx, "journal/"+id); err != nil {
+// The lock is confirmed before: a point may only go while nothing could
+// have started to rely on it since the decision.
+func (r *Repository) deletePoint(ctx context.Context, del *deleter, id string) error {
+	if err := del.check(ctx); err != nil {
 		return fmt.Errorf("delete %s: %w", id, err)
 	}
-	if err := r.b.Delete(ctx, "points/"+id); err != nil {
+	if err := del.delete(ctx, "journal/"+id); err != nil {
+		return fmt.Errorf("delete %s: %w", id, err)
+	}
+	if err := del.delete(ctx, "points/"+id); err != nil {
 		return fmt.Errorf("delete %s: %w", id, err)
 	}
 	return r.b.Sync(ctx)
@@ -266,9 +271,10 @@ func (r *Repository) PruneBy(ctx context.Context, rules func(domain string) *Ret
 	if dryRun {
 		return decs, nil
 	}
+	del := r.guardedDelete(lock, false)
 	for _, d := range decs {
 		if !d.Keep {
-			if err := r.deletePoint(ctx, d.ID); err != nil {
+			if err := r.deletePoint(ctx, del, d.ID); err != nil {
 				return decs, err
 			}
 			r.log.Info("pruned point", "point", d.ID, "domain", d.Domain)

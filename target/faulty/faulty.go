@@ -21,6 +21,8 @@ type Backend struct {
 	failPut func(key string) bool
 	failGet func(key string) bool
 	puts    int
+	// beforeList runs before a List whose prefix starts with its key.
+	beforeList map[string]func()
 }
 
 var _ target.Backend = (*Backend)(nil)
@@ -75,4 +77,36 @@ func (b *Backend) Get(ctx context.Context, key string, off, length int64) ([]byt
 		return nil, ErrInjected
 	}
 	return b.Backend.Get(ctx, key, off, length)
+}
+
+// BeforeList runs f (once per call) before each List of a prefix that
+// starts with prefix, as a stall or an event of the test's own at that
+// moment; nil f removes it.
+func (b *Backend) BeforeList(prefix string, f func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.beforeList == nil {
+		b.beforeList = map[string]func(){}
+	}
+	if f == nil {
+		delete(b.beforeList, prefix)
+		return
+	}
+	b.beforeList[prefix] = f
+}
+
+// List runs the hooks for prefix, then passes on.
+func (b *Backend) List(ctx context.Context, prefix string, fn func(target.ObjectInfo) error) error {
+	b.mu.Lock()
+	var hooks []func()
+	for p, f := range b.beforeList {
+		if strings.HasPrefix(prefix, p) {
+			hooks = append(hooks, f)
+		}
+	}
+	b.mu.Unlock()
+	for _, f := range hooks {
+		f()
+	}
+	return b.Backend.List(ctx, prefix, fn)
 }

@@ -1,0 +1,95 @@
+package target_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/target/faulty"
+	"github.com/virtkeep/virtkeep/target/mem"
+	"github.com/virtkeep/virtkeep/testenv"
+)
+
+// stallOnce makes the first List of prefix on fb stall like a stopped
+// process: the lock's refreshes fail, and after the stale period event
+// runs (another host at work) before the List goes on.
+func stallOnce(fb *faulty.Backend, prefix string, stale time.Duration, event func()) {
+	var once sync.Once
+	fb.BeforeList(prefix, func() {
+		once.Do(func() {
+			fb.FailPutAfter(0, "locks/")
+			time.Sleep(stale + 200*time.Millisecond)
+			event()
+			fb.FailPutAfter(-1, "")
+		})
+	})
+}
+
+// TestGCStalledPastStaleDeletesNothing: a GC that stalls past the stale
+// period lets another host take its lock as stale, back up a point that
+// reuses old unreferenced packs, and commit. The GC must then give up
+// (ErrLockLost) instead of sweeping with its old live set, and the other
+// host's point restores.
+func TestGCStalledPastStaleDeletesNothing(t *testing.T) {
+	ctx := context.Background()
+	inner := mem.New()
+	fb := faulty.Wrap(inner)
+	const stale = 600 * time.Millisecond
+	if err := target.Init(ctx, fb, target.InitOptions{PackSize: testPackSize}); err != nil {
+		t.Fatal(err)
+	}
+	a := openRepo(t, fb, target.OpenOptions{LockStale: stale})
+	c, _ := testenv.NewContent(4<<20, 5, testenv.Fill{Random: 1})
+	inner.SetClock(func() time.Time { return time.Now().Add(-48 * time.Hour) })
+	old, _ := backup(t, a, c, target.LevelFull, "", nil)
+	inner.SetClock(time.Now)
+	if err := a.DeletePoint(ctx, old.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	var other *target.Manifest
+	stallOnce(fb, "packs/", stale, func() {
+		b := openRepo(t, inner, target.OpenOptions{LockStale: stale})
+		other, _ = backup(t, b, c, target.LevelFull, "", nil)
+	})
+	st, err := a.GC(ctx, target.GCOptions{Grace: 24 * time.Hour})
+	if !errors.Is(err, target.ErrLockLost) {
+		t.Fatalf("gc that stalled past the stale period: %v (deleted %d), want ErrLockLost", err, st.Deleted)
+	}
+	if other == nil {
+		t.Fatal("the other host's backup did not run")
+	}
+	fresh := openRepo(t, inner, target.OpenOptions{})
+	restoreEquals(t, fresh, other.ID, c)
+	rep, err := fresh.Check(ctx, target.CheckOptions{ReadData: true})
+	if err != nil || !rep.OK() {
+		t.Fatalf("check after the stalled gc: %v %v", err, rep)
+	}
+}
+
+// TestPruneStalledPastStaleDeletesNothing: a prune whose lock lapsed while
+// it decided removes no point.
+func TestPruneStalledPastStaleDeletesNothing(t *testing.T) {
+	ctx := context.Background()
+	inner := mem.New()
+	fb := faulty.Wrap(inner)
+	const stale = 600 * time.Millisecond
+	if err := target.Init(ctx, fb, target.InitOptions{PackSize: testPackSize}); err != nil {
+		t.Fatal(err)
+	}
+	r := openRepo(t, fb, target.OpenOptions{LockStale: stale})
+	c, _ := testenv.NewContent(1<<20, 6, testenv.Fill{Random: 1})
+	backup(t, r, c, target.LevelFull, "", nil)
+	backup(t, r, c, target.LevelFull, "", nil)
+	stallOnce(fb, "protect/", stale, func() {})
+	_, err := r.Prune(ctx, "", target.Retention{KeepLast: 1}, false)
+	if !errors.Is(err, target.ErrLockLost) {
+		t.Fatalf("prune that stalled past the stale period: %v, want ErrLockLost", err)
+	}
+	if pts, _ := r.Points(ctx, nil); len(pts) != 2 {
+		t.Fatalf("%d points left, want both", len(pts))
+	}
+}
