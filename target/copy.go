@@ -37,18 +37,20 @@ var ErrChunkSize = errors.New("repositories have different chunk sizes")
 // chunk is read, decrypted and sealed for dst, and stored only if dst does
 // not hold it. An interrupted copy leaves its stored chunks in dst (GC
 // spares them for its grace period), so running it again moves only the
-// rest. The copied point is checked in dst before Copy returns: every
-// index page loads and every chunk it names is listed there.
+// rest.
+//
+// Everything Copy relies on in dst is looked at under dst's lock, so no
+// prune or GC there can remove it before the commit: the point's absence,
+// and the chunks it reuses (listed, and of the sealed length the source's
+// envelope has when both seal alike). The copied point is checked in dst
+// before its manifest is written: every index page loads and every chunk
+// it names is there. A point dst holds already is checked the same way:
+// Existed is only reported for one that checks out. Damage or a missing
+// object is an error for which IsIntegrity is true.
 func Copy(ctx context.Context, src, dst *Repository, id string, o CopyOptions) (*Manifest, CopyStats, error) {
 	var st CopyStats
 	if src.cfg.ChunkSize != dst.cfg.ChunkSize {
 		return nil, st, fmt.Errorf("copy %s: %w (%d and %d bytes)", id, ErrChunkSize, src.cfg.ChunkSize, dst.cfg.ChunkSize)
-	}
-	if m, err := dst.Point(ctx, id); err == nil {
-		st.Existed = true
-		return m, st, nil
-	} else if !errors.Is(err, ErrNoPoint) && !errors.Is(err, ErrNotFound) {
-		return nil, st, fmt.Errorf("copy %s: destination: %w", id, err)
 	}
 	// The source's points stay whole while we read them: no prune or GC.
 	lock, err := src.Lock(ctx, false)
@@ -60,34 +62,79 @@ func Copy(ctx context.Context, src, dst *Repository, id string, o CopyOptions) (
 	if err != nil {
 		return nil, st, fmt.Errorf("copy %s: %w", id, err)
 	}
-	// Only when both name objects alike can the destination's chunks
-	// spare reads; otherwise listing them would be wasted.
-	var have map[ID]bool
-	if src.sameIDs(dst) {
-		if have, err = dst.chunkSet(ctx); err != nil {
-			return nil, st, fmt.Errorf("copy %s: destination: %w", id, err)
-		}
-	}
 	pw, err := dst.NewPoint(ctx, PointSpec{ID: m.ID, Host: m.Host, Time: m.Time, Domain: m.Domain, DomainUUID: m.DomainUUID,
 		Level: m.Level, Consistency: m.Consistency, FreezeMS: m.FreezeMS, Parent: m.Parent,
 		DomainXML: m.DomainXML, DomainXMLInactive: m.DomainXMLInactive, Tags: m.Tags})
 	if err != nil {
 		return nil, st, fmt.Errorf("copy %s: %w", id, err)
 	}
-	if err := copyContent(ctx, src, pw, m, have, o, &st); err != nil {
+	if had, err := copyExisting(ctx, dst, pw, id); had != nil || err != nil {
+		st.Existed = had != nil
+		return had, st, err
+	}
+	have, err := reusable(ctx, src, dst)
+	if err == nil {
+		err = copyContent(ctx, src, pw, m, have, o, &st)
+	}
+	if err != nil {
 		pw.Abort(context.WithoutCancel(ctx))
 		st.addStored(pw)
 		return nil, st, fmt.Errorf("copy %s: %w", id, err)
+	}
+	pw.verify = func(ctx context.Context, m *Manifest) error {
+		if err := dst.checkPoint(ctx, m); err != nil {
+			return fmt.Errorf("the copy does not check out in the destination: %w", err)
+		}
+		return nil
 	}
 	out, err := pw.Commit(ctx)
 	st.addStored(pw)
 	if err != nil {
 		return nil, st, fmt.Errorf("copy %s: %w", id, err)
 	}
-	if err := dst.checkPoint(ctx, out); err != nil {
-		return out, st, fmt.Errorf("copy %s: the copy does not check out in the destination: %w", id, err)
-	}
 	return out, st, nil
+}
+
+// copyExisting looks, under pw's lock, for point id in dst. When it is
+// there, pw is given up and the point is returned once it checks out.
+func copyExisting(ctx context.Context, dst *Repository, pw *PointWriter, id string) (*Manifest, error) {
+	m, err := dst.Point(ctx, id)
+	if errors.Is(err, ErrNoPoint) || errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	defer pw.Abort(context.WithoutCancel(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("copy %s: destination: %w", id, err)
+	}
+	if err := dst.checkPoint(ctx, m); err != nil {
+		return nil, fmt.Errorf("copy %s: the destination holds the point, damaged: %w", id, err)
+	}
+	return m, nil
+}
+
+// reusable lists the chunks dst holds that a copy from src may take as
+// stored instead of reading them: only when both name objects alike, and
+// only chunks whose stored envelope could be whole: of exactly the
+// source's length when both seal alike, else longer than a header.
+func reusable(ctx context.Context, src, dst *Repository) (map[ID]bool, error) {
+	if !src.sameIDs(dst) {
+		return nil, nil
+	}
+	sizes, err := dst.chunkSizes(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("destination: %w", err)
+	}
+	var want map[ID]int64
+	if src.sealsAlike(dst) {
+		if want, err = src.chunkSizes(ctx); err != nil {
+			return nil, err
+		}
+	}
+	have := map[ID]bool{}
+	for id, n := range sizes {
+		have[id] = n > headerLen && (want == nil || want[id] == n)
+	}
+	return have, nil
 }
 
 // addStored counts what pw's disks stored, once its workers have stopped
@@ -311,7 +358,7 @@ func (r *Repository) checkPoint(ctx context.Context, m *Manifest) error {
 		if err == nil {
 			err = r.walkChunks(ctx, rt, func(_ int64, c ID) error {
 				if !have[c] {
-					return fmt.Errorf("chunk %s missing", c)
+					return fmt.Errorf("chunk %s: %w", c, ErrMissing)
 				}
 				return nil
 			})

@@ -3,6 +3,7 @@ package target_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 
 	"github.com/virtkeep/virtkeep/target"
@@ -115,4 +116,66 @@ func TestCopyRefusesDamage(t *testing.T) {
 			t.Fatalf("a damaged copy is visible: %v", err)
 		}
 	}
+}
+
+// TestCopyExistingIsChecked: a destination that holds the point without
+// all of its data (a pack gone) is not taken as done: the copy fails with
+// an integrity error that no retry would mend, instead of "existed".
+func TestCopyExistingIsChecked(t *testing.T) {
+	ctx := context.Background()
+	db := mem.New()
+	src, dst := newRepo(t, mem.New(), nil), newRepo(t, db, nil)
+	c, _ := testenv.NewContent(4<<20, 4, testenv.Fill{Random: 1})
+	full, _ := backup(t, src, c, target.LevelFull, "", nil)
+	if _, _, err := target.Copy(ctx, src, dst, full.ID, target.CopyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var packs []string
+	_ = db.List(ctx, "packs/", func(fi target.ObjectInfo) error { packs = append(packs, fi.Key); return nil })
+	if err := db.Delete(ctx, packs[0]); err != nil {
+		t.Fatal(err)
+	}
+	again := openRepo(t, db, target.OpenOptions{})
+	_, st, err := target.Copy(ctx, src, again, full.ID, target.CopyOptions{})
+	if err == nil || st.Existed || !target.IsIntegrity(err) {
+		t.Fatalf("copy onto a point whose pack is gone: existed %v, %v: want an integrity error", st.Existed, err)
+	}
+}
+
+// TestCopyListsUnderLock: the destination's chunks are listed under its
+// lock, so a GC there cannot delete unreferenced packs the copy then takes
+// as stored; every point in the destination checks out afterwards.
+func TestCopyListsUnderLock(t *testing.T) {
+	ctx := context.Background()
+	inner := mem.New()
+	fb := faulty.Wrap(inner)
+	src, dst := newRepo(t, mem.New(), nil), newRepo(t, fb, nil)
+	c, _ := testenv.NewContent(4<<20, 8, testenv.Fill{Random: 1})
+	full, _ := backup(t, src, c, target.LevelFull, "", nil)
+	if _, _, err := target.Copy(ctx, src, dst, full.ID, target.CopyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.DeletePoint(ctx, full.ID); err != nil { // its packs are unreferenced now
+		t.Fatal(err)
+	}
+	var once sync.Once
+	var gcErr error
+	fb.BeforeList("packs/", func() {
+		once.Do(func() {
+			gc := openRepo(t, inner, target.OpenOptions{})
+			_, gcErr = gc.GC(ctx, target.GCOptions{Grace: -1})
+		})
+	})
+	if _, _, err := target.Copy(ctx, src, dst, full.ID, target.CopyOptions{}); err != nil && !target.IsIntegrity(err) {
+		t.Fatal(err)
+	}
+	if !errors.Is(gcErr, target.ErrLocked) {
+		t.Errorf("gc in the middle of the copy: %v, want ErrLocked (the copy holds the destination's lock)", gcErr)
+	}
+	fresh := openRepo(t, inner, target.OpenOptions{})
+	rep, err := fresh.Check(ctx, target.CheckOptions{ReadData: true})
+	if err != nil || !rep.OK() {
+		t.Fatalf("destination after the copy: %v %v", rep, err)
+	}
+	restoreEquals(t, fresh, full.ID, c)
 }

@@ -62,6 +62,17 @@ var envelopeMagic = [4]byte{'V', 'K', 'O', '1'}
 // ErrCorrupt is wrapped by every error about damaged repository content.
 var ErrCorrupt = errors.New("repository object damaged")
 
+// ErrMissing is wrapped by errors about an object a point references that
+// the repository does not hold.
+var ErrMissing = errors.New("repository object missing")
+
+// IsIntegrity reports whether err is about the repository's content being
+// damaged or incomplete: no retry can mend it, only a repair (check
+// --quarantine and the next backup) or another copy.
+func IsIntegrity(err error) bool {
+	return errors.Is(err, ErrCorrupt) || errors.Is(err, ErrMissing)
+}
+
 func corrupt(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrCorrupt, fmt.Sprintf(format, args...))
 }

@@ -148,9 +148,13 @@ func WriteKeyFile(path string, k Key, passphrase []byte, p KDFParams) error {
 func ReadKeyFile(path string, passphrase []byte) (Key, error) {
 	b, err := ReadSecretFile(path)
 	if err != nil {
-		return Key{}, fmt.Errorf("target: key file: %w", err)
+		return Key{}, ConfigError(fmt.Errorf("target: key file: %w", err))
 	}
-	return parseKeyFile(path, b, passphrase)
+	k, err := parseKeyFile(path, b, passphrase)
+	if err != nil && !errors.Is(err, ErrWrongKey) && !errors.Is(err, ErrPassphraseNeeded) {
+		err = ConfigError(err)
+	}
+	return k, err
 }
 
 func parseKeyFile(path string, b, passphrase []byte) (Key, error) {

@@ -60,6 +60,9 @@ type PointWriter struct {
 	lock *Lock
 	jobs chan job
 	wg   sync.WaitGroup
+	// verify, if set, checks the point's content in the repository once
+	// it is durable and before the manifest names it (a copy).
+	verify func(ctx context.Context, m *Manifest) error
 
 	mu     sync.Mutex
 	disks  []*DiskWriter
@@ -288,6 +291,11 @@ func (pw *PointWriter) Commit(ctx context.Context) (*Manifest, error) {
 	// Data and index durable before the manifest names them.
 	if err := pw.r.b.Sync(ctx); err != nil {
 		return nil, fmt.Errorf("point %s: sync: %w", pw.m.ID, err)
+	}
+	if pw.verify != nil {
+		if err := pw.verify(ctx, &pw.m); err != nil {
+			return nil, fmt.Errorf("point %s: %w", pw.m.ID, err)
+		}
 	}
 	// A GC may only have overlapped this point if our lock lapsed: then
 	// chunks it reuses may be gone, and it must not become visible.

@@ -266,14 +266,23 @@ func (s *Service) open(ctx context.Context, t Target, create bool) (*target.Repo
 	}
 	r, err := all.Open(ctx, c, create, s.log)
 	if err != nil && !errors.Is(err, target.ErrNotRepository) && !errors.Is(err, target.ErrPassphraseNeeded) && !errors.Is(err, target.ErrLocked) {
-		// A key file that does not open it is a configuration problem,
-		// anything else (a server that is down) may pass.
-		if errors.Is(err, target.ErrWrongKey) {
-			return nil, api.WithCode(api.CodeBadRequest, err)
-		}
-		return nil, api.WithCode(api.CodeUnavailable, err)
+		return nil, targetError(err)
 	}
 	return r, err
+}
+
+// targetError gives an error of a repository its code where it has none:
+// configuration (a key file, a setting) and integrity (damage, a missing
+// object) are not transient; anything else (a server that is down, a
+// connection that broke) may pass, and is retried.
+func targetError(err error) error {
+	switch {
+	case target.IsConfig(err):
+		return api.WithCode(api.CodeBadRequest, err)
+	case target.IsIntegrity(err), errors.Is(err, target.ErrNoPoint):
+		return api.WithCode(api.CodeFailed, err)
+	}
+	return api.WithCode(api.CodeUnavailable, err)
 }
 
 // withPassphrase is t's open configuration with the passphrase its key
@@ -331,7 +340,7 @@ func codeOf(err error) api.Code {
 		return api.CodeBusy
 	case errors.Is(err, jobs.ErrShutdown):
 		return api.CodeShutdown
-	case errors.Is(err, restore.ErrDestination), errors.Is(err, target.ErrPassphraseNeeded), errors.Is(err, target.ErrSecretFile), errors.Is(err, target.ErrWrongKey):
+	case errors.Is(err, restore.ErrDestination), errors.Is(err, target.ErrPassphraseNeeded), target.IsConfig(err):
 		return api.CodeBadRequest
 	}
 	return api.CodeFailed

@@ -77,8 +77,8 @@ func (s *Service) copyPoint(ctx context.Context, h *jobs.Handle, p api.Point, fr
 	m, st, err := target.Copy(ctx, src, dst, p.ID, target.CopyOptions{Progress: h.Progress})
 	rep.Chunks, rep.ChunksNew, rep.BytesStored, rep.Existed = st.Chunks, st.ChunksNew, st.BytesStored, st.Existed
 	if err != nil {
-		if ctx.Err() == nil && !errors.Is(err, target.ErrCorrupt) && !errors.Is(err, target.ErrNoPoint) && !errors.Is(err, target.ErrChunkSize) {
-			return rep, api.WithCode(api.CodeUnavailable, err)
+		if ctx.Err() == nil {
+			return rep, targetError(err)
 		}
 		return rep, err
 	}

@@ -45,7 +45,7 @@ func Open(ctx context.Context, cfg Config, create bool, log *slog.Logger) (*targ
 	switch cfg.Kind {
 	case "local", "":
 		if cfg.Path == "" {
-			return nil, fmt.Errorf("target %s: kind local needs a path", cfg.Name)
+			return nil, target.ConfigError(fmt.Errorf("target %s: kind local needs a path", cfg.Name))
 		}
 		lb, err := local.Open(local.Config{Path: cfg.Path})
 		if err != nil {
@@ -67,7 +67,7 @@ func Open(ctx context.Context, cfg Config, create bool, log *slog.Logger) (*targ
 		}
 		b = sb
 	default:
-		return nil, fmt.Errorf("target %s: kind %q is not supported (local, sftp, s3)", cfg.Name, cfg.Kind)
+		return nil, target.ConfigError(fmt.Errorf("target %s: kind %q is not supported (local, sftp, s3)", cfg.Name, cfg.Kind))
 	}
 	b = cfg.Limit.Wrap(b)
 	r, err := open(ctx, b, cfg, create, log)
