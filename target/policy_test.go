@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -347,6 +348,86 @@ func TestCheckSample(t *testing.T) {
 		read += rep.ChunksRead
 		if part == 2 && read != rep.Chunks {
 			t.Errorf("three parts read %d chunks of %d", read, rep.Chunks)
+		}
+	}
+}
+
+// TestPruneTwoHostsOneName: two hosts share a target, each with its own VM
+// called web1. Retention groups by domain UUID, and a host prunes only the
+// points it wrote: host A's keep_last 1 leaves every point of B's web1.
+func TestPruneTwoHostsOneName(t *testing.T) {
+	ctx := context.Background()
+	b := mem.New()
+	if err := target.Init(ctx, b, target.InitOptions{PackSize: testPackSize}); err != nil {
+		t.Fatal(err)
+	}
+	hostA := openRepo(t, b, target.OpenOptions{Host: "host-a"})
+	hostB := openRepo(t, b, target.OpenOptions{Host: "host-b"})
+	when := time.Now().Add(-time.Hour)
+	write := func(r *target.Repository, uuid string) string {
+		when = when.Add(time.Minute)
+		pw, err := r.NewPoint(ctx, target.PointSpec{Domain: "web1", DomainUUID: uuid, Level: target.LevelFull, Time: when})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dw, _ := pw.AddDisk(ctx, target.DiskSpec{Name: "vda", VirtualSize: 1 << 20})
+		if err := dw.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		m, err := pw.Commit(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.ID
+	}
+	a1, a2 := write(hostA, "aaaaaaaa-0000-0000-0000-000000000001"), write(hostA, "aaaaaaaa-0000-0000-0000-000000000001")
+	b1, b2 := write(hostB, "bbbbbbbb-0000-0000-0000-000000000002"), write(hostB, "bbbbbbbb-0000-0000-0000-000000000002")
+
+	keep := target.Retention{KeepLast: 1}
+	decs, err := hostA.PruneBy(ctx, func(*target.Manifest) *target.Retention { return &keep }, target.PruneScope{Hosts: []string{hostA.Host()}}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range decs {
+		if d.Host != "host-a" {
+			t.Errorf("host A decided on %s of %s", d.ID, d.Host)
+		}
+	}
+	have := map[string]bool{}
+	pts, _ := hostA.Points(ctx, nil)
+	for _, m := range pts {
+		have[m.ID] = true
+	}
+	if have[a1] || !have[a2] || !have[b1] || !have[b2] {
+		t.Fatalf("after host A's prune: %v, want %s gone and %s, %s, %s kept", have, a1, a2, b1, b2)
+	}
+	// Every host's points, by UUID: B's web1 keeps its newest too.
+	if _, err := hostA.PruneBy(ctx, func(*target.Manifest) *target.Retention { return &keep }, target.PruneScope{}, false); err != nil {
+		t.Fatal(err)
+	}
+	pts, _ = hostA.Points(ctx, nil)
+	var left []string
+	for _, m := range pts {
+		left = append(left, m.ID)
+	}
+	if len(left) != 2 || left[0] != a2 && left[1] != a2 || !slices.Contains(left, b2) {
+		t.Fatalf("after pruning every host's points: %v, want %s and %s", left, a2, b2)
+	}
+}
+
+// TestKeepWithinAfterClockJump: a clock set a year ahead does not age
+// every point out of keep_within: it counts from the newest point.
+func TestKeepWithinAfterClockJump(t *testing.T) {
+	base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	var ms []*target.Manifest
+	for i := range 10 {
+		tm := base.Add(time.Duration(i) * time.Hour)
+		ms = append(ms, &target.Manifest{ID: tm.Format("20060102T150405Z") + "-00000000", Domain: "vm1", DomainUUID: "u", Time: tm, Level: target.LevelFull})
+	}
+	decs := target.Decide(ms, target.Retention{KeepWithin: 48 * time.Hour}, nil, base.AddDate(1, 0, 0))
+	for _, d := range decs {
+		if !d.Keep {
+			t.Errorf("point %s removed after the clock jumped a year ahead", d.ID)
 		}
 	}
 }

@@ -89,13 +89,15 @@ func (r *Repository) deletePoint(ctx context.Context, del *deleter, id string) e
 // rule keeps it; protected points are always kept, and so are those the
 // next backup of the domain builds on (see chainBases).
 type Retention struct {
-	KeepLast    int           `json:"keep_last,omitempty"`
-	KeepHourly  int           `json:"keep_hourly,omitempty"`
-	KeepDaily   int           `json:"keep_daily,omitempty"`
-	KeepWeekly  int           `json:"keep_weekly,omitempty"`
-	KeepMonthly int           `json:"keep_monthly,omitempty"`
-	KeepYearly  int           `json:"keep_yearly,omitempty"`
-	KeepWithin  time.Duration `json:"keep_within,omitempty"`
+	KeepLast    int `json:"keep_last,omitempty"`
+	KeepHourly  int `json:"keep_hourly,omitempty"`
+	KeepDaily   int `json:"keep_daily,omitempty"`
+	KeepWeekly  int `json:"keep_weekly,omitempty"`
+	KeepMonthly int `json:"keep_monthly,omitempty"`
+	KeepYearly  int `json:"keep_yearly,omitempty"`
+	// KeepWithin keeps the points taken within this long before the
+	// domain's newest point (or now, if that is earlier).
+	KeepWithin time.Duration `json:"keep_within,omitempty"`
 }
 
 // Empty reports whether no rule is set.
@@ -103,31 +105,51 @@ func (p Retention) Empty() bool { return p == Retention{} }
 
 // Decision is what retention decided for one point.
 type Decision struct {
-	ID      string    `json:"id"`
-	Domain  string    `json:"domain"`
-	Time    time.Time `json:"time"`
-	Keep    bool      `json:"keep"`
-	Reasons []string  `json:"reasons,omitempty"` // why it is kept
+	ID         string    `json:"id"`
+	Domain     string    `json:"domain"`
+	DomainUUID string    `json:"domain_uuid,omitempty"`
+	Host       string    `json:"host,omitempty"`
+	Time       time.Time `json:"time"`
+	Keep       bool      `json:"keep"`
+	Reasons    []string  `json:"reasons,omitempty"` // why it is kept
 }
 
-// Decide applies p to points (any order, any domains) at time now. The
-// result is grouped by domain, newest first within each.
-func Decide(points []*Manifest, p Retention, protected map[string]bool, now time.Time) []Decision {
-	byDomain := map[string][]*Manifest{}
-	var domains []string
-	for _, m := range points {
-		if _, ok := byDomain[m.Domain]; !ok {
-			domains = append(domains, m.Domain)
-		}
-		byDomain[m.Domain] = append(byDomain[m.Domain], m)
+// ChainKey is what retention groups a point's domain by, as chains are:
+// its UUID, or (points written without one) its name. Two hosts' VMs of
+// one name are two domains; a VM renamed or moved to another host is one.
+func (m *Manifest) ChainKey() string { return ChainKey(m.DomainUUID, m.Domain) }
+
+// ChainKey is the ChainKey of a domain of that UUID and name.
+func ChainKey(uuid, name string) string {
+	if uuid != "" {
+		return uuid
 	}
-	sort.Strings(domains)
-	var out []Decision
-	for _, d := range domains {
-		ms := byDomain[d]
+	return "name:" + name
+}
+
+// groupByDomain groups points by ChainKey, each group newest first, the
+// groups in key order.
+func groupByDomain(points []*Manifest) [][]*Manifest {
+	by := map[string][]*Manifest{}
+	for _, m := range points {
+		by[m.ChainKey()] = append(by[m.ChainKey()], m)
+	}
+	var out [][]*Manifest
+	for _, k := range slices.Sorted(maps.Keys(by)) {
+		ms := by[k]
 		sort.Slice(ms, func(i, j int) bool {
 			return ms[i].Time.After(ms[j].Time) || ms[i].Time.Equal(ms[j].Time) && ms[i].ID > ms[j].ID
 		})
+		out = append(out, ms)
+	}
+	return out
+}
+
+// Decide applies p to points (any order, any domains) at time now. The
+// result is grouped by domain (ChainKey), newest first within each.
+func Decide(points []*Manifest, p Retention, protected map[string]bool, now time.Time) []Decision {
+	var out []Decision
+	for _, ms := range groupByDomain(points) {
 		type bucket struct {
 			name  string
 			n     int
@@ -143,9 +165,15 @@ func Decide(points []*Manifest, p Retention, protected map[string]bool, now time
 			{name: "yearly", n: p.KeepYearly, key: func(t time.Time) string { return t.Format("2006") }},
 		}
 		base := chainBases(ms)
+		// keep_within counts back from the newest point, not from the
+		// clock: a clock set ahead must not age every point out at once.
+		ref := now
+		if ms[0].Time.Before(now) {
+			ref = ms[0].Time
+		}
 		for i, m := range ms {
 			t := m.Time.UTC()
-			dec := Decision{ID: m.ID, Domain: m.Domain, Time: m.Time}
+			dec := Decision{ID: m.ID, Domain: m.Domain, DomainUUID: m.DomainUUID, Host: m.Host, Time: m.Time}
 			if protected[m.ID] {
 				dec.Reasons = append(dec.Reasons, "protected")
 			}
@@ -155,7 +183,7 @@ func Decide(points []*Manifest, p Retention, protected map[string]bool, now time
 			if i < p.KeepLast {
 				dec.Reasons = append(dec.Reasons, "last")
 			}
-			if p.KeepWithin > 0 && now.Sub(t) <= p.KeepWithin {
+			if p.KeepWithin > 0 && ref.Sub(t) <= p.KeepWithin {
 				dec.Reasons = append(dec.Reasons, "within "+p.KeepWithin.String())
 			}
 			for _, b := range buckets {
@@ -206,25 +234,39 @@ func (p Retention) Check() error {
 	return nil
 }
 
-// Prune applies p to the points of domain ("" for all) and, unless dryRun,
-// deletes the points it does not keep. It takes the exclusive lock. It
-// returns every decision; GC reclaims the space afterwards.
+// Prune applies p to the points of domain ("" for all; a name or a UUID)
+// that any host wrote and, unless dryRun, deletes the points it does not
+// keep. It takes the exclusive lock. It returns every decision; GC
+// reclaims the space afterwards.
 func (r *Repository) Prune(ctx context.Context, domain string, p Retention, dryRun bool) ([]Decision, error) {
 	if err := p.Check(); err != nil {
 		return nil, err
 	}
-	return r.PruneBy(ctx, func(d string) *Retention {
-		if domain == "" || d == domain {
+	return r.PruneBy(ctx, func(newest *Manifest) *Retention {
+		if domain == "" || newest.Domain == domain || newest.DomainUUID == domain {
 			return &p
 		}
 		return nil
-	}, dryRun)
+	}, PruneScope{}, dryRun)
 }
 
-// PruneBy is Prune with each domain's own retention: rules gives it, or
-// nil for a domain whose points all stay (and are left out of the result).
-// Every retention rules gives must pass Check.
-func (r *Repository) PruneBy(ctx context.Context, rules func(domain string) *Retention, dryRun bool) ([]Decision, error) {
+// PruneScope limits which points a prune looks at.
+type PruneScope struct {
+	// Hosts, when set, are the hosts whose points are pruned: the others'
+	// points are neither decided on nor removed. A host prunes its own.
+	Hosts []string
+}
+
+func (s PruneScope) has(m *Manifest) bool {
+	return len(s.Hosts) == 0 || slices.Contains(s.Hosts, m.Host)
+}
+
+// PruneBy is Prune with each domain's own retention: the points in scope
+// are grouped by domain (ChainKey), and rules, given the newest point of
+// a group, returns its retention, or nil for a domain whose points all
+// stay (and are left out of the result). Every retention rules gives must
+// pass Check.
+func (r *Repository) PruneBy(ctx context.Context, rules func(newest *Manifest) *Retention, scope PruneScope, dryRun bool) ([]Decision, error) {
 	var lock *Lock
 	if !dryRun {
 		var err error
@@ -249,24 +291,21 @@ func (r *Repository) PruneBy(ctx context.Context, rules func(domain string) *Ret
 	if unreadable != nil {
 		return nil, unreadable
 	}
-	byDomain := map[string][]*Manifest{}
-	for _, m := range all {
-		byDomain[m.Domain] = append(byDomain[m.Domain], m)
-	}
+	all = slices.DeleteFunc(all, func(m *Manifest) bool { return !scope.has(m) })
 	prot, err := r.Protected(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var decs []Decision
-	for _, d := range slices.Sorted(maps.Keys(byDomain)) {
-		p := rules(d)
+	for _, ms := range groupByDomain(all) {
+		p := rules(ms[0])
 		if p == nil {
 			continue
 		}
 		if err := p.Check(); err != nil {
-			return nil, fmt.Errorf("domain %s: %w", d, err)
+			return nil, fmt.Errorf("domain %s: %w", ms[0].Domain, err)
 		}
-		decs = append(decs, Decide(byDomain[d], *p, prot, r.now())...)
+		decs = append(decs, Decide(ms, *p, prot, r.now())...)
 	}
 	if dryRun {
 		return decs, nil

@@ -153,6 +153,9 @@ type Repository struct {
 	lockStale time.Duration
 }
 
+// Host is the name this host writes into manifests and locks.
+func (r *Repository) Host() string { return r.owner.Host }
+
 // Open opens the repository in b.
 func Open(ctx context.Context, b Backend, o OpenOptions) (*Repository, error) {
 	name := b.Properties().Name

@@ -122,12 +122,15 @@ follows the run and prints each domain's outcome.`,
 func newPruneCmd(a *app) *cobra.Command {
 	var r api.PruneRequest
 	cmd := &cobra.Command{
-		Use:   "prune [--target NAME] [--domain NAME] [--dry-run]",
+		Use:   "prune [--target NAME] [--domain NAME] [--host NAME]... [--dry-run]",
 		Short: "Remove the points no retention rule keeps (--dry-run: say which would go, and why the rest stay)",
 		Long: `Prune applies each domain's policy's retention for each target: a point is
 kept when any rule keeps it (last, hourly, daily, weekly, monthly, yearly,
 within), when it is protected, or when the domain's next backup builds on
 it (chain base). Domains no policy has retention for keep every point.
+Points are grouped by domain UUID, so two hosts' VMs of one name are two
+domains. A host prunes only the points it wrote: --host names other hosts
+whose points to prune as well (--host '*': every host's).
 --dry-run removes nothing and prints every decision with its reasons.
 The space is reclaimed by the target's next GC (virtkeep gc).`,
 		Args: cobra.NoArgs,
@@ -164,6 +167,7 @@ The space is reclaimed by the target's next GC (virtkeep gc).`,
 	f := cmd.Flags()
 	f.StringVar(&r.Target, "target", "", "only this target")
 	f.StringVar(&r.Domain, "domain", "", "only this domain")
+	f.StringArrayVar(&r.Hosts, "host", nil, "prune the points these hosts wrote too ('*': every host's); default: only this host's")
 	f.BoolVar(&r.DryRun, "dry-run", false, "remove nothing: print what would go and why the rest stays")
 	return cmd
 }

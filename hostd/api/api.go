@@ -94,8 +94,11 @@ type RunRequest struct {
 // PruneRequest prunes one target or all, one domain or all.
 type PruneRequest struct {
 	Target string `json:"target,omitempty"`
-	Domain string `json:"domain,omitempty"`
-	DryRun bool   `json:"dry_run,omitempty"`
+	Domain string `json:"domain,omitempty"` // a name or a UUID
+	// Hosts are other hosts whose points are pruned too ("*": every
+	// host's); a host prunes only its own points by default.
+	Hosts  []string `json:"hosts,omitempty"`
+	DryRun bool     `json:"dry_run,omitempty"`
 }
 
 // ProtectRequest protects or unprotects one point.
@@ -121,13 +124,15 @@ type GCRequest struct {
 
 // Decision is what prune decided for one point.
 type Decision struct {
-	Target  string    `json:"target"`
-	Point   string    `json:"point"`
-	Domain  string    `json:"domain"`
-	Time    time.Time `json:"time"`
-	Keep    bool      `json:"keep"`
-	Reasons []string  `json:"reasons,omitempty"` // the rules that keep it
-	Policy  string    `json:"policy,omitempty"`
+	Target     string    `json:"target"`
+	Point      string    `json:"point"`
+	Domain     string    `json:"domain"`
+	DomainUUID string    `json:"domain_uuid,omitempty"`
+	Host       string    `json:"host,omitempty"` // the host that wrote the point
+	Time       time.Time `json:"time"`
+	Keep       bool      `json:"keep"`
+	Reasons    []string  `json:"reasons,omitempty"` // the rules that keep it
+	Policy     string    `json:"policy,omitempty"`
 }
 
 // CopyReport is what copying one point did.

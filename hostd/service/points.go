@@ -10,6 +10,7 @@ import (
 
 	"github.com/virtkeep/virtkeep/hostd/api"
 	"github.com/virtkeep/virtkeep/hostd/catalog"
+	"github.com/virtkeep/virtkeep/hostd/virt"
 	"github.com/virtkeep/virtkeep/target"
 )
 
@@ -173,6 +174,9 @@ func (s *Service) resolve(ctx context.Context, spec, only string) (api.Point, er
 	if err != nil {
 		return api.Point{}, err
 	}
+	if err := s.domainOfName(ctx, &q); err != nil {
+		return api.Point{}, err
+	}
 	ps, err := s.cat.Points(ctx, q)
 	if err != nil {
 		return api.Point{}, err
@@ -205,6 +209,42 @@ func (s *Service) resolve(ctx context.Context, spec, only string) (api.Point, er
 		return api.Point{}, api.Errorf(api.CodeNotFound, "no point of domain %q at or before %s in %s", dom, when, where)
 	}
 	return ps[len(ps)-1], nil
+}
+
+// domainOfName makes q's domain, when it is a name, that of one domain:
+// the UUID libvirt here has for it, or else the one UUID the catalog's
+// points of that name have. Hosts sharing a target may each have a VM of
+// the name: a name that stands for several is refused, naming their UUIDs.
+func (s *Service) domainOfName(ctx context.Context, q *catalog.Query) error {
+	if q.Domain == "" || uuidRe.MatchString(q.Domain) {
+		return nil
+	}
+	if conn, err := s.libvirt(); err == nil {
+		if _, uuid, err := virt.DomainID(conn, q.Domain); err == nil {
+			q.Domain = uuid
+			return nil
+		}
+	}
+	ps, err := s.cat.Points(ctx, catalog.Query{Target: q.Target, Domain: q.Domain})
+	if err != nil {
+		return err
+	}
+	var uuids []string
+	for _, p := range ps {
+		if p.DomainUUID != "" && !slices.Contains(uuids, p.DomainUUID) {
+			uuids = append(uuids, p.DomainUUID)
+		}
+	}
+	switch len(uuids) {
+	case 0:
+		return nil
+	case 1:
+		q.Domain = uuids[0]
+		return nil
+	}
+	slices.Sort(uuids)
+	return api.Errorf(api.CodeBadRequest, "domain %q names %d domains in the targets (UUIDs %s): name one by its UUID (UUID@latest)",
+		q.Domain, len(uuids), strings.Join(uuids, ", "))
 }
 
 // parsePoint makes a catalog query of a point spec.

@@ -121,7 +121,7 @@ func (s *Service) pruneJob(ts []Target, r api.PruneRequest, rules func(target st
 			res := &api.JobResult{}
 			var failed []error
 			for _, t := range ts {
-				decs, err := s.pruneTarget(ctx, h, t, rules(t.Name), r.DryRun)
+				decs, err := s.pruneTarget(ctx, h, t, rules(t.Name), r.Hosts, r.DryRun)
 				res.Decisions = append(res.Decisions, decs...)
 				if err != nil {
 					failed = append(failed, fmt.Errorf("target %s: %w", t.Name, err))
@@ -186,7 +186,7 @@ func (s *Service) policyPrune(ctx context.Context, h *jobs.Handle, p *policy.Pol
 }
 
 // pruneTarget prunes one target, waiting while other writers hold it.
-func (s *Service) pruneTarget(ctx context.Context, h *jobs.Handle, t Target, rules func(string) (*target.Retention, string), dryRun bool) ([]api.Decision, error) {
+func (s *Service) pruneTarget(ctx context.Context, h *jobs.Handle, t Target, rules func(string) (*target.Retention, string), hosts []string, dryRun bool) ([]api.Decision, error) {
 	repo, err := s.open(ctx, t, false)
 	if errors.Is(err, target.ErrNotRepository) {
 		return nil, nil
@@ -198,17 +198,19 @@ func (s *Service) pruneTarget(ctx context.Context, h *jobs.Handle, t Target, rul
 	policyOf := map[string]string{}
 	var decs []target.Decision
 	err = waitLocked(ctx, h, func() error {
-		decs, err = repo.PruneBy(ctx, func(d string) *target.Retention {
-			r, p := rules(d)
-			policyOf[d] = p
+		decs, err = repo.PruneBy(ctx, func(newest *target.Manifest) *target.Retention {
+			r, p := rules(newest.Domain)
+			policyOf[newest.ChainKey()] = p
 			return r
-		}, dryRun)
+		}, pruneScope(repo.Host(), hosts), dryRun)
 		return err
 	})
 	var out []api.Decision
 	var gone []string
 	for _, d := range decs {
-		out = append(out, api.Decision{Target: t.Name, Point: d.ID, Domain: d.Domain, Time: d.Time, Keep: d.Keep, Reasons: d.Reasons, Policy: policyOf[d.Domain]})
+		key := target.ChainKey(d.DomainUUID, d.Domain)
+		out = append(out, api.Decision{Target: t.Name, Point: d.ID, Domain: d.Domain, DomainUUID: d.DomainUUID, Host: d.Host,
+			Time: d.Time, Keep: d.Keep, Reasons: d.Reasons, Policy: policyOf[key]})
 		if !d.Keep && !dryRun {
 			gone = append(gone, d.ID)
 		}
@@ -220,6 +222,15 @@ func (s *Service) pruneTarget(ctx context.Context, h *jobs.Handle, t Target, rul
 		h.Log().Info("pruned", "target", t.Name, "removed", len(gone), "kept", len(out)-len(gone))
 	}
 	return out, err
+}
+
+// pruneScope is the points a prune of this host looks at: its own, and
+// those of the hosts named ("*": all).
+func pruneScope(self string, named []string) target.PruneScope {
+	if slices.Contains(named, "*") {
+		return target.PruneScope{}
+	}
+	return target.PruneScope{Hosts: append([]string{self}, named...)}
 }
 
 // waitLocked runs fn again while it fails because another process holds
