@@ -236,23 +236,6 @@ func (x *packIndex) addPack(pack ID, es []packEntry, idxSize int64) {
 	}
 }
 
-// dropPacks forgets every chunk of the packs in gone.
-func (x *packIndex) dropPacks(gone map[ID]bool) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	nums := map[int32]bool{}
-	for id := range gone {
-		if k, ok := x.known[id]; ok {
-			nums[k.num] = true
-			delete(x.known, id)
-		}
-	}
-	if len(nums) == 0 {
-		return
-	}
-	maps.DeleteFunc(x.have, func(_ ref, l packLoc) bool { return nums[l.pack] })
-}
-
 // state says whether object id is stored or being packed (then up is the
 // pack it goes into).
 func (x *packIndex) state(id ref) (known bool, up *packUpload) {
@@ -289,9 +272,12 @@ func (x *packIndex) lookup(id ref) (ID, packLoc, bool) {
 }
 
 // loadPacks brings the pack index up to date with the backend: it reads
-// the indexes of packs it does not know and forgets packs that are gone
-// (a GC here or on another host). Entries of an index whose pack is
-// missing (a writer killed between the two puts) are not taken.
+// the indexes of packs it does not know. When a known pack is gone or its
+// index changed (a GC or a check here or on another host), it forgets
+// everything and reads every index again: the map keeps one location per
+// object, and an object of the gone pack may live in another known pack
+// too. Entries of an index whose pack is missing (a writer killed between
+// the two puts) are not taken.
 func (r *Repository) loadPacks(ctx context.Context) error {
 	if r.cfg.PackSize == 0 {
 		return nil // format 1: no packs, nothing to list
@@ -307,13 +293,16 @@ func (r *Repository) loadPacks(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	gone := map[ID]bool{}
 	for id := range known {
 		if p := found[id]; p == nil || !p.indexed || p.size < 0 || !unchanged(id, p.idxSize) {
-			gone[id] = true
+			if found, err = r.scanPacks(ctx, nil); err != nil {
+				return err
+			}
+			clear(known)
+			x.reset()
+			break
 		}
 	}
-	x.dropPacks(gone)
 	for _, id := range slices.SortedFunc(maps.Keys(found), compareIDs) {
 		p := found[id]
 		if unchanged(id, p.idxSize) || !p.indexed || p.size < 0 {
