@@ -150,13 +150,47 @@ func FuzzPackIndex(f *testing.F) {
 			}
 			return
 		}
+		var end int64
 		for _, e := range es {
 			if int64(e.off)+int64(e.n) > size || e.n <= headerLen {
 				t.Fatalf("entry %+v outside a pack of %d bytes", e, size)
 			}
+			if int64(e.off) < end {
+				t.Fatalf("entry %+v overlaps the one before", e)
+			}
+			end = int64(e.off) + int64(e.n)
 		}
 		if !bytes.Equal(encodePackIndex(pack, es), plain) {
 			t.Fatal("decoded index does not encode to its bytes")
 		}
 	})
+}
+
+// TestPackIndexBounds: an unauthenticated (unencrypted) repository's pack
+// index cannot make a reader hold more than its pack could: entries that
+// overlap, or more of them than fit the pack, are refused before they are
+// decoded; the map refuses to grow past maxIndexEntries.
+func TestPackIndexBounds(t *testing.T) {
+	pack := ID{7}
+	chunkMax := maxObject(typeChunk, DefaultChunkSize)
+	var many []packEntry
+	for i := range 100000 {
+		many = append(many, packEntry{ref: ref{typeChunk, ID{byte(i), byte(i >> 8), byte(i >> 16)}}, off: 0, n: headerLen + 1})
+	}
+	if _, err := decodePackIndex(encodePackIndex(pack, many), pack, 4096, chunkMax); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("100,000 entries into a pack of 4 KiB: %v", err)
+	}
+	overlap := []packEntry{{ref: ref{typeChunk, ID{1}}, off: 0, n: 100}, {ref: ref{typeChunk, ID{2}}, off: 50, n: 100}}
+	if _, err := decodePackIndex(encodePackIndex(pack, overlap), pack, 1<<20, chunkMax); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("overlapping entries: %v", err)
+	}
+	x := newPackIndex()
+	x.limit = 3
+	two := []packEntry{{ref: ref{typeChunk, ID{1}}, off: 0, n: 100}, {ref: ref{typeChunk, ID{2}}, off: 100, n: 100}}
+	if err := x.addPack(ID{1}, two, 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.addPack(ID{2}, two, 10); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("a pack past the map's bound: %v", err)
+	}
 }

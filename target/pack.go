@@ -28,7 +28,19 @@ const (
 	packEntryLen    = 1 + 32 + 4 + 4 // type, ID, offset, length
 	// packIndexLoaders is how many pack indexes are read at once.
 	packIndexLoaders = 16
+	// maxPackEntries is the most objects a writer puts in one pack;
+	// readers refuse an index of more than maxPackIndexEntries.
+	maxPackEntries      = 1 << 18
+	maxPackIndexEntries = 1 << 20
+	// maxIndexEntries bounds the objects the in-memory pack map holds
+	// (about 100 bytes each): 2^25 chunks of 256 KiB are 8 TiB of unique
+	// data. A repository that lists more is refused, not loaded.
+	maxIndexEntries = 1 << 25
 )
+
+// ErrTooLarge is wrapped by the error for a repository whose pack indexes
+// list more objects than this host will hold in memory.
+var ErrTooLarge = errors.New("repository index too large")
 
 func packKey(id ID) string      { h := id.String(); return "packs/" + h[:2] + "/" + h }
 func packIndexKey(id ID) string { h := id.String(); return "packindex/" + h[:2] + "/" + h }
@@ -64,6 +76,8 @@ func encodePackIndex(pack ID, es []packEntry) []byte {
 
 // decodePackIndex parses the index of pack, a pack of size bytes, and
 // checks every entry against it.
+// Entries are in pack order and do not overlap (as packers write them), so
+// an index lists at most one object per headerLen+1 bytes of its pack.
 func decodePackIndex(plain []byte, pack ID, size int64, chunkMax int64) ([]packEntry, error) {
 	if len(plain) < 32 || (len(plain)-32)%packEntryLen != 0 {
 		return nil, corrupt("pack index of %d bytes", len(plain))
@@ -71,7 +85,12 @@ func decodePackIndex(plain []byte, pack ID, size int64, chunkMax int64) ([]packE
 	if ID(plain[:32]) != pack {
 		return nil, corrupt("pack index names pack %s", ID(plain[:32]))
 	}
-	es := make([]packEntry, 0, (len(plain)-32)/packEntryLen)
+	n := (len(plain) - 32) / packEntryLen
+	if n > maxPackIndexEntries || int64(n) > size/(headerLen+1) {
+		return nil, corrupt("pack index lists %d objects in a pack of %d bytes", n, size)
+	}
+	es := make([]packEntry, 0, n)
+	var end int64 // where the previous entry ends
 	for p := plain[32:]; len(p) > 0; p = p[packEntryLen:] {
 		e := packEntry{ref: ref{typ: p[0], id: ID(p[1:33])}, off: binary.BigEndian.Uint32(p[33:]), n: binary.BigEndian.Uint32(p[37:])}
 		if e.typ != typeChunk && e.typ != typePage {
@@ -80,6 +99,10 @@ func decodePackIndex(plain []byte, pack ID, size int64, chunkMax int64) ([]packE
 		if e.n <= headerLen || int64(e.n) > chunkMax || int64(e.off)+int64(e.n) > size {
 			return nil, corrupt("pack index entry %s at %d+%d outside the pack's %d bytes", e.id, e.off, e.n, size)
 		}
+		if int64(e.off) < end {
+			return nil, corrupt("pack index entry %s at %d overlaps the one before it (to %d)", e.id, e.off, end)
+		}
+		end = int64(e.off) + int64(e.n)
 		es = append(es, e)
 	}
 	return es, nil
@@ -185,6 +208,8 @@ func (r *Repository) readPackIndexes(ctx context.Context, ps []*packInfo) error 
 type packIndex struct {
 	loadMu sync.Mutex // one load at a time
 
+	limit int // the most objects held: maxIndexEntries
+
 	mu      sync.Mutex
 	names   []ID             // pack IDs, by packLoc.pack
 	known   map[ID]knownPack // pack ID -> what is known of it
@@ -206,7 +231,7 @@ type packLoc struct {
 }
 
 func newPackIndex() *packIndex {
-	return &packIndex{known: map[ID]knownPack{}, have: map[ref]packLoc{}, pending: map[ref]*packUpload{}}
+	return &packIndex{limit: maxIndexEntries, known: map[ID]knownPack{}, have: map[ref]packLoc{}, pending: map[ref]*packUpload{}}
 }
 
 // reset forgets every pack (they are read again when needed).
@@ -217,10 +242,13 @@ func (x *packIndex) reset() {
 }
 
 // addPack records pack's chunks (a chunk already in another pack keeps its
-// place there).
-func (x *packIndex) addPack(pack ID, es []packEntry, idxSize int64) {
+// place there). It refuses to hold more than x.limit objects.
+func (x *packIndex) addPack(pack ID, es []packEntry, idxSize int64) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	if len(x.have)+len(es) > x.limit {
+		return fmt.Errorf("%s: %w: more than %d objects listed in pack indexes", packIndexKey(pack), ErrTooLarge, x.limit)
+	}
 	k, ok := x.known[pack]
 	if !ok {
 		k.num = int32(len(x.names))
@@ -234,6 +262,7 @@ func (x *packIndex) addPack(pack ID, es []packEntry, idxSize int64) {
 			x.have[e.ref] = packLoc{pack: n, off: e.off, n: e.n}
 		}
 	}
+	return nil
 }
 
 // state says whether object id is stored or being packed (then up is the
@@ -312,7 +341,9 @@ func (r *Repository) loadPacks(ctx context.Context) error {
 			r.log.Warn("pack index damaged: its chunks are not used", "pack", packKey(id), "err", p.indexErr)
 			continue
 		}
-		x.addPack(id, p.entries, p.idxSize)
+		if err := x.addPack(id, p.entries, p.idxSize); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -433,7 +464,7 @@ func (pk *packer) add(ctx context.Context, id ref, put func(pack []byte) []byte)
 	pk.buf = put(pk.buf)
 	pk.entries = append(pk.entries, packEntry{ref: id, off: uint32(off), n: uint32(len(pk.buf) - off)})
 	var full func() error
-	if len(pk.buf) >= pk.r.cfg.PackSize {
+	if len(pk.buf) >= pk.r.cfg.PackSize || len(pk.entries) >= maxPackEntries {
 		full = pk.detach(ctx)
 	}
 	pk.mu.Unlock()
@@ -490,10 +521,12 @@ func (pk *packer) store(ctx context.Context, buf []byte, es []packEntry, up *pac
 		err = r.b.Put(ctx, packIndexKey(pack), idx)
 	}
 	<-r.packSem
+	if err == nil {
+		err = x.addPack(pack, es, int64(len(idx)))
+	}
 	if err != nil {
 		err = fmt.Errorf("store %s: %w", packKey(pack), err)
 	} else {
-		x.addPack(pack, es, int64(len(idx)))
 		chunks := 0
 		for _, e := range es {
 			if e.typ == typeChunk {
