@@ -47,6 +47,10 @@ type lockInfo struct {
 	Owner
 	Exclusive bool      `json:"exclusive"`
 	Time      time.Time `json:"time"` // the holder's clock: shown, never compared
+	// Point and What are set on holds (holds/): the point held, and by
+	// what (a session).
+	Point string `json:"point,omitempty"`
+	What  string `json:"what,omitempty"`
 }
 
 // Lock is a held repository lock. Its holder refreshes it until Unlock.
@@ -123,11 +127,8 @@ func (o Owner) deadHere(self Owner) bool {
 // Other locks are judged stale by the backend's own modification times,
 // compared with our freshly written lock's, so hosts' clocks never meet.
 func (r *Repository) Lock(ctx context.Context, exclusive bool) (*Lock, error) {
-	var rnd [8]byte
-	_, _ = rand.Read(rnd[:])
-	l := &Lock{r: r, key: "locks/" + hex.EncodeToString(rnd[:]), stale: r.lockStale,
-		info: lockInfo{Owner: r.owner, Exclusive: exclusive, Time: r.now().UTC()}}
-	if err := l.write(ctx); err != nil {
+	l, err := r.newLock(ctx, "locks/", lockInfo{Owner: r.owner, Exclusive: exclusive, Time: r.now().UTC()})
+	if err != nil {
 		return nil, err
 	}
 	conflict, err := r.conflict(ctx, l, exclusive)
@@ -142,9 +143,25 @@ func (r *Repository) Lock(ctx context.Context, exclusive bool) (*Lock, error) {
 		_ = r.b.Delete(context.WithoutCancel(ctx), l.key)
 		return nil, err
 	}
+	l.start()
+	return l, nil
+}
+
+// newLock writes a new lock object under prefix (locks/ or holds/).
+func (r *Repository) newLock(ctx context.Context, prefix string, info lockInfo) (*Lock, error) {
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	l := &Lock{r: r, key: prefix + hex.EncodeToString(rnd[:]), stale: r.lockStale, info: info}
+	if err := l.write(ctx); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// start refreshes l until Unlock.
+func (l *Lock) start() {
 	l.stop, l.done = make(chan struct{}), make(chan struct{})
 	go l.refresh()
-	return l, nil
 }
 
 // conflict returns a live lock other than l that conflicts with a lock of

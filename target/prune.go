@@ -62,6 +62,13 @@ func (r *Repository) DeletePoint(ctx context.Context, id string) error {
 	if prot[id] {
 		return fmt.Errorf("delete %s: %w", id, ErrProtected)
 	}
+	held, err := r.holds(ctx, lock)
+	if err != nil {
+		return err
+	}
+	if why, ok := held[id]; ok {
+		return fmt.Errorf("delete %s: %w: %s", id, ErrHeld, why)
+	}
 	if _, err := r.b.Stat(ctx, "points/"+id); errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("delete %s: %w", id, ErrNoPoint)
 	}
@@ -296,6 +303,10 @@ func (r *Repository) PruneBy(ctx context.Context, rules func(newest *Manifest) *
 	if err != nil {
 		return nil, err
 	}
+	held, err := r.holds(ctx, lock)
+	if err != nil {
+		return nil, fmt.Errorf("prune: %w", err)
+	}
 	var decs []Decision
 	for _, ms := range groupByDomain(all) {
 		p := rules(ms[0])
@@ -306,6 +317,11 @@ func (r *Repository) PruneBy(ctx context.Context, rules func(newest *Manifest) *
 			return nil, fmt.Errorf("domain %s: %w", ms[0].Domain, err)
 		}
 		decs = append(decs, Decide(ms, *p, prot, r.now())...)
+	}
+	for i := range decs {
+		if why, ok := held[decs[i].ID]; ok {
+			decs[i].Keep, decs[i].Reasons = true, append(decs[i].Reasons, why)
+		}
 	}
 	if dryRun {
 		return decs, nil

@@ -244,6 +244,7 @@ func TestDaemonEndToEnd(t *testing.T) {
       pre_freeze: [{path: /bin/sh, args: [-c, "echo hello-from-hook"], timeout: 20s}]
       post_thaw: [{path: /bin/sh, args: [-c, "echo bye-from-hook"]}]
     targets: [local]
+    retention: [{keep_last: 1}]
 `, g.Name))), 0o600)
 	d := startDaemon(t, dbin, cfg)
 
@@ -353,6 +354,17 @@ func TestDaemonEndToEnd(t *testing.T) {
 	}
 	if code, out, _ := cli(t, bin, cfg, "job", "log", hooked); code != 0 || !strings.Contains(out, "hello-from-hook") || !strings.Contains(out, "bye-from-hook") {
 		t.Fatalf("the hooks' output is not in the backup's log: %d %s", code, out)
+	}
+	// The run's prune (keep_last 1) keeps the point the mount reads: the
+	// mount's server holds it in the repository, and the mount still reads.
+	if code, out, _ := cli(t, bin, cfg, "--json", "info", first); code != 0 || !strings.Contains(out, first) {
+		t.Fatalf("the mounted point after the run's prune: %d %s", code, out)
+	}
+	if code, out, _ := cli(t, bin, cfg, "--json", "prune", "--dry-run"); code != 0 || !strings.Contains(out, "held by a session of virtkeepd") {
+		t.Fatalf("prune --dry-run does not say the mounted point is held: %d %s", code, out)
+	}
+	if got, err := os.ReadFile(filepath.Join(mnt, "disk", "hello.txt")); err != nil || string(got) != "through the daemon\n" {
+		t.Fatalf("file in the mount after the prune: %q %v", got, err)
 	}
 	before := checkpoints(t, g)
 

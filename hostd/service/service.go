@@ -336,7 +336,7 @@ func codeOf(err error) api.Code {
 	case errors.Is(err, libvirt.ERR_NO_DOMAIN), errors.Is(err, target.ErrNoPoint), errors.Is(err, catalog.ErrNotFound), errors.Is(err, jobs.ErrNotLive),
 		errors.Is(err, mount.ErrNotMounted):
 		return api.CodeNotFound
-	case errors.Is(err, jobs.ErrBusy), errors.Is(err, ErrHostBusy):
+	case errors.Is(err, jobs.ErrBusy), errors.Is(err, ErrHostBusy), errors.Is(err, target.ErrHeld):
 		return api.CodeBusy
 	case errors.Is(err, jobs.ErrShutdown):
 		return api.CodeShutdown

@@ -65,11 +65,18 @@ func (s *Service) holder(pid int) string {
 }
 
 // startNBD serves point p (one disk, or all) read-only on ln's address in
-// this process until the session ends.
+// this process until the session ends. The point is held in its
+// repository meanwhile (target.Hold), so no prune or GC on any host
+// removes what the server reads.
 func (s *Service) startNBD(ctx context.Context, t Target, p api.Point, disk string, ln net.Listener) (*liveSession, []nbd.Export, error) {
 	repo, err := s.open(ctx, t, false)
 	if err != nil {
 		return nil, nil, err
+	}
+	hold, err := repo.Hold(ctx, p.ID, fmt.Sprintf("a session of %s", s.holder(os.Getpid())))
+	if err != nil {
+		repo.Close()
+		return nil, nil, coded(err)
 	}
 	m, err := repo.Point(ctx, p.ID)
 	if err == nil {
@@ -85,9 +92,13 @@ func (s *Service) startNBD(ctx context.Context, t Target, p api.Point, disk stri
 					s.log.Error("NBD server", "point", p.ID, "err", err)
 				}
 			}()
-			return &liveSession{srv: srv, closer: func() { repo.Close() }}, xs, nil
+			return &liveSession{srv: srv, closer: func() {
+				_ = hold.Release(context.WithoutCancel(ctx))
+				repo.Close()
+			}}, xs, nil
 		}
 	}
+	_ = hold.Release(context.WithoutCancel(ctx))
 	repo.Close()
 	return nil, nil, err
 }
