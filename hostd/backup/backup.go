@@ -11,7 +11,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"regexp"
 	"sync"
@@ -400,6 +399,10 @@ func (b *run) phase(name string, since time.Time) {
 	b.log.Info("backup phase", "phase", name, "took", ms(time.Since(since)))
 }
 
+// maxFirmware bounds an NVRAM or TPM state file (OVMF's variables are
+// 128 KiB to 4 MiB, a TPM's state some KiB).
+const maxFirmware = 64 << 20
+
 // saveFirmware stores the domain's NVRAM (UEFI variables) and software TPM
 // state with the point.
 func (b *run) saveFirmware(ctx context.Context, pw *target.PointWriter) error {
@@ -407,7 +410,7 @@ func (b *run) saveFirmware(ctx context.Context, pw *target.PointWriter) error {
 		return nil
 	}
 	if b.dx.OS != nil && b.dx.OS.NVRam != nil && b.dx.OS.NVRam.NVRam != "" {
-		data, err := os.ReadFile(b.dx.OS.NVRam.NVRam)
+		data, err := statedir.ReadGuestFile(b.dx.OS.NVRam.NVRam, maxFirmware, statedir.GuestOwners()...)
 		if err != nil {
 			return fmt.Errorf("read NVRAM %s: %w", b.dx.OS.NVRam.NVRam, err)
 		}
@@ -417,7 +420,7 @@ func (b *run) saveFirmware(ctx context.Context, pw *target.PointWriter) error {
 	}
 	if b.dx.Devices != nil && len(b.dx.Devices.TPMs) > 0 {
 		p := filepath.Join("/var/lib/libvirt/swtpm", b.uuid, "tpm2", "tpm2-00.permall")
-		data, err := os.ReadFile(p)
+		data, err := statedir.ReadGuestFile(p, maxFirmware, statedir.GuestOwners()...)
 		if err != nil {
 			b.log.Warn("TPM state not saved", "path", p, "err", err)
 			return nil

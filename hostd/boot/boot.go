@@ -89,8 +89,9 @@ func (e *Booter) Boot(ctx context.Context, repo *target.Repository, r Request) (
 	if err != nil {
 		return nil, fmt.Errorf("boot: %w", err)
 	}
-	if err := os.MkdirAll(r.Dir, 0o755); err != nil {
-		return nil, err
+	// Overlays are created here as root: nobody else may plant a link.
+	if err := statedir.MkdirTrusted(r.Dir); err != nil {
+		return nil, fmt.Errorf("boot: %w", err)
 	}
 	// The NBD socket serves the decrypted point: its directory is open to
 	// QEMU's group only.

@@ -107,14 +107,13 @@ func (e *Mounter) Mount(ctx context.Context, r Request) (_ *State, err error) {
 		return nil, err
 	}
 	// The guest's files are readable by whoever reaches them: only root.
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// The directory (made if missing, its parent must be there) must be a
+	// real one root owns: a symlink planted there would be followed.
+	if err := statedir.Private(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("mount: %w", err)
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) > 0 {
 		return nil, fmt.Errorf("mount: %s is not empty", dir)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("mount: %w", err)
 	}
 	if _, err := os.Stat(e.statePath(dir)); err == nil {
 		return nil, fmt.Errorf("mount: %s is already a virtkeep mount (virtkeep umount %s)", dir, dir)

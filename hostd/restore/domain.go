@@ -13,6 +13,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/virtkeep/virtkeep/hostd/domain"
+	"github.com/virtkeep/virtkeep/hostd/statedir"
 	"github.com/virtkeep/virtkeep/hostd/virt"
 	"github.com/virtkeep/virtkeep/target"
 )
@@ -116,7 +117,7 @@ func (e *Restorer) Domain(ctx context.Context, repo *target.Repository, point st
 	if err != nil {
 		return "", fmt.Errorf("restore: %w", err)
 	}
-	if err := os.MkdirAll(r.Dir, 0o755); err != nil {
+	if err := statedir.MkdirTrusted(r.Dir); err != nil {
 		return "", fmt.Errorf("restore: %w", err)
 	}
 	var made []string
@@ -157,7 +158,7 @@ func (e *Restorer) Domain(ctx context.Context, repo *target.Repository, point st
 				return "", fmt.Errorf("restore: NVRAM: %w", err)
 			}
 			p := filepath.Join(r.Dir, r.Name+"_VARS.fd")
-			if err := os.WriteFile(p, data, 0o600); err != nil {
+			if err := statedir.CreateFile(p, data, 0o600); err != nil {
 				return "", err
 			}
 			made = append(made, p)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/virtkeep/virtkeep/hostd/chain"
 	"github.com/virtkeep/virtkeep/hostd/jobs"
 	"github.com/virtkeep/virtkeep/hostd/restore"
+	"github.com/virtkeep/virtkeep/hostd/statedir"
 	"github.com/virtkeep/virtkeep/hostd/virt"
 	"github.com/virtkeep/virtkeep/target"
 )
@@ -250,8 +250,8 @@ func (s *Service) runRestore(ctx context.Context, h *jobs.Handle, t Target, p ap
 		h.Log().Info("domain restored", "domain", name, "uuid", uuid, "point", p.ID)
 		return &api.JobResult{Point: &p, Domain: name, UUID: uuid, Dir: r.To}, nil
 	}
-	if err := os.MkdirAll(r.To, 0o755); err != nil {
-		return nil, err
+	if err := statedir.MkdirTrusted(r.To); err != nil {
+		return nil, coded(err)
 	}
 	files, err := s.restoreDisks(ctx, repo, p, r, progress)
 	if err != nil {

@@ -21,6 +21,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrNotPrivate is wrapped by errors for a directory virtkeep keeps state,
@@ -29,6 +31,24 @@ var ErrNotPrivate = errors.New("directory is not private to virtkeep")
 
 // qemuUsers are the accounts libvirt runs QEMU as (Debian, then Fedora).
 var qemuUsers = []string{"libvirt-qemu", "qemu"}
+
+// GuestOwners are the users a guest's processes run as, who may own its
+// NVRAM and TPM state: QEMU's, and swtpm's (tss on Debian, swtpm on
+// Fedora).
+func GuestOwners() []int {
+	out := []int{}
+	if uid, _ := QEMUIDs(); uid != 0 {
+		out = append(out, uid)
+	}
+	for _, name := range []string{"tss", "swtpm"} {
+		if u, err := user.Lookup(name); err == nil {
+			if uid, err := strconv.Atoi(u.Uid); err == nil {
+				out = append(out, uid)
+			}
+		}
+	}
+	return out
+}
 
 // QEMUIDs returns the user and group libvirt's QEMU runs as; root when
 // neither account exists (QEMU then runs as root).
@@ -50,29 +70,31 @@ func QEMUIDs() (uid, gid int) {
 // Dir is a state directory (state_dir).
 type Dir string
 
-// Private makes dir (if missing) and checks it: a real directory (no
-// symlink), ours (the user virtkeep runs as) and with exactly mode. One
-// someone else owns is refused, since whoever owns it could swap what we
-// put in it.
+// Private makes dir (if missing) and checks it: a real directory (not a
+// symlink), ours (the user virtkeep runs as) and with exactly
+// mode, set through the directory itself, not its name. One someone else
+// owns is refused, since whoever owns it could swap what we put in it.
 func Private(dir string, mode fs.FileMode) error {
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	}
-	fi, err := os.Lstat(dir)
+	fd, err := openNoFollow(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if errors.Is(err, unix.ENOTDIR) {
+		return fmt.Errorf("%s is not a directory: %w", dir, ErrNotPrivate)
+	}
 	if err != nil {
+		return fmt.Errorf("%s: %w (%w)", dir, err, ErrNotPrivate)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	switch {
-	case !fi.IsDir():
-		return fmt.Errorf("%s is not a directory (%s): %w", dir, fi.Mode().Type(), ErrNotPrivate)
-	case !ok:
-		return fmt.Errorf("%s: no owner: %w", dir, ErrNotPrivate)
-	case int(st.Uid) != os.Geteuid():
+	if int(st.Uid) != os.Geteuid() {
 		return fmt.Errorf("%s is owned by uid %d: %w", dir, st.Uid, ErrNotPrivate)
 	}
-	if fi.Mode().Perm() != mode {
-		return os.Chmod(dir, mode)
+	if fs.FileMode(st.Mode).Perm() != mode {
+		return unix.Fchmod(fd, uint32(mode))
 	}
 	return nil
 }
