@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Consistency levels.
@@ -230,8 +232,51 @@ func (f *Freezer) runHook(ctx context.Context, kind string, h Hook) error {
 
 // ExecResult is what a command run in the guest did.
 type ExecResult struct {
-	ExitCode       int
+	ExitCode int
+	// Stdout and Stderr are the command's output as text safe to log, show
+	// on a terminal or mail: at most MaxOutput bytes each, control
+	// characters but newline and tab replaced.
 	Stdout, Stderr string
+}
+
+// MaxOutput is how much of a guest command's standard output and error is
+// kept: the agent returns up to 16 MiB of each, which job logs, errors and
+// notifications must not carry.
+const MaxOutput = 16 << 10
+
+// guestText decodes what the agent captured (base64) into Printable text
+// of at most MaxOutput bytes, saying how much more there was.
+func guestText(b64 string) string {
+	raw, _ := base64.StdEncoding.DecodeString(b64[:min(len(b64), base64.StdEncoding.EncodedLen(MaxOutput+3))])
+	total := base64.StdEncoding.DecodedLen(len(b64)) - strings.Count(b64[max(0, len(b64)-2):], "=")
+	return Printable(string(raw[:min(len(raw), MaxOutput)]), MaxOutput, total-min(len(raw), MaxOutput))
+}
+
+// Printable makes text a guest chose (or that carries what it chose: a
+// hook's output in a log line, an error) safe for a terminal, a log or a
+// mail: control characters but newline and tab, and invalid UTF-8, become
+// U+FFFD, so no escape sequence reaches a screen; it is cut at max bytes,
+// and a note says how many bytes were left out (more, plus what was cut).
+func Printable(s string, max, more int) string {
+	if len(s) > max {
+		more += len(s) - max
+		s = s[:max]
+	}
+	var b strings.Builder
+	for len(s) > 0 {
+		r, n := utf8.DecodeRuneInString(s)
+		switch {
+		case r == utf8.RuneError && n <= 1, r != '\n' && r != '\t' && unicode.IsControl(r):
+			b.WriteRune(utf8.RuneError)
+		default:
+			b.WriteString(s[:n])
+		}
+		s = s[n:]
+	}
+	if more > 0 {
+		fmt.Fprintf(&b, " [%d more bytes not kept]", more)
+	}
+	return b.String()
 }
 
 // ErrExecTimeout means a guest command did not finish in time (it may still
@@ -263,9 +308,7 @@ func Exec(ctx context.Context, a Agent, path string, args []string) (ExecResult,
 			return res, err
 		}
 		if st.Exited {
-			out, _ := base64.StdEncoding.DecodeString(st.OutData)
-			errb, _ := base64.StdEncoding.DecodeString(st.ErrData)
-			res = ExecResult{ExitCode: st.ExitCode, Stdout: string(out), Stderr: string(errb)}
+			res = ExecResult{ExitCode: st.ExitCode, Stdout: guestText(st.OutData), Stderr: guestText(st.ErrData)}
 			if st.Signal != 0 {
 				res.ExitCode = 128 + st.Signal
 			}

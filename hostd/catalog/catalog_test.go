@@ -129,6 +129,46 @@ func TestJobsAndLogs(t *testing.T) {
 	}
 }
 
+// TestExpireJobs: jobs that ended before the cutoff go with their logs;
+// running ones, recent ones and a policy's newest run of each kind stay.
+func TestExpireJobs(t *testing.T) {
+	ctx := context.Background()
+	c, err := Open(ctx, filepath.Join(t.TempDir(), "catalog.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	now := time.Now().UTC()
+	long := now.AddDate(0, 0, -200)
+	jobs := []api.Job{
+		{ID: "20260101T020000Z-00000001", Kind: api.KindBackup, State: api.Succeeded, Created: long, Ended: long},                                      // goes
+		{ID: "20260101T020000Z-00000002", Kind: api.KindBackup, State: api.Running, Created: long, Started: long},                                      // running: stays
+		{ID: "20261201T020000Z-00000003", Kind: api.KindBackup, State: api.Failed, Created: now, Ended: now},                                           // recent: stays
+		{ID: "20260101T020000Z-00000004", Kind: api.KindPolicy, Policy: "monthly", State: api.Succeeded, Created: long, Ended: long},                   // the policy's last: stays
+		{ID: "20251201T020000Z-00000005", Kind: api.KindPolicy, Policy: "monthly", State: api.Succeeded, Created: long.AddDate(0, -1, 0), Ended: long}, // older run: goes
+	}
+	for _, j := range jobs {
+		if err := c.SaveJob(ctx, j, 1, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.AppendLog(ctx, api.LogLine{Job: j.ID, Seq: 1, Time: j.Created, Level: "INFO", Message: "x"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := c.ExpireJobs(ctx, now.AddDate(0, 0, -90))
+	if err != nil || n != 2 {
+		t.Fatalf("expired %d, %v: want 2", n, err)
+	}
+	left, _ := c.Jobs(ctx, JobQuery{})
+	if len(left) != 3 {
+		t.Fatalf("%d jobs left, want 3", len(left))
+	}
+	var logs int
+	if err := c.db.QueryRowContext(ctx, `SELECT count(*) FROM job_logs`).Scan(&logs); err != nil || logs != 3 {
+		t.Fatalf("%d log lines left (%v), want 3", logs, err)
+	}
+}
+
 // TestListTenThousand: list of 10,000 points (two disks each) from the
 // catalog, measured.
 func TestListTenThousand(t *testing.T) {

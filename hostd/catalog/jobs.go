@@ -115,6 +115,26 @@ func (c *DB) UnfinishedJobs(ctx context.Context) ([]Unfinished, error) {
 	return out, rows.Err()
 }
 
+// ExpireJobs removes the jobs that ended before cutoff, with their log
+// lines, and says how many went: the catalog must not grow for ever. A
+// policy's newest job of each kind stays (its last result is shown).
+func (c *DB) ExpireJobs(ctx context.Context, cutoff time.Time) (int64, error) {
+	var n int64
+	err := c.tx(ctx, func(tx *sql.Tx) error {
+		const old = `SELECT id FROM jobs j WHERE ended_ns > 0 AND ended_ns < ? AND NOT (policy != '' AND created_ns =
+			(SELECT max(created_ns) FROM jobs k WHERE k.policy = j.policy AND k.kind = j.kind))`
+		if _, err := tx.ExecContext(ctx, `DELETE FROM job_logs WHERE job IN (`+old+`)`, ns(cutoff)); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `DELETE FROM jobs WHERE id IN (`+old+`)`, ns(cutoff))
+		if err == nil {
+			n, err = res.RowsAffected()
+		}
+		return err
+	})
+	return n, err
+}
+
 // AppendLog records one log line of a job.
 func (c *DB) AppendLog(ctx context.Context, l api.LogLine) error {
 	attrs, _ := json.Marshal(l.Attrs)

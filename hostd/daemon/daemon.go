@@ -147,6 +147,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}()
 	go watchFrozen(wctx, svc, log, orDefault(cfg.ThawInterval, time.Second))
 	go every(wctx, orDefault(cfg.ReconcileInterval, 10*time.Minute), func() { svc.ReconcileAll(wctx) })
+	svc.ExpireJobs(wctx)
+	go every(wctx, time.Hour, func() { svc.ExpireJobs(wctx) })
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)

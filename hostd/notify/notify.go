@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/virtkeep/virtkeep/guestagent"
 	"github.com/virtkeep/virtkeep/hostd/api"
 	"github.com/virtkeep/virtkeep/target"
 )
@@ -128,6 +129,7 @@ func (n *Notifier) Ended(j api.Job) {
 		if n.cfg.Tail != nil {
 			m.Log = n.cfg.Tail(ctx, j.ID)
 		}
+		m = bounded(m)
 		if hook {
 			if err := n.post(ctx, m); err != nil {
 				n.cfg.Log.Error("webhook not delivered", "job", j.ID, "err", err)
@@ -139,6 +141,44 @@ func (n *Notifier) Ended(j api.Job) {
 			}
 		}
 	}()
+}
+
+const (
+	// maxField bounds a summary, an error or a log line in a notification.
+	maxField = 4 << 10
+	// maxLines and maxLog bound the log lines a notification carries.
+	maxLines = 50
+	maxLog   = 128 << 10
+)
+
+// bounded makes m fit a mail or a webhook: its texts may carry what a
+// guest chose (a hook's output, an error naming it), so each is made
+// printable and cut at maxField bytes, and of the log the last lines, at
+// most maxLines and maxLog bytes, are kept.
+func bounded(m Message) Message {
+	clip := func(s string) string { return guestagent.Printable(s, maxField, 0) }
+	m.Summary, m.Job.Error = clip(m.Summary), clip(m.Job.Error)
+	var kept []api.LogLine
+	size := 0
+	for i := len(m.Log) - 1; i >= 0 && len(kept) < maxLines; i-- {
+		l := m.Log[i]
+		l.Message = clip(l.Message)
+		n := len(l.Message)
+		attrs := make(map[string]string, len(l.Attrs))
+		for k, v := range l.Attrs {
+			k, v = clip(k), clip(v)
+			attrs[k] = v
+			n += len(k) + len(v)
+		}
+		if size += n; size > maxLog {
+			break
+		}
+		l.Attrs = attrs
+		kept = append(kept, l)
+	}
+	slices.Reverse(kept)
+	m.Log = kept
+	return m
 }
 
 // Wait waits for the notifications under way (at shutdown).

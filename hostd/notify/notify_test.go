@@ -62,3 +62,27 @@ func TestWebhookRetriesAndMail(t *testing.T) {
 		t.Fatalf("mail %s with %s", mail, args)
 	}
 }
+
+// TestNotificationBounded: a hook that printed 12 MiB with escape
+// sequences makes a notification of bounded size with no control
+// character but newline and tab.
+func TestNotificationBounded(t *testing.T) {
+	junk := strings.Repeat("\x1b[2J\x1b]0;owned\x07A", 1<<20)
+	var lines []api.LogLine
+	for i := range 500 {
+		lines = append(lines, api.LogLine{Seq: int64(i), Message: "hook ran", Attrs: map[string]string{"stdout": junk}})
+	}
+	m := bounded(Message{Summary: "backup failed: " + junk, Job: api.Job{Error: junk}, Log: lines})
+	b, _ := json.Marshal(m)
+	if len(b) > 256<<10 {
+		t.Fatalf("notification of %d bytes", len(b))
+	}
+	for _, s := range []string{m.Summary, m.Job.Error, m.Log[0].Attrs["stdout"]} {
+		if strings.ContainsAny(s, "\x1b\x07") {
+			t.Fatalf("control characters kept: %q", s[:40])
+		}
+	}
+	if len(m.Log) == 0 || m.Log[len(m.Log)-1].Seq != 499 {
+		t.Fatalf("the last log lines are not kept: %d lines", len(m.Log))
+	}
+}

@@ -211,6 +211,25 @@ func (s *Service) ThawOrphans(ctx context.Context) error {
 	return h.Thaw(ctx)
 }
 
+// DefaultJobRetention is how long ended jobs stay in the catalog.
+const DefaultJobRetention = 90 * 24 * time.Hour
+
+// ExpireJobs removes the jobs (and their logs) that ended longer than the
+// job retention ago; the daemon calls it at start and every hour.
+func (s *Service) ExpireJobs(ctx context.Context) {
+	keep := s.cfg.JobRetention
+	if keep <= 0 {
+		keep = DefaultJobRetention
+	}
+	n, err := s.cat.ExpireJobs(ctx, s.cfg.Clock().Add(-keep))
+	switch {
+	case err != nil:
+		s.log.Error("expiring old jobs", "err", err)
+	case n > 0:
+		s.log.Info("expired old jobs and their logs", "jobs", n, "older_than", keep.String())
+	}
+}
+
 // Healthy reports whether the job engine and the catalog answer within a
 // few seconds (the daemon feeds the watchdog only then).
 func (s *Service) Healthy(ctx context.Context) error {

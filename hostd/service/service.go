@@ -63,6 +63,9 @@ type Config struct {
 	BootFileDirs     []string
 	MaxJobs          int
 	MaxJobsPerTarget int
+	// JobRetention is how long ended jobs and their logs stay in the
+	// catalog (default DefaultJobRetention).
+	JobRetention time.Duration
 	// RetryBackoff is the wait before retrying a job after a transient
 	// error (default 5 s).
 	RetryBackoff time.Duration

@@ -66,6 +66,10 @@ type Config struct {
 	// ReconcileInterval is how often the daemon compares the catalog with
 	// each target (points added or removed by another host).
 	ReconcileInterval time.Duration `mapstructure:"reconcile_interval"`
+	// JobRetention is how long ended jobs and their logs are kept in the
+	// catalog: "90d" (days and weeks allowed).
+	JobRetention string `mapstructure:"job_retention"`
+	jobRetention time.Duration
 	// TimeZone is the zone of the targets' gc and verify schedules and
 	// the default of the policies' (default: the host's).
 	TimeZone string         `mapstructure:"time_zone"`
@@ -243,6 +247,7 @@ var defaults = map[string]any{
 	"max_jobs_per_target": 1,
 	"shutdown_timeout":    "90s",
 	"reconcile_interval":  "10m",
+	"job_retention":       "90d",
 }
 
 // Load reads and checks the configuration file at path. Every error names
@@ -386,6 +391,10 @@ func (c *Config) checkDaemon(p *problems) {
 	}
 	if c.ReconcileInterval < time.Second {
 		p.add("reconcile_interval", "%s: want at least 1s", c.ReconcileInterval)
+	}
+	var err error
+	if c.jobRetention, err = policy.ParseDuration(c.JobRetention); err != nil || c.jobRetention < 24*time.Hour {
+		p.add("job_retention", "%q: want a duration of a day or more (90d, 2w)", c.JobRetention)
 	}
 }
 

@@ -14,7 +14,7 @@ import (
 // Service is the service configuration c describes.
 func (c *Config) Service(version string, log *slog.Logger) service.Config {
 	sc := service.Config{Version: version, StateDir: c.StateDir, LibvirtURI: c.LibvirtURI, BootFileDirs: c.BootFileDirs,
-		MaxJobs: c.MaxJobs, MaxJobsPerTarget: c.MaxJobsPerTarget, Log: log, Policies: c.policies}
+		MaxJobs: c.MaxJobs, MaxJobsPerTarget: c.MaxJobsPerTarget, Log: log, Policies: c.policies, JobRetention: c.jobRetention}
 	for _, t := range c.Targets {
 		o := t.Open()
 		o.Limit = limit.New(limit.Limits{BytesPerSecond: t.upkeep.bandwidth, Requests: t.Requests})
