@@ -340,8 +340,10 @@ func loopBacks(dev, work string) bool {
 // the mount directory.
 type part struct{ name, dev string }
 
+// blkType is the file system type on dev, probed on the device itself
+// (-p): blkid's cache would give the type a reused loop device had before.
 func blkType(ctx context.Context, dev string) string {
-	out, err := exec.CommandContext(ctx, "blkid", "-o", "value", "-s", "TYPE", dev).Output()
+	out, err := exec.CommandContext(ctx, "blkid", "-p", "-o", "value", "-s", "TYPE", dev).Output()
 	if err != nil {
 		return ""
 	}

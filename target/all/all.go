@@ -11,6 +11,7 @@ import (
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/limit"
 	"github.com/virtkeep/virtkeep/target/local"
+	"github.com/virtkeep/virtkeep/target/retry"
 	"github.com/virtkeep/virtkeep/target/s3"
 	"github.com/virtkeep/virtkeep/target/sftp"
 )
@@ -70,6 +71,11 @@ func Open(ctx context.Context, cfg Config, create bool, log *slog.Logger) (*targ
 		return nil, target.ConfigError(fmt.Errorf("target %s: kind %q is not supported (local, sftp, s3)", cfg.Name, cfg.Kind))
 	}
 	b = cfg.Limit.Wrap(b)
+	if !b.Properties().Local {
+		// A server restarting or a connection reset is retried where it
+		// failed; local file systems fail for reasons that do not pass.
+		b = retry.Wrap(b, retry.Config{Log: log})
+	}
 	r, err := open(ctx, b, cfg, create, log)
 	if err != nil {
 		b.Close()

@@ -42,7 +42,17 @@ func (s *Shared) Wrap(b target.Backend) target.Backend {
 	if s == nil || s.l == (Limits{}) {
 		return b
 	}
+	if ts, ok := b.(target.TempSweeper); ok {
+		return &sweeping{&backend{Backend: b, s: s}, ts}
+	}
 	return &backend{Backend: b, s: s}
+}
+
+// sweeping is a limited backend whose inner backend sweeps temporary
+// files (GC asks for it).
+type sweeping struct {
+	*backend
+	target.TempSweeper
 }
 
 func (s *Shared) acquire(ctx context.Context) error {
