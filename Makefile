@@ -24,12 +24,17 @@ deb: ## build dist/virtkeep_<version>_amd64.deb (offline, from the checkout)
 build: ## build bin/virtkeep and bin/virtkeepd
 	go build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 
-test: deps ## go.mod tidy, vet, then every unit and real-component integration test with -race; fails on anything left behind
+# Tests named TestDisruptive* restart host-wide services (libvirtd): the
+# parallel run leaves them out, and they run alone after it.
+DISRUPTIVE := ^TestDisruptive
+
+test: deps ## go.mod tidy, vet, then every unit and real-component integration test with -race (the disruptive ones alone, last); fails on anything left behind
 	@go mod tidy -diff || { echo "go mod tidy would change go.mod/go.sum (run it and commit)"; exit 1; }
 	go vet ./...
 	@rm -f $(ITEST_LOG)
 	@bash testenv/scripts/leftovers.sh snapshot $(LEFTOVERS)
-	VIRTKEEP_ITEST_LOG=$(ITEST_LOG) go test -race -count=1 -timeout $(GOTEST_TIMEOUT) ./... ; rc=$$?; \
+	VIRTKEEP_ITEST_LOG=$(ITEST_LOG) go test -race -count=1 -timeout $(GOTEST_TIMEOUT) -skip '$(DISRUPTIVE)' ./... ; rc=$$?; \
+	  VIRTKEEP_ITEST_LOG=$(ITEST_LOG) go test -race -count=1 -timeout $(GOTEST_TIMEOUT) -run '$(DISRUPTIVE)' ./cmd/virtkeepd/ || rc=1; \
 	  bash testenv/scripts/count-itests.sh $(ITEST_LOG); \
 	  bash testenv/scripts/leftovers.sh check $(LEFTOVERS) || rc=1; exit $$rc
 

@@ -36,6 +36,14 @@ type Backend interface {
 	Delete(ctx context.Context, key string) error
 	// Sync makes every completed Put durable (it survives a power loss).
 	Sync(ctx context.Context) error
+	// SyncObjects makes the objects at keys durable whoever wrote them:
+	// where an object can be visible before it is durable (a local file
+	// system's directory entries), a point that reuses objects another
+	// process wrote (and may not have synced: it crashed, or is still
+	// running) must make them durable before its manifest names them.
+	// Missing keys are no error; backends whose objects are durable once
+	// visible do nothing.
+	SyncObjects(ctx context.Context, keys []string) error
 	// Properties describes the backend.
 	Properties() Properties
 	// Close releases the backend's resources.

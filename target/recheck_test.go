@@ -3,6 +3,7 @@ package target_test
 import (
 	"context"
 	"errors"
+	"path"
 	"sync"
 	"testing"
 	"time"
@@ -91,5 +92,53 @@ func TestPruneStalledPastStaleDeletesNothing(t *testing.T) {
 	}
 	if pts, _ := r.Points(ctx, nil); len(pts) != 2 {
 		t.Fatalf("%d points left, want both", len(pts))
+	}
+}
+
+// syncRecorder records the keys SyncObjects is asked to make durable.
+type syncRecorder struct {
+	target.Backend
+	mu   sync.Mutex
+	keys map[string]bool
+}
+
+func (s *syncRecorder) SyncObjects(ctx context.Context, keys []string) error {
+	s.mu.Lock()
+	for _, k := range keys {
+		s.keys[k] = true
+	}
+	s.mu.Unlock()
+	return s.Backend.SyncObjects(ctx, keys)
+}
+
+// TestCommitSyncsWhatItReuses: a point that reuses objects stored before it
+// (another process may have put them and died before its Sync) asks the
+// backend to make them durable before its manifest: the packs (format 2)
+// or the objects' directories (format 1) of every chunk and page it
+// deduplicated.
+func TestCommitSyncsWhatItReuses(t *testing.T) {
+	for _, packSize := range []int{testPackSize, -1} {
+		rec := &syncRecorder{Backend: mem.New(), keys: map[string]bool{}}
+		r := initRepo(t, rec, target.InitOptions{PackSize: packSize})
+		c, _ := testenv.NewContent(2<<20, 51, testenv.Fill{Random: 1})
+		first, _ := backup(t, r, c, target.LevelFull, "", nil)
+		var stored []string
+		for _, prefix := range []string{"packs/", "packindex/", "chunks/", "index/"} {
+			_ = rec.List(context.Background(), prefix, func(fi target.ObjectInfo) error {
+				stored = append(stored, path.Dir(fi.Key))
+				return nil
+			})
+		}
+		clear(rec.keys)
+		backup(t, r, c, target.LevelFull, "", nil) // all of it deduplicated
+		dirs := map[string]bool{}
+		for k := range rec.keys {
+			dirs[path.Dir(k)] = true
+		}
+		for _, d := range stored {
+			if !dirs[d] {
+				t.Errorf("pack size %d: the second point reuses objects in %s (stored for %s) but did not ask to make them durable (asked: %v)", packSize, d, first.ID, rec.keys)
+			}
+		}
 	}
 }

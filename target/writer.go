@@ -5,6 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"path"
+	"slices"
 	"sync"
 	"time"
 )
@@ -67,6 +70,10 @@ type PointWriter struct {
 	mu     sync.Mutex
 	disks  []*DiskWriter
 	closed bool
+	// reused holds, per directory, a key of an object the point uses
+	// that was stored before it (by anyone): made durable before the
+	// manifest (Backend.SyncObjects).
+	reused map[string]string
 	sendMu sync.RWMutex // held shared while sending jobs, exclusively to close them
 }
 
@@ -127,6 +134,30 @@ func (r *Repository) NewPoint(ctx context.Context, s PointSpec) (*PointWriter, e
 	return pw, nil
 }
 
+// reuseIf records key as reused when putting it stored nothing (n == 0:
+// it was there).
+func (pw *PointWriter) reuseIf(n int64, key string) {
+	if n != 0 {
+		return
+	}
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	if pw.reused == nil {
+		pw.reused = map[string]string{}
+	}
+	pw.reused[path.Dir(key)] = key
+}
+
+// reusePacked records the pack holding o (or o's own object) as reused.
+func (pw *PointWriter) reusePacked(o ref) {
+	if pack, _, ok := pw.r.packs.lookup(o); ok {
+		pw.reuseIf(0, packKey(pack))
+		pw.reuseIf(0, packIndexKey(pack))
+		return
+	}
+	pw.reuseIf(0, objectKey(o.typ, o.id))
+}
+
 // ID is the ID the point will have.
 func (pw *PointWriter) ID() string { return pw.m.ID }
 
@@ -167,10 +198,11 @@ func (pw *PointWriter) work() {
 
 // AddBlob stores a small file with the point (firmware variables, TPM state).
 func (pw *PointWriter) AddBlob(ctx context.Context, name string, data []byte) error {
-	id, _, err := pw.r.putObject(ctx, typeBlob, data)
+	id, n, err := pw.r.putObject(ctx, typeBlob, data)
 	if err != nil {
 		return fmt.Errorf("point %s: blob %s: %w", pw.m.ID, name, err)
 	}
+	pw.reuseIf(n, objectKey(typeBlob, id))
 	pw.mu.Lock()
 	defer pw.mu.Unlock()
 	if pw.m.Blobs == nil {
@@ -288,9 +320,16 @@ func (pw *PointWriter) Commit(ctx context.Context) (*Manifest, error) {
 		}
 		pw.m.Disks = append(pw.m.Disks, d.manifest)
 	}
-	// Data and index durable before the manifest names them.
+	// Data and index durable before the manifest names them: what this
+	// process wrote, and what the point reuses that others wrote.
 	if err := pw.r.b.Sync(ctx); err != nil {
 		return nil, fmt.Errorf("point %s: sync: %w", pw.m.ID, err)
+	}
+	pw.mu.Lock()
+	reused := slices.Collect(maps.Values(pw.reused))
+	pw.mu.Unlock()
+	if err := pw.r.b.SyncObjects(ctx, reused); err != nil {
+		return nil, fmt.Errorf("point %s: sync what it reuses: %w", pw.m.ID, err)
 	}
 	if pw.verify != nil {
 		if err := pw.verify(ctx, &pw.m); err != nil {
@@ -346,7 +385,11 @@ func (dw *DiskWriter) storeChunk(id ID, data, obj []byte) (int64, error) {
 			dw.spent(&dw.stats.Seal, t0)
 		}
 		defer dw.spent(&dw.stats.Store, time.Now())
-		return r.putSealed(dw.ctx, objectKey(typeChunk, id), obj)
+		n, err := r.putSealed(dw.ctx, objectKey(typeChunk, id), obj)
+		if err == nil {
+			dw.pw.reuseIf(n, objectKey(typeChunk, id))
+		}
+		return n, err
 	}
 	var env *[]byte // a pooled buffer sealed into, given back once packed
 	queued, err := dw.pack(ref{typeChunk, id}, func() func([]byte) []byte {
@@ -378,6 +421,9 @@ func (dw *DiskWriter) storeChunk(id ID, data, obj []byte) (int64, error) {
 // says o went into a pack of this disk.
 func (dw *DiskWriter) pack(o ref, envelope func() func([]byte) []byte) (queued bool, err error) {
 	if known, up := dw.pw.r.packs.state(o); known {
+		if up == nil {
+			dw.pw.reusePacked(o)
+		}
 		dw.await(up)
 		return false, nil
 	}
@@ -615,6 +661,7 @@ func (dw *DiskWriter) Stored(ctx context.Context, idx int64, id ID) error {
 	dw.mu.Lock()
 	dw.stats.ChunksDedup++
 	dw.mu.Unlock()
+	dw.pw.reusePacked(ref{typeChunk, id})
 	dw.next = idx + 1
 	dw.set(idx, id)
 	return dw.sealBefore(idx / pageEntries)
@@ -786,7 +833,11 @@ func (dw *DiskWriter) storePage(p int64) {
 func (dw *DiskWriter) putPage(plain []byte) (ID, int64, error) {
 	r := dw.pw.r
 	if dw.pk == nil {
-		return r.putObject(dw.ctx, typePage, plain)
+		id, n, err := r.putObject(dw.ctx, typePage, plain)
+		if err == nil {
+			dw.pw.reuseIf(n, objectKey(typePage, id))
+		}
+		return id, n, err
 	}
 	id := r.codec.id(plain)
 	_, err := dw.pack(ref{typePage, id}, func() func([]byte) []byte { return sealed(r.codec.seal(typePage, plain)) })
@@ -825,6 +876,7 @@ func (dw *DiskWriter) Close(ctx context.Context) error {
 		dw.fail(fmt.Errorf("index root: %w", err))
 		return dw.failed()
 	}
+	dw.pw.reuseIf(n, objectKey(typeRoot, id))
 	dw.mu.Lock()
 	dw.stats.BytesStored += n
 	s := dw.spec

@@ -146,6 +146,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}()
 	go watchFrozen(wctx, svc, log, orDefault(cfg.ThawInterval, time.Second))
+	go every(wctx, 2*time.Second, func() { _ = svc.CheckLibvirt() })
 	go every(wctx, orDefault(cfg.ReconcileInterval, 10*time.Minute), func() { svc.ReconcileAll(wctx) })
 	svc.ExpireJobs(wctx)
 	go every(wctx, time.Hour, func() { svc.ExpireJobs(wctx) })
@@ -171,7 +172,11 @@ func Run(ctx context.Context, cfg Config) error {
 			} else {
 				beat.Store(time.Now().UnixNano())
 			}
-			if s := describe(svc.Running()); s != status {
+			s := describe(svc.Running())
+			if !svc.LibvirtUp() {
+				s = "libvirt unreachable, reconnecting; " + s
+			}
+			if s != status {
 				status = s
 				_ = n.Status(s)
 			}

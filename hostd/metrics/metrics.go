@@ -29,6 +29,8 @@ import (
 // Source is what the gauges are read from at a scrape.
 type Source interface {
 	Running() []api.Job
+	// LibvirtUp reports whether libvirt answered at the last check.
+	LibvirtUp() bool
 	PointStats(ctx context.Context) ([]catalog.PointStat, error)
 }
 
@@ -126,18 +128,24 @@ type gauges struct{ src Source }
 var (
 	descLast = prometheus.NewDesc("virtkeep_last_backup_timestamp_seconds",
 		"Time of a domain's newest point in a target (a successful backup or copy).", []string{"domain", "target"}, nil)
-	descPoints = prometheus.NewDesc("virtkeep_points", "Points a target holds, per domain.", []string{"domain", "target"}, nil)
-	descDamage = prometheus.NewDesc("virtkeep_points_damaged", "Points verification found damaged, per domain and target.", []string{"domain", "target"}, nil)
-	descJobs   = prometheus.NewDesc("virtkeep_jobs", "Jobs queued or running now, by state.", []string{"state"}, nil)
+	descPoints  = prometheus.NewDesc("virtkeep_points", "Points a target holds, per domain.", []string{"domain", "target"}, nil)
+	descDamage  = prometheus.NewDesc("virtkeep_points_damaged", "Points verification found damaged, per domain and target.", []string{"domain", "target"}, nil)
+	descJobs    = prometheus.NewDesc("virtkeep_jobs", "Jobs queued or running now, by state.", []string{"state"}, nil)
+	descLibvirt = prometheus.NewDesc("virtkeep_libvirt_up", "1 when libvirt answered virtkeepd's last check (every 2 s), 0 while it is being reconnected.", nil, nil)
 )
 
 func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLast, descPoints, descDamage, descJobs} {
+	for _, d := range []*prometheus.Desc{descLast, descPoints, descDamage, descJobs, descLibvirt} {
 		ch <- d
 	}
 }
 
 func (g *gauges) Collect(ch chan<- prometheus.Metric) {
+	up := 0.0
+	if g.src.LibvirtUp() {
+		up = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descLibvirt, prometheus.GaugeValue, up)
 	states := map[api.JobState]int{api.Queued: 0, api.Running: 0}
 	for _, j := range g.src.Running() {
 		states[j.State]++

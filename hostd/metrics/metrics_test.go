@@ -19,6 +19,8 @@ type fakeSource struct{}
 func (fakeSource) Running() []api.Job {
 	return []api.Job{{State: api.Queued}, {State: api.Running}, {State: api.Queued}}
 }
+func (fakeSource) LibvirtUp() bool { return true }
+
 func (fakeSource) PointStats(context.Context) ([]catalog.PointStat, error) {
 	return []catalog.PointStat{{Target: "local", Domain: "web1", Points: 7, Damaged: 1, Last: time.Unix(1764547200, 0)}}, nil
 }
@@ -77,6 +79,7 @@ func TestMetrics(t *testing.T) {
 		`virtkeep_repository_size_bytes{target="local"} 4096`,
 		`virtkeep_verify_failures_total{target="local"} 1`,
 		`virtkeep_jobs{state="queued"} 2`,
+		`virtkeep_libvirt_up 1`,
 		`virtkeep_points{domain="web1",target="local"} 7`,
 		`virtkeep_points_damaged{domain="web1",target="local"} 1`,
 		`virtkeep_last_backup_timestamp_seconds{domain="web1",target="local"} 1.7645472e+09`,

@@ -43,6 +43,21 @@ func transient(err error) bool {
 	return c == api.CodeUnavailable || c == api.CodeLocked
 }
 
+// domainID is virt.DomainID on the libvirt connection, asked once more on
+// a new connection when the first finds it dead (libvirtd restarted).
+func (s *Service) domainID(name string) (string, string, error) {
+	for try := 0; ; try++ {
+		conn, err := s.libvirt()
+		if err != nil {
+			return "", "", err
+		}
+		n, uuid, err := virt.DomainID(conn, name)
+		if try > 0 || !libvirtLost(err) {
+			return n, uuid, err
+		}
+	}
+}
+
 // progressTo sends an operation's progress to its job.
 func progressTo(h *jobs.Handle) func(disk string, done, total int64) { return h.Progress }
 
@@ -84,11 +99,7 @@ func (s *Service) backup(ctx context.Context, r api.BackupRequest, x backupExtra
 	if err := s.writable(); err != nil {
 		return api.Job{}, err
 	}
-	conn, err := s.libvirt()
-	if err != nil {
-		return api.Job{}, err
-	}
-	name, uuid, err := virt.DomainID(conn, r.Domain)
+	name, uuid, err := s.domainID(r.Domain)
 	if err != nil {
 		return api.Job{}, coded(err)
 	}

@@ -95,6 +95,9 @@ type Service struct {
 	cfg  Config
 	log  *slog.Logger
 	conn *libvirt.Connect
+	// libvirtErr is why libvirt could not be reached at the last check
+	// (CheckLibvirt); nil when it answered. Guarded by mu.
+	libvirtErr error
 	// state is state_dir; bootDirs where restored and booted domains may
 	// take firmware from.
 	state    statedir.Dir
@@ -179,18 +182,60 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	return s, nil
 }
 
-// libvirt connects on first use: list and info need no libvirt.
+// libvirt connects on first use (list and info need no libvirt), and
+// again once the connection is found dead: libvirtd restarts on every
+// upgrade of libvirt, and a daemon that kept the dead connection would
+// fail every backup until restarted itself. The dead connection is not
+// closed: a job may still hold it (its calls fail, and it is retried).
 func (s *Service) libvirt() (*libvirt.Connect, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.conn == nil {
-		c, err := libvirt.NewConnect(s.cfg.LibvirtURI)
-		if err != nil {
-			return nil, api.WithCode(api.CodeUnavailable, fmt.Errorf("libvirt %s: %w", s.cfg.LibvirtURI, err))
+	if s.conn != nil {
+		if alive, err := s.conn.IsAlive(); err == nil && alive {
+			return s.conn, nil
 		}
-		s.conn = c
+		s.log.Warn("the connection to libvirt is lost: connecting again", "uri", s.cfg.LibvirtURI)
+		s.conn = nil
 	}
+	c, err := libvirt.NewConnect(s.cfg.LibvirtURI)
+	if err != nil {
+		return nil, api.WithCode(api.CodeUnavailable, fmt.Errorf("libvirt %s: %w", s.cfg.LibvirtURI, err))
+	}
+	s.conn = c
 	return s.conn, nil
+}
+
+// CheckLibvirt asks libvirt for its version (a round trip that finds a
+// dead connection), connecting again if it is dead; the daemon calls it
+// every few seconds, so a restart of libvirtd is noticed and mended before
+// the next job needs libvirt. It logs each change of state once.
+func (s *Service) CheckLibvirt() error {
+	c, err := s.libvirt()
+	if err == nil {
+		if _, err = c.GetLibVersion(); err != nil {
+			if c, err = s.libvirt(); err == nil { // found dead just now
+				_, err = c.GetLibVersion()
+			}
+		}
+	}
+	s.mu.Lock()
+	was := s.libvirtErr
+	s.libvirtErr = err
+	s.mu.Unlock()
+	switch {
+	case err != nil && was == nil:
+		s.log.Error("libvirt cannot be reached: jobs that need it fail and are retried; connecting again every few seconds", "uri", s.cfg.LibvirtURI, "err", err)
+	case err == nil && was != nil:
+		s.log.Info("libvirt reached again", "uri", s.cfg.LibvirtURI)
+	}
+	return err
+}
+
+// LibvirtUp reports whether libvirt answered at the last check.
+func (s *Service) LibvirtUp() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.libvirtErr == nil
 }
 
 // host is what start-up recovery repairs.
@@ -336,6 +381,8 @@ func codeOf(err error) api.Code {
 		return api.CodeLocked
 	case errors.Is(err, restore.ErrExists):
 		return api.CodeExists
+	case libvirtLost(err):
+		return api.CodeUnavailable
 	case errors.Is(err, libvirt.ERR_NO_DOMAIN), errors.Is(err, target.ErrNoPoint), errors.Is(err, catalog.ErrNotFound), errors.Is(err, jobs.ErrNotLive),
 		errors.Is(err, mount.ErrNotMounted):
 		return api.CodeNotFound
@@ -347,6 +394,14 @@ func codeOf(err error) api.Code {
 		return api.CodeBadRequest
 	}
 	return api.CodeFailed
+}
+
+// libvirtLost reports whether err says the connection to libvirt broke
+// (an RPC error: libvirtd restarted or stopped): a retry on a new
+// connection may pass.
+func libvirtLost(err error) bool {
+	var le libvirt.Error
+	return errors.As(err, &le) && (le.Domain == libvirt.FROM_RPC || le.Code == libvirt.ERR_NO_CONNECT)
 }
 
 // coded gives err its code (see codeOf).

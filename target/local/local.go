@@ -105,10 +105,7 @@ func (l *Local) createTemp(dir string) (*os.File, error) {
 	name := filepath.Join(dir, target.TempName())
 	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, fs.ErrNotExist) {
-		if err = os.MkdirAll(dir, 0o700); err == nil {
-			l.mu.Lock()
-			l.dirty[filepath.Dir(dir)] = struct{}{}
-			l.mu.Unlock()
+		if err = l.mkdirs(dir); err == nil {
 			f, err = os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		}
 	}
@@ -116,6 +113,53 @@ func (l *Local) createTemp(dir string) (*os.File, error) {
 		return nil, fmt.Errorf("local: %w", err)
 	}
 	return f, nil
+}
+
+// mkdirs makes dir and its missing parents below the repository, marking
+// the parent of each one it made dirty: every new entry must reach the
+// disk, not only the last one.
+func (l *Local) mkdirs(dir string) error {
+	if dir == l.cfg.Path || !strings.HasPrefix(dir, l.cfg.Path+string(filepath.Separator)) {
+		return os.MkdirAll(dir, 0o700)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	if err := l.mkdirs(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	l.mu.Lock()
+	l.dirty[filepath.Dir(dir)] = struct{}{}
+	l.mu.Unlock()
+	return nil
+}
+
+// SyncObjects fsyncs the directories holding the objects at keys, and
+// their parents up to the repository: another process may have put them
+// and never synced (it was killed, or is still running).
+func (l *Local) SyncObjects(ctx context.Context, keys []string) error {
+	dirs := map[string]bool{}
+	for _, k := range keys {
+		p, err := l.path(k)
+		if err != nil {
+			return err
+		}
+		for d := filepath.Dir(p); !dirs[d] && strings.HasPrefix(d+string(filepath.Separator), l.cfg.Path+string(filepath.Separator)); d = filepath.Dir(d) {
+			dirs[d] = true
+		}
+	}
+	for d := range dirs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := syncDir(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // syncDir fsyncs a directory (a variable: tests observe and fail it).

@@ -73,3 +73,52 @@ func TestSyncCoversEachWriter(t *testing.T) {
 		t.Fatalf("the Sync after a failed fsync: %v, want the failure again", err)
 	}
 }
+
+// TestDirectoriesMadeDurable: a put that makes several directories marks
+// every new entry for Sync, not only the last; and SyncObjects makes
+// durable objects another process put and never synced (it was killed
+// before its Sync), with the directories above them.
+func TestDirectoriesMadeDurable(t *testing.T) {
+	root := t.TempDir()
+	var mu sync.Mutex
+	synced := map[string]bool{}
+	syncDir = func(dir string) error {
+		mu.Lock()
+		synced[dir] = true
+		mu.Unlock()
+		return fsyncDir(dir)
+	}
+	defer func() { syncDir = fsyncDir }()
+	ctx := context.Background()
+	l, err := Open(Config{Path: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Put(ctx, "packs/ab/one", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"", "packs", "packs/ab"} {
+		if !synced[filepath.Join(root, d)] {
+			t.Errorf("after a put that made packs/ab: %q was not fsynced (%v)", d, synced)
+		}
+	}
+	killed, err := Open(Config{Path: root}) // another process: puts, then dies before Sync
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := killed.Put(ctx, "packs/cd/two", []byte("2")); err != nil {
+		t.Fatal(err)
+	}
+	clear(synced)
+	if err := l.SyncObjects(ctx, []string{"packs/cd/two", "packs/ef/missing"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"", "packs", "packs/cd"} {
+		if !synced[filepath.Join(root, d)] {
+			t.Errorf("SyncObjects of another process's object: %q was not fsynced (%v)", d, synced)
+		}
+	}
+}

@@ -121,6 +121,9 @@ func (m *Mem) Delete(ctx context.Context, key string) error {
 // Sync does nothing: memory is as durable as it gets.
 func (m *Mem) Sync(context.Context) error { return nil }
 
+// SyncObjects does nothing: memory is as durable as it gets.
+func (m *Mem) SyncObjects(context.Context, []string) error { return nil }
+
 // Properties describes the backend.
 func (m *Mem) Properties() target.Properties { return target.Properties{Name: "mem"} }
 

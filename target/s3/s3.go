@@ -283,6 +283,9 @@ func (s *S3) Delete(ctx context.Context, key string) error {
 // Sync has nothing to do: S3 acknowledges a PUT once it is durable.
 func (s *S3) Sync(ctx context.Context) error { return ctx.Err() }
 
+// SyncObjects does nothing: an object S3 lists is durable.
+func (s *S3) SyncObjects(ctx context.Context, _ []string) error { return ctx.Err() }
+
 // Properties describes the backend.
 func (s *S3) Properties() target.Properties {
 	return target.Properties{Name: "s3:" + s.name()}

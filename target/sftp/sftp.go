@@ -474,6 +474,10 @@ func (s *SFTP) Sync(ctx context.Context) error {
 	return nil
 }
 
+// SyncObjects does nothing more than Sync: directories cannot be fsynced
+// over SFTP, and every put fsynced its file.
+func (s *SFTP) SyncObjects(ctx context.Context, _ []string) error { return s.Sync(ctx) }
+
 // Properties describes the backend.
 func (s *SFTP) Properties() target.Properties {
 	return target.Properties{Name: "sftp:" + s.name() + ":" + s.root}

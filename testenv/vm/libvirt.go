@@ -4,14 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/virtkeep/virtkeep/testenv"
 	"html"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/virtkeep/virtkeep/testenv"
 
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
@@ -359,4 +361,46 @@ func (d *Domain) Resize(target string, size int64) error {
 	}
 	disk.size = size
 	return disk.Content.Grow(size)
+}
+
+// RestartLibvirtd stops libvirtd and starts it again, as an upgrade of
+// libvirt does; QEMU processes keep running. The environment's connection
+// and the given domains' handles are made anew on the new daemon, so their
+// cleanup works. Disruptive: every other test using libvirt at that moment
+// sees its connection die, so tests that call it run alone (make test's
+// second step).
+func (e *Env) RestartLibvirtd(t testing.TB, doms ...*Domain) {
+	t.Helper()
+	_ = exec.Command("pkill", "-x", "libvirtd").Run()
+	for deadline := time.Now().Add(30 * time.Second); exec.Command("pgrep", "-x", "libvirtd").Run() == nil; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("testenv: libvirtd did not stop")
+		}
+	}
+	if out, err := exec.Command("libvirtd", "-d").CombinedOutput(); err != nil {
+		t.Fatalf("testenv: start libvirtd: %v %s", err, out)
+	}
+	var conn *libvirt.Connect
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		c, err := libvirt.NewConnect(e.URI)
+		if err == nil {
+			if _, err = c.GetLibVersion(); err == nil {
+				conn = c
+				break
+			}
+			c.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("testenv: libvirtd does not answer after its restart: %v", err)
+		}
+	}
+	t.Cleanup(func() { _, _ = conn.Close() })
+	e.Conn = conn
+	for _, d := range doms {
+		dom, err := conn.LookupDomainByUUIDString(d.UUID)
+		if err != nil {
+			t.Fatalf("testenv: domain %s after the restart: %v", d.Name, err)
+		}
+		d.Dom = dom
+	}
 }
