@@ -52,6 +52,9 @@ func TestDebianPackage(t *testing.T) {
 	if out := sh(t, "/usr/sbin/virtkeepd", "--check-config"); !strings.Contains(out, "/etc/virtkeep/virtkeep.yaml: ok") {
 		t.Errorf("virtkeepd --check-config: %s", out)
 	}
+	if fi, err := os.Stat("/etc/virtkeep/virtkeep.yaml"); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the configuration is installed with mode %v (%v), want 0600 as the Ansible role does", fi.Mode().Perm(), err)
+	}
 	for _, f := range []string{"/usr/share/man/man1/virtkeep-backup.1.gz", "/usr/share/man/man5/virtkeep.yaml.5.gz", "/usr/share/man/man8/virtkeepd.8.gz",
 		"/usr/share/bash-completion/completions/virtkeep", "/lib/systemd/system/virtkeepd.service", "/usr/lib/sysusers.d/virtkeep.conf"} {
 		if _, err := os.Stat(f); err != nil {

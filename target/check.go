@@ -238,6 +238,11 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 	if err != nil {
 		return nil, fmt.Errorf("check: list chunks: %w", err)
 	}
+	damagedIdx := r.packs.damagedIndexes()
+	for id, err := range damagedIdx {
+		key := packIndexKey(id)
+		problems[key] = &Problem{Object: key, Error: fmt.Sprintf("pack index damaged, the chunks of %s cannot be found: %v", packKey(id), err)}
+	}
 	bad := map[ID]error{}
 	for id := range chunks {
 		size, ok := stored[id]
@@ -280,7 +285,7 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 		}
 	}
 	if o.Quarantine && o.ReadData {
-		r.quarantine(ctx, bad, rep)
+		r.quarantine(ctx, bad, damagedIdx, rep)
 	}
 	for _, p := range problems {
 		sort.Strings(p.Points)
@@ -293,15 +298,16 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 }
 
 // quarantine moves damaged (not missing) chunks to damaged/<key> under the
-// exclusive lock, after reading each once more.
-func (r *Repository) quarantine(ctx context.Context, bad map[ID]error, rep *CheckReport) {
+// exclusive lock, after reading each once more, and damaged pack indexes
+// likewise (their pack, indexless, goes at the next GC).
+func (r *Repository) quarantine(ctx context.Context, bad map[ID]error, indexes map[ID]error, rep *CheckReport) {
 	var damaged []ID
 	for id, err := range bad {
 		if errors.Is(err, ErrCorrupt) {
 			damaged = append(damaged, id)
 		}
 	}
-	if len(damaged) == 0 {
+	if len(damaged) == 0 && len(indexes) == 0 {
 		return
 	}
 	lock, err := r.Lock(ctx, true)
@@ -310,6 +316,10 @@ func (r *Repository) quarantine(ctx context.Context, bad map[ID]error, rep *Chec
 		return
 	}
 	defer lock.Unlock(ctx)
+	if err := r.quarantineIndexes(ctx, lock, indexes, rep); err != nil {
+		rep.QuarantineError = err.Error()
+		return
+	}
 	for _, id := range damaged {
 		key := objectKey(typeChunk, id)
 		// Each drop rewrites a pack index another host may have replaced
@@ -339,4 +349,39 @@ func (r *Repository) quarantine(ctx context.Context, bad map[ID]error, rep *Chec
 	if err := r.b.Sync(ctx); err != nil {
 		rep.QuarantineError = err.Error()
 	}
+}
+
+// quarantineIndexes moves the damaged pack indexes aside, each after
+// reading it again (it may have been rewritten meanwhile).
+func (r *Repository) quarantineIndexes(ctx context.Context, lock *Lock, indexes map[ID]error, rep *CheckReport) error {
+	for id := range indexes {
+		key := packIndexKey(id)
+		if err := lock.Check(ctx); err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+		fi, err := r.b.Stat(ctx, packKey(id))
+		if err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+		plain, err := r.openAt(ctx, typePackIndex, key)
+		if err == nil {
+			_, err = decodePackIndex(plain, id, fi.Size, maxObject(typeChunk, r.cfg.ChunkSize))
+		}
+		if !errors.Is(err, ErrCorrupt) {
+			continue // mended or gone meanwhile
+		}
+		obj, err := r.b.Get(ctx, key, 0, maxObject(typePackIndex, r.cfg.ChunkSize))
+		if err == nil {
+			err = r.b.Put(ctx, "damaged/"+key, obj)
+		}
+		if err == nil {
+			err = r.b.Delete(ctx, key)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+		r.log.Warn("check: damaged pack index moved aside; the next backup of its chunks' data stores them again", "index", key)
+		rep.Quarantined = append(rep.Quarantined, key)
+	}
+	return nil
 }

@@ -34,6 +34,9 @@ type GCStats struct {
 	// Repacked counts packs whose live chunks were written into new
 	// packs, so that the old ones (mostly unreferenced) could go.
 	Repacked int `json:"repacked"`
+	// DamagedIndexes counts packs kept whole because their index is
+	// damaged (verify --read-data moves such an index aside).
+	DamagedIndexes int `json:"damaged_indexes,omitempty"`
 }
 
 // TempSweeper is implemented by backends whose puts write a temporary
@@ -106,7 +109,10 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 		}
 	}
 	st.Referenced = len(live)
-	cutoff := r.now().Add(-grace)
+	// Ages are the backend's: its clock wrote the modification times, so
+	// "now" is our lock's modification time there, not our clock (hosts'
+	// and servers' clocks differ).
+	cutoff := lock.backendNow().Add(-grace)
 	// Marking may have stalled past the stale period (a hung mount, a
 	// stopped process): then another host may have taken the lock as
 	// stale and committed points that use what we would sweep.
@@ -190,7 +196,13 @@ func (r *Repository) gcPacks(ctx context.Context, live map[string]bool, cutoff t
 	for _, id := range slices.SortedFunc(maps.Keys(packs), compareIDs) {
 		p := packs[id]
 		if p.indexErr != nil {
-			return fmt.Errorf("%s, nothing swept: %w", packIndexKey(id), p.indexErr)
+			// Which chunks it holds is unknown: keep it whole, sweep the
+			// rest. verify --read-data (check --quarantine) moves the
+			// index aside; the next backup then stores its chunks again.
+			r.log.Warn("gc: pack index damaged: its pack is kept; verify --read-data moves the index aside", "index", packIndexKey(id), "err", p.indexErr)
+			st.DamagedIndexes++
+			st.BytesKept += max(p.size, 0) + p.idxSize
+			continue
 		}
 		var liveBytes int64
 		for _, e := range p.entries {

@@ -216,6 +216,13 @@ func (l *Lock) backendAge(mod time.Time) time.Duration {
 	return l.modTime.Sub(mod)
 }
 
+// backendNow is the backend's time at our last write of the lock.
+func (l *Lock) backendNow() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.modTime
+}
+
 // write stores the lock and records its backend modification time.
 func (l *Lock) write(ctx context.Context) error {
 	l.writeMu.Lock()

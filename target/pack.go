@@ -211,6 +211,7 @@ type packIndex struct {
 	limit int // the most objects held: maxIndexEntries
 
 	mu      sync.Mutex
+	damaged map[ID]error     // packs whose index the last load found damaged
 	names   []ID             // pack IDs, by packLoc.pack
 	known   map[ID]knownPack // pack ID -> what is known of it
 	have    map[ref]packLoc
@@ -263,6 +264,13 @@ func (x *packIndex) addPack(pack ID, es []packEntry, idxSize int64) error {
 		}
 	}
 	return nil
+}
+
+// damagedIndexes are the packs whose index the last load found damaged.
+func (x *packIndex) damagedIndexes() map[ID]error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return maps.Clone(x.damaged)
 }
 
 // state says whether object id is stored or being packed (then up is the
@@ -332,6 +340,8 @@ func (r *Repository) loadPacks(ctx context.Context) error {
 			break
 		}
 	}
+	damaged := map[ID]error{}
+	defer func() { x.mu.Lock(); x.damaged = damaged; x.mu.Unlock() }()
 	for _, id := range slices.SortedFunc(maps.Keys(found), compareIDs) {
 		p := found[id]
 		if unchanged(id, p.idxSize) || !p.indexed || p.size < 0 {
@@ -339,6 +349,7 @@ func (r *Repository) loadPacks(ctx context.Context) error {
 		}
 		if p.indexErr != nil {
 			r.log.Warn("pack index damaged: its chunks are not used", "pack", packKey(id), "err", p.indexErr)
+			damaged[id] = p.indexErr
 			continue
 		}
 		if err := x.addPack(id, p.entries, p.idxSize); err != nil {

@@ -120,7 +120,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if m != nil {
 		m.Watch(svc)
 		mc := *cfg.Metrics
-		mc.Log = log
+		mc.Log, mc.GID = log, gid
 		go func() {
 			if err := m.Serve(wctx, mc); err != nil {
 				served <- fmt.Errorf("metrics listener %s: %w", mc.Addr, err)

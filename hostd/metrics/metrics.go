@@ -174,7 +174,10 @@ type ListenConfig struct {
 	// every scrape must send.
 	TLS   *tls.Config
 	Token string
-	Log   *slog.Logger
+	// GID is the group whose members may scrape a loopback listener
+	// without a token, besides root (-1: root only).
+	GID int
+	Log *slog.Logger
 }
 
 // ErrExposed is returned for a listener off loopback without TLS and a token.
@@ -197,7 +200,11 @@ func (m *Metrics) Serve(ctx context.Context, c ListenConfig) error {
 		ln = tls.NewListener(ln, c.TLS)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", bearer(c.Token, m.Handler()))
+	h := bearer(c.Token, m.Handler())
+	if c.Token == "" {
+		h = localOnly(c.GID, h)
+	}
+	mux.Handle("GET /metrics", h)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second,
 		MaxHeaderBytes: 16 << 10}
 	var once sync.Once

@@ -6,12 +6,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/virtkeep/virtkeep/hostd/api"
 	"github.com/virtkeep/virtkeep/hostd/catalog"
+	"github.com/virtkeep/virtkeep/testenv"
 )
 
 type fakeSource struct{}
@@ -88,5 +91,50 @@ func TestMetrics(t *testing.T) {
 		if code != 200 || !strings.Contains(body, want) {
 			t.Errorf("/metrics (%d) lacks %s", code, want)
 		}
+	}
+}
+
+// TestMetricsLoopbackLocalUsers: a loopback listener without a token
+// answers root and members of the virtkeep group, not every local user
+// (/metrics names domains and targets).
+func TestMetricsLoopbackLocalUsers(t *testing.T) {
+	testenv.RequireCommands(t, "setpriv", "busybox")
+	if os.Geteuid() != 0 {
+		testenv.Unavailable(t, "needs root to scrape as another user")
+	}
+	m := New()
+	m.Watch(fakeSource{})
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go m.Serve(ctx, ListenConfig{Addr: addr, GID: 4242})
+	url := "http://" + addr + "/metrics"
+	var code int
+	for i := 0; i < 100; i++ {
+		resp, err := http.Get(url)
+		if err == nil {
+			code = resp.StatusCode
+			resp.Body.Close()
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if code != http.StatusOK {
+		t.Fatalf("root's scrape: %d", code)
+	}
+	scrapeAs := func(uid, gid string, groups string) string {
+		args := []string{"--reuid=" + uid, "--regid=" + gid}
+		if groups == "" {
+			args = append(args, "--clear-groups")
+		} else {
+			args = append(args, "--groups="+groups)
+		}
+		out, _ := exec.Command("setpriv", append(args, "busybox", "wget", "-q", "-O", "-", url)...).CombinedOutput()
+		return string(out)
+	}
+	if out := scrapeAs("65534", "65534", ""); strings.Contains(out, "virtkeep_jobs") || !strings.Contains(out, "403") {
+		t.Fatalf("another local user scraped /metrics: %s", out)
 	}
 }

@@ -20,8 +20,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
-	"github.com/virtkeep/virtkeep/guestagent"
 	"github.com/virtkeep/virtkeep/hostd/api"
 	"github.com/virtkeep/virtkeep/target"
 )
@@ -156,7 +156,7 @@ const (
 // printable and cut at maxField bytes, and of the log the last lines, at
 // most maxLines and maxLog bytes, are kept.
 func bounded(m Message) Message {
-	clip := func(s string) string { return guestagent.Printable(s, maxField, 0) }
+	clip := func(s string) string { return clipText(s, maxField) }
 	m.Summary, m.Job.Error = clip(m.Summary), clip(m.Job.Error)
 	var kept []api.LogLine
 	size := 0
@@ -255,13 +255,28 @@ func (n *Notifier) postOnce(ctx context.Context, body []byte) error {
 }
 
 // header drops what would end a mail header line.
-func header(s string) string {
+func header(s string) string { return controls(s, "") }
+
+// controls replaces the control characters of s but those in keep with a
+// space, and invalid UTF-8 with U+FFFD: what a guest or a repository put
+// in a text never reaches a mail header, a terminal or a mail reader as an
+// escape sequence or a new header line.
+func controls(s, keep string) string {
 	return strings.Map(func(r rune) rune {
-		if r == '\r' || r == '\n' || r < 0x20 {
+		if unicode.IsControl(r) && !strings.ContainsRune(keep, r) {
 			return ' '
 		}
 		return r
-	}, s)
+	}, strings.ToValidUTF8(s, "\uFFFD"))
+}
+
+// clipText is s with controls replaced (newlines and tabs kept), cut at
+// max bytes with a note of how much was left out.
+func clipText(s string, max int) string {
+	if len(s) <= max {
+		return controls(s, "\n\t")
+	}
+	return controls(strings.ToValidUTF8(s[:max], ""), "\n\t") + fmt.Sprintf(" [%d more bytes not kept]", len(s)-max)
 }
 
 func (n *Notifier) mail(ctx context.Context, m Message) error {

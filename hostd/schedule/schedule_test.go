@@ -291,3 +291,23 @@ func FuzzCron(f *testing.F) {
 		}
 	})
 }
+
+// TestSchedulerClockSetBack: a clock that ran a year ahead (a run was
+// recorded then) and is set back does not stop the entry until the clock
+// catches up: its next run is the next one after now.
+func TestSchedulerClockSetBack(t *testing.T) {
+	now := time.Date(2026, 12, 4, 9, 0, 0, 0, time.UTC)
+	clk := &fakeClock{now: now}
+	var fired []Fire
+	s := &Scheduler{Clock: clk, Start: func(_ context.Context, f Fire) { fired = append(fired, f) }}
+	nightly := mustCron(t, "0 2 * * *", "UTC")
+	s.Set([]Entry{{Name: "web", Crons: []*Cron{nightly}, Last: now.AddDate(1, 0, 0)}})
+	next := s.Tick(context.Background(), now)
+	if want := time.Date(2026, 12, 5, 2, 0, 0, 0, time.UTC); !next.Equal(want) {
+		t.Fatalf("next run after the clock was set back: %v, want %v", next, want)
+	}
+	s.Tick(context.Background(), time.Date(2026, 12, 5, 2, 0, 1, 0, time.UTC))
+	if len(fired) != 1 {
+		t.Fatalf("runs after the clock was set back: %+v", fired)
+	}
+}

@@ -2,9 +2,11 @@ package schedule
 
 import (
 	"context"
+	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -166,8 +168,16 @@ func (s *Scheduler) Tick(ctx context.Context, now time.Time) time.Time {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	var back []string
 	for _, n := range names {
 		e := s.entries[n]
+		// A last run after now: the clock was set back (after running
+		// ahead). Counting from it would stop the entry until the clock
+		// catches up, silently; count from now instead.
+		if e.Last.After(now.Add(time.Minute)) {
+			back = append(back, fmt.Sprintf("%s (last run %s)", n, e.Last.Format(time.RFC3339)))
+			e.Last = now
+		}
 		due := e.next(from(e))
 		if !due.IsZero() && !due.After(now) {
 			// Due, maybe several times over during downtime: one run.
@@ -188,6 +198,9 @@ func (s *Scheduler) Tick(ctx context.Context, now time.Time) time.Time {
 		}
 	}
 	s.mu.Unlock()
+	if len(back) > 0 {
+		s.log().Warn("the clock is before runs already made: it was set back; schedules count from now", "now", now, "entries", strings.Join(back, ", "))
+	}
 	for _, sk := range skips {
 		s.log().Warn("scheduled run skipped", "entry", sk.Entry, "due", sk.Due, "reason", sk.Reason)
 		if s.Skipped != nil {

@@ -48,7 +48,7 @@ func (s *Service) Points(ctx context.Context, r api.ListRequest) ([]api.Point, e
 // targets returns the named target, or all for "".
 func (s *Service) targets(name string) ([]Target, error) {
 	if name == "" {
-		return s.cfg.Targets, nil
+		return s.targetList(), nil
 	}
 	t, err := s.target(name)
 	return []Target{t}, err
@@ -144,7 +144,7 @@ func (s *Service) Reconcile(ctx context.Context, name string, rebuild bool) erro
 
 // ReconcileAll reconciles every target; unreachable ones are logged.
 func (s *Service) ReconcileAll(ctx context.Context) {
-	for _, t := range s.cfg.Targets {
+	for _, t := range s.targetList() {
 		if err := s.Reconcile(ctx, t.Name, false); err != nil {
 			s.log.Warn("catalog not reconciled with target", "target", t.Name, "err", err)
 		}

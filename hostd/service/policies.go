@@ -66,10 +66,14 @@ func (s *Service) LastRuns(ctx context.Context) (map[string]time.Time, error) {
 }
 
 // Targets are the configured targets.
-func (s *Service) Targets() []Target {
+func (s *Service) Targets() []Target { return slices.Clone(s.targetList()) }
+
+// targetList is the configured targets, not to be changed: SetUpkeep
+// replaces the slice, never what is in it.
+func (s *Service) targetList() []Target {
 	s.polMu.RLock()
 	defer s.polMu.RUnlock()
-	return slices.Clone(s.cfg.Targets)
+	return s.cfg.Targets
 }
 
 func (s *Service) policy(name string) (*policy.Policy, error) {
@@ -416,8 +420,11 @@ func (s *Service) SetUpkeep(ts []Target) []string {
 	for _, t := range ts {
 		byName[t.Name] = t
 	}
-	for i := range s.cfg.Targets {
-		cur := &s.cfg.Targets[i]
+	// Copy on write: readers (targetList) keep the slice they were given.
+	next := slices.Clone(s.cfg.Targets)
+	defer func() { s.cfg.Targets = next }()
+	for i := range next {
+		cur := &next[i]
 		n, ok := byName[cur.Name]
 		if !ok {
 			changed = append(changed, cur.Name+" (removed)")

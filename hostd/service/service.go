@@ -294,10 +294,10 @@ func (s *Service) Version(context.Context) (api.VersionInfo, error) {
 
 func (s *Service) target(name string) (Target, error) {
 	if name == "" {
-		return s.cfg.Targets[0], nil
+		return s.targetList()[0], nil
 	}
 	var names []string
-	for _, t := range s.cfg.Targets {
+	for _, t := range s.targetList() {
 		if t.Name == name {
 			return t, nil
 		}

@@ -46,7 +46,9 @@ sed -e 's|/usr/local/bin/virtkeepd|/usr/sbin/virtkeepd|g' -e 's|file:///usr/loca
 chmod 0644 "$root/lib/systemd/system/virtkeepd.service"
 install -m 0644 systemd/debian/sysusers.conf "$root/usr/lib/sysusers.d/virtkeep.conf"
 install -m 0644 systemd/debian/tmpfiles.conf "$root/usr/lib/tmpfiles.d/virtkeep.conf"
-install -m 0644 systemd/debian/virtkeep.yaml "$root/etc/virtkeep/virtkeep.yaml"
+# The configuration names key, secret and passphrase files and targets:
+# root's only, as the Ansible role installs it.
+install -m 0600 systemd/debian/virtkeep.yaml "$root/etc/virtkeep/virtkeep.yaml"
 install -m 0644 systemd/debian/copyright "$root/usr/share/doc/virtkeep/copyright"
 for d in README.md docs/*.md; do
 	gzip -9n -c "$d" > "$root/usr/share/doc/virtkeep/$(basename "$d").gz"
