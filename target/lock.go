@@ -20,6 +20,10 @@ import (
 // gives up (ErrLockLost) before anyone may take its lock as stale.
 const DefaultLockStale = 30 * time.Minute
 
+// lockRaceWait is how long Check waits for a conflicting lock to go (a
+// racer backing off) before it takes it as real.
+const lockRaceWait = 5 * time.Second
+
 // ErrLocked means another process holds a conflicting lock.
 var ErrLocked = errors.New("repository is locked")
 
@@ -314,8 +318,19 @@ func (l *Lock) Check(ctx context.Context) error {
 		return err
 	}
 	// The locks that conflict with ours (for a shared lock: exclusive
-	// ones only) can only be there if their holder took ours as stale.
+	// ones only) can only stay if their holder took ours as stale. One
+	// may be there for a moment: a racer that wrote its lock, saw ours
+	// and is backing off (found by TestTwoHostsOneBucket: a backup failed
+	// as a prune's attempt raced its commit). Look again before giving up.
 	other, err := l.r.conflict(ctx, l, l.info.Exclusive)
+	for deadline := time.Now().Add(lockRaceWait); err == nil && other != nil && time.Now().Before(deadline); {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		other, err = l.r.conflict(ctx, l, l.info.Exclusive)
+	}
 	if err != nil {
 		return fmt.Errorf("lock: %w", err)
 	}
