@@ -63,6 +63,10 @@ type Config struct {
 	BootFileDirs     []string
 	MaxJobs          int
 	MaxJobsPerTarget int
+	// GCGrace overrides GC's grace period (zero: the default, 24 h). Only
+	// tests shorten it (VIRTKEEP_TEST_GC_GRACE): with writers on other
+	// hosts, anything under the time a backup takes is unsafe.
+	GCGrace time.Duration
 	// JobRetention is how long ended jobs and their logs stay in the
 	// catalog (default DefaultJobRetention).
 	JobRetention time.Duration

@@ -287,7 +287,7 @@ func (s *Service) GC(ctx context.Context, r api.GCRequest) (api.Job, error) {
 				}
 				var st target.GCStats
 				err = waitLocked(ctx, h, func() (err error) {
-					st, err = repo.GC(ctx, target.GCOptions{DryRun: r.DryRun})
+					st, err = repo.GC(ctx, target.GCOptions{DryRun: r.DryRun, Grace: s.cfg.GCGrace})
 					return err
 				})
 				repo.Close()

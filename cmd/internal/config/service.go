@@ -2,6 +2,7 @@ package config
 
 import (
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/virtkeep/virtkeep/hostd/daemon"
@@ -15,6 +16,11 @@ import (
 func (c *Config) Service(version string, log *slog.Logger) service.Config {
 	sc := service.Config{Version: version, StateDir: c.StateDir, LibvirtURI: c.LibvirtURI, BootFileDirs: c.BootFileDirs,
 		MaxJobs: c.MaxJobs, MaxJobsPerTarget: c.MaxJobsPerTarget, Log: log, Policies: c.policies, JobRetention: c.jobRetention}
+	// A test-only knob: the fault matrix shortens GC's grace period so that
+	// its GC runs repack what its prunes left.
+	if g, err := time.ParseDuration(os.Getenv("VIRTKEEP_TEST_GC_GRACE")); err == nil && g > 0 {
+		sc.GCGrace = g
+	}
 	for _, t := range c.Targets {
 		o := t.Open()
 		o.Limit = limit.New(limit.Limits{BytesPerSecond: t.upkeep.bandwidth, Requests: t.Requests})
