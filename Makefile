@@ -53,8 +53,19 @@ demo: deps build ## virtkeep as an operator uses it, through virtkeepd, on a VM 
 	@go test -tags demo -count=1 -v -timeout 15m -run '^TestDemo$$' ./testenv/demo/ | grep -v '^=== RUN\|^--- PASS\|^PASS$$\|^ok '
 
 FUZZ_TIME ?= 60s
-reliability: deps ## long runs: 200 writer kills, every fuzz target for FUZZ_TIME
-	VIRTKEEP_CRASH_ITERATIONS=200 go test -count=1 -run CrashWriter -v -timeout 60m ./target/
+REL_LOG := $(CURDIR)/.reliability.log
+# Iterations per row: target-level rows, and daemon kills (each ~6 s with a VM).
+REL_ITERATIONS ?= 100
+KILL_ITERATIONS ?= 15
+reliability: deps ## the fault matrix at length (writes docs/RELIABILITY.md), then every fuzz target for FUZZ_TIME
+	@rm -f $(REL_LOG)
+	VIRTKEEP_RELIABILITY_LOG=$(REL_LOG) VIRTKEEP_CRASH_ITERATIONS=200 VIRTKEEP_FAULT_ITERATIONS=$(REL_ITERATIONS) go test -count=1 -timeout 90m \
+	  -run '^(TestCrashWriter|TestCorruptionBehindOurBack|TestTwoHostsOneBucket|TestBackupThroughServerRestart|TestLocalTargetFullAndReadOnly|TestGCStalledPastStaleDeletesNothing)$$' ./target/
+	VIRTKEEP_RELIABILITY_LOG=$(REL_LOG) go test -count=1 -timeout 30m -run '^(TestRecoveryBitmapMissing|TestRecoveryInconsistentBitmap)$$' ./hostd/backup/
+	VIRTKEEP_RELIABILITY_LOG=$(REL_LOG) VIRTKEEP_FAULT_ITERATIONS=$(KILL_ITERATIONS) go test -count=1 -timeout 90m -run '^(TestFaultKillDaemon|TestCopyResumesAfterS3Outage)$$' ./cmd/virtkeepd/
+	VIRTKEEP_RELIABILITY_LOG=$(REL_LOG) go test -count=1 -timeout 30m -run '$(DISRUPTIVE)' ./cmd/virtkeepd/
+	bash testenv/scripts/reliability.sh $(REL_LOG) > docs/RELIABILITY.md
+	@cat docs/RELIABILITY.md
 	for f in FuzzReplies FuzzHandshake; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./nbd/ || exit 1; done
 	for f in FuzzEnvelope FuzzIndex FuzzManifest FuzzPackIndex; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./target/ || exit 1; done
 	go test -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(FUZZ_TIME) ./cmd/internal/config/

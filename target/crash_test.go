@@ -13,6 +13,7 @@ import (
 
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/local"
+	"github.com/virtkeep/virtkeep/testenv"
 )
 
 // crashIterations is how many times TestCrashWriter kills a writer;
@@ -31,6 +32,8 @@ func TestCrashWriter(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short")
 	}
+	(&testenv.FaultRow{Fault: "a writer process SIGKILLed at random moments of backups (fulls and incrementals, local target)", Iterations: crashIterations(),
+		Checked: "after each kill the repository is consistent (check) and every point in it restores to exactly what was written"}).Record(t)
 	dir := t.TempDir()
 	ctx := context.Background()
 	b, err := local.Open(local.Config{Path: dir})

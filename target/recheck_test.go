@@ -36,6 +36,8 @@ func stallOnce(fb *faulty.Backend, prefix string, stale time.Duration, event fun
 // (ErrLockLost) instead of sweeping with its old live set, and the other
 // host's point restores.
 func TestGCStalledPastStaleDeletesNothing(t *testing.T) {
+	(&testenv.FaultRow{Fault: "GC stalled past the lock's stale period while another host backed up", Iterations: 1,
+		Checked: "GC gives up with ErrLockLost, the other host's point restores byte-exact, check --read-data clean"}).Record(t)
 	ctx := context.Background()
 	inner := mem.New()
 	fb := faulty.Wrap(inner)

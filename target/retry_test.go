@@ -110,6 +110,8 @@ func TestRetry(t *testing.T) {
 func TestBackupThroughServerRestart(t *testing.T) {
 	for _, kind := range []string{"s3", "sftp"} {
 		t.Run(kind, func(t *testing.T) {
+			(&testenv.FaultRow{Fault: map[string]string{"s3": "S3 server killed for 8 s mid-backup", "sftp": "sshd killed and restarted mid-backup"}[kind], Iterations: 1,
+				Checked: "failed requests retried where they failed, the backup commits, the point restores byte-exact, check --read-data clean"}).Record(t)
 			var b target.Backend
 			var kill, start func()
 			down := 8 * time.Second

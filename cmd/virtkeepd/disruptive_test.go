@@ -22,6 +22,8 @@ import (
 // the middle ends (done or failed, cleanly), and the next backup succeeds
 // without restarting virtkeepd.
 func TestDisruptiveLibvirtdRestart(t *testing.T) {
+	(&testenv.FaultRow{Fault: "libvirtd restarted between jobs and in the middle of a backup", Iterations: 2,
+		Checked: "virtkeepd reconnects by itself (no restart), the job caught ends cleanly, the next backup succeeds and verifies, no libvirt job left"}).Record(t)
 	env := vm.Libvirt(t)
 	dom := env.NewDomain(t, vm.DomainSpec{Start: true, Disks: []vm.DiskSpec{{Size: 256 << 20, Fill: testenv.Fill{Random: 1}}}})
 	bin, dbin := binaries(t)

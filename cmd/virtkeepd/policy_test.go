@@ -299,6 +299,8 @@ func scrape(t *testing.T, addr string) string {
 // attempt once the server is back. The destination then passes verify
 // --read-data and restores byte-exact.
 func TestCopyResumesAfterS3Outage(t *testing.T) {
+	(&testenv.FaultRow{Fault: "S3 server killed for 25 s in the middle of a copy (through virtkeepd)", Iterations: 1,
+		Checked: "the copy goes on in its first attempt, verify --read-data of the destination passes, the copy exports byte-exact"}).Record(t)
 	sshd := testenv.SSHD(t)
 	s3 := testenv.S3(t)
 	env := vm.Libvirt(t)

@@ -142,6 +142,8 @@ func TestRecoveryLostMetadata(t *testing.T) {
 // bitmap; libvirt still has the checkpoint ("missing or broken bitmap").
 // The disk is read in full, the broken checkpoint goes, the chain heals.
 func TestRecoveryBitmapMissing(t *testing.T) {
+	(&testenv.FaultRow{Fault: "QEMU killed (SIGKILL) after a backup: its dirty bitmaps are lost", Iterations: 1,
+		Checked: "the next backup reads that disk in full and says why (bitmap missing), drops the broken checkpoint, and the chain is incremental again after it"}).Record(t)
 	f := fixture.New(t, vm.DomainSpec{Disks: []vm.DiskSpec{{Size: 16 << 20}}, Start: true})
 	tg := f.Target("t")
 	full := f.Backup(tg, chain.LevelFull)
@@ -169,6 +171,8 @@ func TestRecoveryBitmapMissing(t *testing.T) {
 // TestRecoveryInconsistentBitmap: the bitmap was saved once, then QEMU was
 // killed while using it, so it is flagged inconsistent.
 func TestRecoveryInconsistentBitmap(t *testing.T) {
+	(&testenv.FaultRow{Fault: "QEMU killed while its saved bitmap was in use (flagged inconsistent)", Iterations: 1,
+		Checked: "the next backup reads that disk in full and says why (inconsistent), the chain is incremental again after it"}).Record(t)
 	f := fixture.New(t, vm.DomainSpec{Disks: []vm.DiskSpec{{Size: 16 << 20}}, Start: true})
 	tg := f.Target("t")
 	f.Backup(tg, chain.LevelFull)
