@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/mattn/go-sqlite3"
 	_ "github.com/mattn/go-sqlite3" // the database/sql driver "sqlite3"
 )
 
@@ -114,6 +115,31 @@ var migrations = []string{
 // DB is an open catalog.
 type DB struct {
 	db *sql.DB
+	// Replaced says why a damaged catalog was moved aside and this one
+	// made by Open ("" when none was).
+	Replaced string
+}
+
+// OpenOrReplace is Open, but a catalog SQLite finds damaged (not a
+// database, or corrupt) is moved aside (path.damaged-<time>) and a new one
+// made: the catalog is a cache of the targets, rebuilt from them on first
+// use; only job history is lost. Only the holder of the host lock may.
+func OpenOrReplace(ctx context.Context, path string) (*DB, error) {
+	c, err := Open(ctx, path)
+	var se sqlite3.Error
+	if errors.As(err, &se) && (se.Code == sqlite3.ErrNotADB || se.Code == sqlite3.ErrCorrupt) {
+		aside := fmt.Sprintf("%s.damaged-%s", path, time.Now().UTC().Format("20060102T150405Z"))
+		if rerr := os.Rename(path, aside); rerr != nil {
+			return nil, fmt.Errorf("%w (moving it aside: %v)", err, rerr)
+		}
+		os.Remove(path + "-wal")
+		os.Remove(path + "-shm")
+		c, err = Open(ctx, path)
+		if err == nil {
+			c.Replaced = fmt.Sprintf("the catalog was damaged (%v): moved to %s, a new one is rebuilt from the targets", se, aside)
+		}
+	}
+	return c, err
 }
 
 // Open opens (creating it 0600 if needed) and migrates the catalog at path.

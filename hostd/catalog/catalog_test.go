@@ -1,8 +1,10 @@
 package catalog
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -196,5 +198,34 @@ func TestListTenThousand(t *testing.T) {
 		start = time.Now()
 		one, _ := c.Points(ctx, Query{Domain: "vm7"})
 		t.Logf("list of 10,000 points: %v; of one domain's %d: %v", el, len(one), time.Since(start))
+	}
+}
+
+// TestDamagedCatalogReplaced: a catalog file that is no database (garbage
+// written over it) is moved aside by OpenOrReplace and a new one made;
+// Open alone refuses it.
+func TestDamagedCatalogReplaced(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "catalog.db")
+	os.WriteFile(path, bytes.Repeat([]byte("not a database "), 1000), 0o600)
+	if c, err := Open(ctx, path); err == nil {
+		c.Close()
+		t.Fatal("Open took a damaged catalog")
+	}
+	c, err := OpenOrReplace(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if c.Replaced == "" {
+		t.Fatal("the damaged catalog's replacement is not said")
+	}
+	if _, err := c.Points(ctx, Query{}); err != nil {
+		t.Fatalf("the new catalog: %v", err)
+	}
+	aside, _ := filepath.Glob(path + ".damaged-*")
+	if len(aside) != 1 {
+		t.Fatalf("the damaged catalog was not kept aside: %v", aside)
 	}
 }

@@ -157,7 +157,14 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, err
 	}
 	s.lock = lock
-	s.cat, err = catalog.Open(ctx, filepath.Join(cfg.StateDir, "catalog.db"))
+	openCatalog := catalog.OpenOrReplace
+	if s.readOnly.Load() {
+		openCatalog = catalog.Open // the catalog is the lock holder's
+	}
+	s.cat, err = openCatalog(ctx, filepath.Join(cfg.StateDir, "catalog.db"))
+	if err == nil && s.cat.Replaced != "" {
+		s.log.Error(s.cat.Replaced)
+	}
 	if err != nil {
 		s.lock.release()
 		return nil, err
