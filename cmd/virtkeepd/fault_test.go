@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -307,4 +308,75 @@ func TestFaultCatalogLost(t *testing.T) {
 		t.Fatalf("after the rebuild: %d points, want %d", got, before)
 	}
 	r.check("catalog rebuilt")
+}
+
+// TestFaultQemuKilledMidBackup: the domain's QEMU is SIGKILLed while
+// virtkeepd backs it up (its dirty bitmaps are lost or flagged in use).
+// The backup fails cleanly, nothing is left, and the next backup of the
+// restarted domain reads the disk in full, says why, and restores
+// byte-exact; the one after it is incremental again.
+func TestFaultQemuKilledMidBackup(t *testing.T) {
+	(&testenv.FaultRow{Fault: "QEMU killed (SIGKILL) in the middle of a backup through virtkeepd", Iterations: 1,
+		Checked: "the job fails cleanly, nothing left; the next backup reads the disk in full and says why, restores byte-exact; the one after is incremental"}).Record(t)
+	env := vm.Libvirt(t)
+	dom := env.NewDomain(t, vm.DomainSpec{Start: true, Disks: []vm.DiskSpec{{Size: 96 << 20, Fill: testenv.Fill{Random: 0.8, Hole: 0.2}}}})
+	bin, dbin := binaries(t)
+	r := &killRig{t: t, env: env, dom: dom, bin: bin, dbin: dbin, dir: dom.Dir, want: map[string]string{}, restores: map[string]string{}}
+	r.cfg = filepath.Join(r.dir, "virtkeep.yaml")
+	os.WriteFile(r.cfg, []byte(fmt.Sprintf("state_dir: %[1]s/state\nlibvirt_uri: %[2]s\nsocket: %[1]s/d.sock\ntargets:\n  - {name: local, kind: local, path: %[1]s/repo, bandwidth: 32MiB}\n  - {name: second, kind: local, path: %[1]s/repo2}\n",
+		r.dir, vm.URI())), 0o600)
+	r.d = startDaemon(t, dbin, r.cfg)
+	r.backup()
+	r.write()
+	id := startBackup(t, bin, r.cfg, dom.Name) // a full: 77 MiB at 32 MiB/s
+	if err := dom.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, _ := cli(t, bin, r.cfg, "job", "log", id, "--follow"); code != 0 {
+		t.Fatal("job log --follow of the backup whose QEMU was killed")
+	}
+	if j := jobInfo(t, bin, r.cfg, id); j.State != api.Failed {
+		t.Fatalf("backup whose QEMU was killed: %s %s", j.State, j.Error)
+	}
+	if err := dom.Start(true); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errw := cli(t, bin, r.cfg, "--json", "backup", dom.Name, "--wait", "--level", "inc")
+	if code != 0 {
+		t.Fatalf("backup after QEMU was killed: %d %s %s", code, out, errw)
+	}
+	var j api.Job
+	ids := jobIDs(t, bin, r.cfg)
+	j = jobInfo(t, bin, r.cfg, ids[len(ids)-1])
+	if j.Result == nil || j.Result.FullReasons["vda"] == "" {
+		t.Fatalf("the backup after QEMU was killed does not say why it read vda in full: %+v", j.Result)
+	}
+	testenv.Report(t, "after QEMU was killed mid-backup, the next backup read vda in full: %s", j.Result.FullReasons["vda"])
+	r.learn()
+	r.check("QEMU killed mid-backup") // includes the next backup
+	r.write()
+	if code, _, errw := cli(t, bin, r.cfg, "backup", dom.Name, "--wait", "--level", "inc"); code != 0 {
+		t.Fatalf("incremental: %d %s", code, errw)
+	}
+	ids = jobIDs(t, bin, r.cfg)
+	if j := jobInfo(t, bin, r.cfg, ids[len(ids)-1]); j.Result == nil || len(j.Result.FullReasons) != 0 {
+		t.Fatalf("the chain is not incremental again: %+v", j.Result)
+	}
+}
+
+// jobIDs are the IDs of the jobs listed, oldest first.
+func jobIDs(t *testing.T, bin, cfg string) []string {
+	code, out, _ := cli(t, bin, cfg, "--json", "jobs")
+	var js []api.Job
+	if code != 0 || json.Unmarshal([]byte(out), &js) != nil {
+		t.Fatalf("jobs: %d %s", code, out)
+	}
+	slices.SortFunc(js, func(a, b api.Job) int { return a.Created.Compare(b.Created) })
+	var ids []string
+	for _, j := range js {
+		if j.Kind == api.KindBackup {
+			ids = append(ids, j.ID)
+		}
+	}
+	return ids
 }
