@@ -65,27 +65,17 @@ var killOps = []op{
 // passes; and the next backup succeeds.
 func TestFaultKillDaemon(t *testing.T) {
 	n := testenv.Iterations(1)
-	env := vm.Libvirt(t)
-	dom := env.NewDomain(t, vm.DomainSpec{Start: true, Disks: []vm.DiskSpec{{Size: 96 << 20, Fill: testenv.Fill{Random: 0.8, Hole: 0.2}}}})
-	bin, dbin := binaries(t)
-	r := &killRig{t: t, env: env, dom: dom, bin: bin, dbin: dbin, dir: dom.Dir, want: map[string]string{}, restores: map[string]string{}}
-	r.cfg = filepath.Join(r.dir, "virtkeep.yaml")
-	os.WriteFile(r.cfg, []byte(fmt.Sprintf(`state_dir: %[1]s/state
-libvirt_uri: %[2]s
-socket: %[1]s/d.sock
-targets:
-  - {name: local, kind: local, path: %[1]s/repo, bandwidth: 48MiB, pack_size: 1MiB}
-  - {name: second, kind: local, path: %[1]s/repo2, bandwidth: 48MiB}
-policies:
+	os.Setenv("VIRTKEEP_TEST_GC_GRACE", "1ms")
+	defer os.Unsetenv("VIRTKEEP_TEST_GC_GRACE")
+	r := newKillRig(t, 96<<20, "bandwidth: 48MiB, pack_size: 1MiB", func(dom string) string {
+		return `policies:
   - name: keep
-    domains: [%[3]s]
+    domains: [` + dom + `]
     schedule: "0 3 1 1 *"
     targets: [local]
     retention: [{keep_last: 2}]
-`, r.dir, vm.URI(), dom.Name)), 0o600)
-	os.Setenv("VIRTKEEP_TEST_GC_GRACE", "1ms")
-	defer os.Unsetenv("VIRTKEEP_TEST_GC_GRACE")
-	r.d = startDaemon(t, dbin, r.cfg)
+`
+	})
 	r.backup()
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	for _, o := range killOps {
@@ -104,6 +94,26 @@ policies:
 			row.Fault += fmt.Sprintf(" (%d of %d kills caught the job running)", caught, n)
 		})
 	}
+}
+
+// newKillRig starts virtkeepd over a new domain (one disk of size) with
+// the targets local (with localExtra settings) and second, and more
+// configuration from extra (given the domain's name).
+func newKillRig(t *testing.T, size int64, localExtra string, extra func(dom string) string) *killRig {
+	env := vm.Libvirt(t)
+	dom := env.NewDomain(t, vm.DomainSpec{Start: true, Disks: []vm.DiskSpec{{Size: size, Fill: testenv.Fill{Random: 0.8, Hole: 0.2}}}})
+	bin, dbin := binaries(t)
+	r := &killRig{t: t, env: env, dom: dom, bin: bin, dbin: dbin, dir: dom.Dir, want: map[string]string{}, restores: map[string]string{}}
+	r.cfg = filepath.Join(r.dir, "virtkeep.yaml")
+	more := ""
+	if extra != nil {
+		more = extra(dom.Name)
+	}
+	os.WriteFile(r.cfg, []byte(fmt.Sprintf("state_dir: %[1]s/state\nlibvirt_uri: %[2]s\nsocket: %[1]s/d.sock\ntargets:\n"+
+		"  - {name: local, kind: local, path: %[1]s/repo, %[3]s}\n  - {name: second, kind: local, path: %[1]s/repo2, bandwidth: 48MiB}\n%[4]s",
+		r.dir, vm.URI(), localExtra, more)), 0o600)
+	r.d = startDaemon(t, dbin, r.cfg)
+	return r
 }
 
 // write changes 1 MiB of the disk (for the next incremental).
@@ -279,14 +289,7 @@ func (r *killRig) check(what string) {
 func TestFaultCatalogLost(t *testing.T) {
 	(&testenv.FaultRow{Fault: "the catalog deleted while virtkeepd runs, and overwritten with garbage while it is down", Iterations: 1,
 		Checked: "virtkeepd starts, moves the damaged catalog aside, rebuilds it from the target: every point listed again and restoring byte-exact; the next backup succeeds"}).Record(t)
-	env := vm.Libvirt(t)
-	dom := env.NewDomain(t, vm.DomainSpec{Start: true, Disks: []vm.DiskSpec{{Size: 32 << 20, Fill: testenv.Fill{Random: 0.8, Hole: 0.2}}}})
-	bin, dbin := binaries(t)
-	r := &killRig{t: t, env: env, dom: dom, bin: bin, dbin: dbin, dir: dom.Dir, want: map[string]string{}, restores: map[string]string{}}
-	r.cfg = filepath.Join(r.dir, "virtkeep.yaml")
-	os.WriteFile(r.cfg, []byte(fmt.Sprintf("state_dir: %[1]s/state\nlibvirt_uri: %[2]s\nsocket: %[1]s/d.sock\ntargets:\n  - {name: local, kind: local, path: %[1]s/repo}\n  - {name: second, kind: local, path: %[1]s/repo2}\n",
-		r.dir, vm.URI())), 0o600)
-	r.d = startDaemon(t, dbin, r.cfg)
+	r := newKillRig(t, 32<<20, "pack_size: 8MiB", nil)
 	r.backup()
 	r.write()
 	r.backup()
@@ -300,7 +303,7 @@ func TestFaultCatalogLost(t *testing.T) {
 	}
 	r.d.stop(t, syscall.SIGTERM, time.Minute)
 	os.WriteFile(db, []byte(strings.Repeat("garbage, not a database\n", 4096)), 0o600)
-	r.d = startDaemon(t, dbin, r.cfg)
+	r.d = startDaemon(t, r.dbin, r.cfg)
 	if !strings.Contains(r.d.log.String(), "the catalog was damaged") {
 		t.Fatalf("virtkeepd did not say it replaced the damaged catalog: %s", r.d.log.String())
 	}
@@ -318,14 +321,8 @@ func TestFaultCatalogLost(t *testing.T) {
 func TestFaultQemuKilledMidBackup(t *testing.T) {
 	(&testenv.FaultRow{Fault: "QEMU killed (SIGKILL) in the middle of a backup through virtkeepd", Iterations: 1,
 		Checked: "the job fails cleanly, nothing left; the next backup reads the disk in full and says why, restores byte-exact; the one after is incremental"}).Record(t)
-	env := vm.Libvirt(t)
-	dom := env.NewDomain(t, vm.DomainSpec{Start: true, Disks: []vm.DiskSpec{{Size: 96 << 20, Fill: testenv.Fill{Random: 0.8, Hole: 0.2}}}})
-	bin, dbin := binaries(t)
-	r := &killRig{t: t, env: env, dom: dom, bin: bin, dbin: dbin, dir: dom.Dir, want: map[string]string{}, restores: map[string]string{}}
-	r.cfg = filepath.Join(r.dir, "virtkeep.yaml")
-	os.WriteFile(r.cfg, []byte(fmt.Sprintf("state_dir: %[1]s/state\nlibvirt_uri: %[2]s\nsocket: %[1]s/d.sock\ntargets:\n  - {name: local, kind: local, path: %[1]s/repo, bandwidth: 32MiB}\n  - {name: second, kind: local, path: %[1]s/repo2}\n",
-		r.dir, vm.URI())), 0o600)
-	r.d = startDaemon(t, dbin, r.cfg)
+	r := newKillRig(t, 96<<20, "bandwidth: 32MiB", nil)
+	dom, bin := r.dom, r.bin
 	r.backup()
 	r.write()
 	id := startBackup(t, bin, r.cfg, dom.Name) // a full: 77 MiB at 32 MiB/s

@@ -80,6 +80,9 @@ func TestWeekOfSchedules(t *testing.T) {
 		Targets: []string{"local"}, Concurrency: 3, Retention: map[string]target.Retention{"local": {KeepDaily: 2, KeepWeekly: 2}}}
 	svc, err := service.New(context.Background(), service.Config{Mode: "daemon", Version: "test", StateDir: filepath.Join(dir, "state"),
 		LibvirtURI: vm.URI(), MaxJobs: 8, MaxJobsPerTarget: 8, Clock: clock.Now, Policies: []*policy.Policy{pol},
+		// GC's grace is the backend's time, which the injected clock does
+		// not move: the week passes in seconds of it.
+		GCGrace: time.Millisecond,
 		Targets: []service.Target{{Name: "local", GC: gc, Verify: verify, VerifyReadData: "sample", VerifySample: 7, Open: all.Config{Name: "local", Kind: "local", Path: filepath.Join(dir, "repo")}}}})
 	if err != nil {
 		t.Fatal(err)
