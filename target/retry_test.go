@@ -169,3 +169,42 @@ func TestBackupThroughServerRestart(t *testing.T) {
 		})
 	}
 }
+
+// TestCopyThroughSSHDRestart: sshd killed and restarted a third of the way
+// through a copy into an SFTP target: the copy goes on, commits, and the
+// copy restores byte-exact.
+func TestCopyThroughSSHDRestart(t *testing.T) {
+	(&testenv.FaultRow{Fault: "sshd killed and restarted in the middle of a copy into an SFTP target", Iterations: 1,
+		Checked: "the copy commits in one attempt, restores byte-exact, check --read-data clean"}).Record(t)
+	srv := testenv.SSHD(t)
+	b := sftpBackend(t, srv, 2)
+	defer b.Close()
+	ctx := context.Background()
+	src := newRepo(t, mem.New(), nil)
+	dst := newRepo(t, retry.Wrap(b, retry.Config{Initial: 200 * time.Millisecond}), nil)
+	c, _ := testenv.NewContent(24<<20, 91, testenv.Fill{Random: 1})
+	full, _ := backup(t, src, c, target.LevelFull, "", nil)
+	var third atomic.Bool
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := target.Copy(ctx, src, dst, full.ID, target.CopyOptions{Progress: func(_ string, d, total int64) {
+			if d*3 > total {
+				third.Store(true)
+			}
+		}})
+		done <- err
+	}()
+	for !third.Load() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	srv.Kill()
+	time.Sleep(3 * time.Second)
+	srv.Start()
+	if err := <-done; err != nil {
+		t.Fatalf("copy through sshd's restart: %v", err)
+	}
+	restoreEquals(t, dst, full.ID, c)
+	if rep, err := dst.Check(ctx, target.CheckOptions{ReadData: true}); err != nil || !rep.OK() {
+		t.Fatalf("check: %v %v", rep, err)
+	}
+}
