@@ -12,6 +12,7 @@ import (
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/mem"
 	"github.com/virtkeep/virtkeep/target/retry"
+	"github.com/virtkeep/virtkeep/target/s3"
 	"github.com/virtkeep/virtkeep/target/targettest"
 	"github.com/virtkeep/virtkeep/testenv"
 )
@@ -205,6 +206,54 @@ func TestCopyThroughSSHDRestart(t *testing.T) {
 	}
 	restoreEquals(t, dst, full.ID, c)
 	if rep, err := dst.Check(ctx, target.CheckOptions{ReadData: true}); err != nil || !rep.OK() {
+		t.Fatalf("check: %v %v", rep, err)
+	}
+}
+
+// TestBackupThroughSlowErroringServer: an S3 server 10 ms away whose
+// connections are all cut every 300 ms (a flaky network, a server that
+// fails requests) while a backup writes to it: the requests that fail are
+// retried where they failed, the backup commits and restores byte-exact.
+func TestBackupThroughSlowErroringServer(t *testing.T) {
+	(&testenv.FaultRow{Fault: "S3 server behind a proxy adding 10 ms each way and cutting every connection every 300 ms during a backup", Iterations: 1,
+		Checked: "the backup commits, restores byte-exact, check --read-data clean"}).Record(t)
+	srv := testenv.S3(t)
+	proxy := testenv.NewDelayProxy(t, srv.Endpoint, 10*time.Millisecond)
+	ctx := context.Background()
+	b, err := s3.Open(ctx, s3.Config{Endpoint: proxy.Addr, Bucket: "erroring", Prefix: "repo", Region: srv.Region, AccessKey: srv.AccessKey,
+		SecretKey: target.Secret(srv.SecretKey), Insecure: true, PathStyle: true, CreateBucket: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	r := newRepo(t, retry.Wrap(b, retry.Config{Initial: 100 * time.Millisecond}), nil)
+	c, _ := testenv.NewContent(24<<20, 92, testenv.Fill{Random: 1})
+	stop := make(chan struct{})
+	cuts := make(chan int, 1)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				cuts <- n
+				return
+			case <-time.After(300 * time.Millisecond):
+				n += proxy.Cut()
+			}
+		}
+	}()
+	m, err := tryWrite(r, c)
+	close(stop)
+	n := <-cuts
+	if err != nil {
+		t.Fatalf("backup through an erroring server (%d connections cut): %v", n, err)
+	}
+	testenv.Report(t, "backup through a server 10 ms away whose connections were cut every 300 ms: %d connections cut", n)
+	if n == 0 {
+		t.Fatal("no connection was cut: the test did not overlap the backup")
+	}
+	restoreEquals(t, r, m.ID, c)
+	if rep, err := r.Check(ctx, target.CheckOptions{ReadData: true}); err != nil || !rep.OK() {
 		t.Fatalf("check: %v %v", rep, err)
 	}
 }

@@ -111,3 +111,16 @@ func (p *DelayProxy) close() {
 	p.mu.Unlock()
 	p.wg.Wait()
 }
+
+// Cut closes every connection open now, in both directions, as a reset by
+// the network or a server that fails would; new connections are served.
+func (p *DelayProxy) Cut() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	n := len(p.conns) / 2
+	p.conns = nil
+	return n
+}
