@@ -377,3 +377,57 @@ func jobIDs(t *testing.T, bin, cfg string) []string {
 	}
 	return ids
 }
+
+// TestFaultGuestShutdownMidBackup: the guest powers itself off while
+// virtkeepd backs it up (libvirt 9 ends the backup job with the domain).
+// The job ends cleanly, nothing is left on the host or in the target, and
+// once the guest runs again its next backup succeeds and verifies.
+func TestFaultGuestShutdownMidBackup(t *testing.T) {
+	(&testenv.FaultRow{Fault: "the guest shut down (poweroff in the guest) in the middle of a backup", Iterations: 1,
+		Checked: "the job ends cleanly, no libvirt job or scratch left, no point half-visible; after the guest restarts the next backup succeeds and verify --read-data passes"}).Record(t)
+	env := vm.Libvirt(t)
+	g := env.NewGuest(t, vm.GuestSpec{})
+	if _, err := g.AttachDisk(context.Background(), vm.DiskSpec{Target: "vdb", Size: 256 << 20, Fill: testenv.Fill{Random: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	bin, dbin := binaries(t)
+	cfg := filepath.Join(g.Dir, "virtkeep.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir: %[1]s/state\nlibvirt_uri: %[2]s\nsocket: %[1]s/d.sock\ntargets:\n  - {name: local, kind: local, path: %[1]s/repo, bandwidth: 32MiB}\n",
+		g.Dir, vm.URI())), 0o600)
+	d := startDaemon(t, dbin, cfg)
+	id := startBackup(t, bin, cfg, g.Name)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, _ = g.Exec(ctx, "sync; poweroff -f") // the agent goes with the guest: no answer
+	if code, _, _ := cli(t, bin, cfg, "job", "log", id, "--follow"); code != 0 {
+		t.Fatal("job log --follow of the backup whose guest shut down")
+	}
+	j := jobInfo(t, bin, cfg, id)
+	testenv.Report(t, "the backup whose guest shut down: %s %s", j.State, j.Error)
+	if j.State != api.Failed && j.State != api.Succeeded {
+		t.Fatalf("backup whose guest shut down: %+v", j)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(g.Dir, "state", "run")); len(ents) > 0 {
+		t.Fatalf("left in state_dir/run after the guest shut down: %v", ents)
+	}
+	for deadline := time.Now().Add(time.Minute); g.Active(); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the guest did not stop")
+		}
+	}
+	if err := g.Dom.Create(); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.WaitAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errw := cli(t, bin, cfg, "backup", g.Name, "--wait"); code != 0 {
+		t.Fatalf("backup after the guest restarted: %d %s %s\n%s", code, out, errw, d.log.String())
+	}
+	if _, err := g.Dom.BackupGetXMLDesc(0); err == nil {
+		t.Fatal("a libvirt backup job is left")
+	}
+	if code, out, errw := cli(t, bin, cfg, "verify", "--all", "--read-data"); code != 0 {
+		t.Fatalf("verify: %d %s %s", code, out, errw)
+	}
+}
