@@ -196,6 +196,7 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 	// Indexes: roots and pages, once each; collect referenced chunks.
 	chunks := map[ID]bool{}
 	pageOK := map[ID]error{}
+	badPages := map[ID]error{}
 	for _, m := range manifests {
 		label := pointLabel(m.ID, m.Domain, m.Time)
 		for k, b := range m.Blobs {
@@ -227,6 +228,7 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 				}
 				if perr != nil {
 					add(objectKey(typePage, pid), perr, m.ID, label)
+					badPages[pid] = perr
 				}
 			}
 		}
@@ -285,7 +287,7 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 		}
 	}
 	if o.Quarantine && o.ReadData {
-		r.quarantine(ctx, bad, damagedIdx, rep)
+		r.quarantine(ctx, bad, badPages, damagedIdx, rep)
 	}
 	for _, p := range problems {
 		sort.Strings(p.Points)
@@ -300,11 +302,13 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 // quarantine moves damaged (not missing) chunks to damaged/<key> under the
 // exclusive lock, after reading each once more, and damaged pack indexes
 // likewise (their pack, indexless, goes at the next GC).
-func (r *Repository) quarantine(ctx context.Context, bad map[ID]error, indexes map[ID]error, rep *CheckReport) {
-	var damaged []ID
-	for id, err := range bad {
-		if errors.Is(err, ErrCorrupt) {
-			damaged = append(damaged, id)
+func (r *Repository) quarantine(ctx context.Context, bad map[ID]error, badPages map[ID]error, indexes map[ID]error, rep *CheckReport) {
+	var damaged []ref
+	for typ, m := range map[byte]map[ID]error{typeChunk: bad, typePage: badPages} {
+		for id, err := range m {
+			if errors.Is(err, ErrCorrupt) {
+				damaged = append(damaged, ref{typ, id})
+			}
 		}
 	}
 	if len(damaged) == 0 && len(indexes) == 0 {
@@ -320,29 +324,29 @@ func (r *Repository) quarantine(ctx context.Context, bad map[ID]error, indexes m
 		rep.QuarantineError = err.Error()
 		return
 	}
-	for _, id := range damaged {
-		key := objectKey(typeChunk, id)
+	for _, o := range damaged {
+		key := objectKey(o.typ, o.id)
 		// Each drop rewrites a pack index another host may have replaced
 		// since, had our lock lapsed.
 		if err := lock.Check(ctx); err != nil {
 			rep.QuarantineError = fmt.Sprintf("%s: %v", key, err)
 			return
 		}
-		if _, err := r.getObject(ctx, typeChunk, id); !errors.Is(err, ErrCorrupt) {
+		if _, err := r.getObject(ctx, o.typ, o.id); !errors.Is(err, ErrCorrupt) {
 			continue // rewritten meanwhile, or unreadable for another reason
 		}
-		obj, err := r.chunkEnvelope(ctx, id)
+		obj, err := r.packedEnvelope(ctx, o)
 		if err == nil {
 			err = r.b.Put(ctx, "damaged/"+key, obj)
 		}
 		if err == nil {
-			err = r.dropChunk(ctx, id)
+			err = r.dropObject(ctx, o)
 		}
 		if err != nil {
 			rep.QuarantineError = fmt.Sprintf("%s: %v", key, err)
 			return
 		}
-		r.log.Warn("check: damaged chunk moved aside; the next backup of its data stores it again", "chunk", key)
+		r.log.Warn("check: damaged object moved aside; the next backup of its data stores it again", "object", key)
 		rep.Quarantined = append(rep.Quarantined, key)
 	}
 	sort.Strings(rep.Quarantined)

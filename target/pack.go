@@ -622,12 +622,13 @@ func packUploads(p Properties) int {
 	return 6
 }
 
-// dropChunk removes chunk id from the repository: its object, or its entry
-// in its pack's index (the bytes stay in the pack until GC repacks it).
-func (r *Repository) dropChunk(ctx context.Context, id ID) error {
-	pack, _, ok := r.packs.lookup(ref{typeChunk, id})
+// dropObject removes chunk or page o from the repository: its object, or
+// its entry in its pack's index (the bytes stay in the pack until GC
+// repacks it).
+func (r *Repository) dropObject(ctx context.Context, o ref) error {
+	pack, _, ok := r.packs.lookup(o)
 	if !ok {
-		return r.b.Delete(ctx, objectKey(typeChunk, id))
+		return r.b.Delete(ctx, objectKey(o.typ, o.id))
 	}
 	fi, err := r.b.Stat(ctx, packKey(pack))
 	if err != nil {
@@ -641,12 +642,12 @@ func (r *Repository) dropChunk(ctx context.Context, id ID) error {
 	if err != nil {
 		return err
 	}
-	es = slices.DeleteFunc(es, func(e packEntry) bool { return e.ref == ref{typeChunk, id} })
+	es = slices.DeleteFunc(es, func(e packEntry) bool { return e.ref == o })
 	if err := r.b.Put(ctx, packIndexKey(pack), r.codec.seal(typePackIndex, encodePackIndex(pack, es))); err != nil {
 		return err
 	}
 	r.packs.mu.Lock()
-	delete(r.packs.have, ref{typeChunk, id})
+	delete(r.packs.have, o)
 	r.packs.mu.Unlock()
 	return nil
 }
