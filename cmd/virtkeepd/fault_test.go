@@ -17,6 +17,7 @@ import (
 	"github.com/virtkeep/virtkeep/hostd/api"
 	"github.com/virtkeep/virtkeep/testenv"
 	"github.com/virtkeep/virtkeep/testenv/vm"
+	"libvirt.org/go/libvirt"
 )
 
 // killRig is a daemon over one VM with two local targets, and what every
@@ -77,6 +78,12 @@ func TestFaultKillDaemon(t *testing.T) {
 `
 	})
 	r.backup()
+	// What a kill between making a backup's runtime directory and starting
+	// its libvirt job leaves (found at the 8th kill of 15 in make
+	// reliability): no job names it, the next start must remove it.
+	if err := os.Mkdir(filepath.Join(r.dir, "state", "run", "b-deadbeef"), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	for _, o := range killOps {
 		row := &testenv.FaultRow{Fault: "virtkeepd SIGKILLed during " + o.name, Iterations: n,
@@ -410,7 +417,11 @@ func TestFaultGuestShutdownMidBackup(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Join(g.Dir, "state", "run")); len(ents) > 0 {
 		t.Fatalf("left in state_dir/run after the guest shut down: %v", ents)
 	}
-	for deadline := time.Now().Add(time.Minute); g.Active(); time.Sleep(100 * time.Millisecond) {
+	// The guest stops (and QEMU with it); start it again.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		if s, _, err := g.Dom.GetState(); err == nil && s == libvirt.DOMAIN_SHUTOFF {
+			break
+		}
 		if time.Now().After(deadline) {
 			t.Fatal("the guest did not stop")
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -166,6 +167,15 @@ func (s *Service) Recover(ctx context.Context) error {
 			if err := s.endStaleJob(ctx, j.Domain); err != nil {
 				errs = append(errs, err)
 			}
+		}
+	}
+	if len(errs) == 0 { // no backup job of ours runs now: their directories go
+		gone, err := s.state.SweepScratch()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if len(gone) > 0 {
+			s.log.Warn("removed backup runtime directories an interrupted run left", "dirs", strings.Join(gone, ", "))
 		}
 	}
 	if h, err := s.host(); err == nil {

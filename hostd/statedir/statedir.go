@@ -231,6 +231,34 @@ func (d Dir) LockDomain(ctx context.Context, uuid, name string, log *slog.Logger
 
 var scratchDirRe = regexp.MustCompile(`^b-[0-9a-f]{8}$`)
 
+// SweepScratch removes every backup runtime directory left in
+// state_dir/run and returns their names. Only the holder of the host lock
+// may, once no backup of its runs and the libvirt jobs of interrupted
+// ones were ended: a process killed between making the directory and
+// starting the job (or between the job's end and the directory's removal)
+// leaves one no job names.
+func (d Dir) SweepScratch() ([]string, error) {
+	run := filepath.Join(string(d), "run")
+	ents, err := os.ReadDir(run)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var gone []string
+	for _, e := range ents {
+		if !e.IsDir() || !scratchDirRe.MatchString(e.Name()) {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(run, e.Name())); err != nil {
+			return gone, err
+		}
+		gone = append(gone, e.Name())
+	}
+	return gone, nil
+}
+
 // OwnScratch returns the runtime directory a backup job's NBD socket
 // is in when it is one of ours (state_dir/run/b-XXXXXXXX): only such a
 // directory is ever removed, whatever path libvirt reports.
