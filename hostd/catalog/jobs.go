@@ -89,24 +89,26 @@ func (c *DB) LastJob(ctx context.Context, policy, kind string) (api.Job, error) 
 
 // Unfinished is a job recorded as queued or running, and who held it.
 type Unfinished struct {
-	Job    api.Job
-	Holder int
+	Job     api.Job
+	Holder  int
+	Request []byte // the request it was submitted with (JSON)
 }
 
 // UnfinishedJobs returns the jobs not recorded as ended.
 func (c *DB) UnfinishedJobs(ctx context.Context) ([]Unfinished, error) {
-	rows, err := c.db.QueryContext(ctx, "SELECT job, holder_pid FROM jobs WHERE ended_ns = 0 ORDER BY created_ns")
+	rows, err := c.db.QueryContext(ctx, "SELECT job, holder_pid, request FROM jobs WHERE ended_ns = 0 ORDER BY created_ns")
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	var out []Unfinished
 	for rows.Next() {
-		var b string
+		var b, req string
 		var u Unfinished
-		if err := rows.Scan(&b, &u.Holder); err != nil {
+		if err := rows.Scan(&b, &u.Holder, &req); err != nil {
 			return nil, err
 		}
+		u.Request = []byte(req)
 		if err := json.Unmarshal([]byte(b), &u.Job); err != nil {
 			return nil, err
 		}

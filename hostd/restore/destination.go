@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -73,7 +75,7 @@ func openDestination(final, format string, force bool) (*destination, error) {
 		}
 		d.old = lfi
 	}
-	tmp, err := os.MkdirTemp(filepath.Dir(d.final), ".vk-restore-")
+	tmp, err := os.MkdirTemp(filepath.Dir(d.final), "."+tempPrefix)
 	if err != nil {
 		return nil, err
 	}
@@ -87,6 +89,47 @@ func openDestination(final, format string, force bool) (*destination, error) {
 		}
 	}
 	return d, nil
+}
+
+// tempPrefix starts the private directories a restore writes a disk in
+// before renaming it into place, and those of qcow2 restores' NBD sockets.
+const tempPrefix = "vk-restore-"
+
+// SweepTemp removes the private directories interrupted restores left in
+// dirs (.vk-restore-*), and those in the system's temporary directory
+// (vk-restore-PID-*, ours) whose process is gone, and returns their paths.
+// Only the holder of the host lock may, when no restore of its runs.
+func SweepTemp(dirs []string) ([]string, error) {
+	var gone []string
+	sweep := func(dir, prefix string, dead func(name string) bool) error {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return nil // gone, or not ours to read
+		}
+		for _, e := range ents {
+			if !e.IsDir() || !strings.HasPrefix(e.Name(), prefix) || !dead(e.Name()) {
+				continue
+			}
+			p := filepath.Join(dir, e.Name())
+			if fi, err := os.Lstat(p); err != nil || fi.Sys().(*syscall.Stat_t).Uid != uint32(os.Geteuid()) {
+				continue
+			}
+			if err := os.RemoveAll(p); err != nil {
+				return err
+			}
+			gone = append(gone, p)
+		}
+		return nil
+	}
+	for _, d := range dirs {
+		if err := sweep(d, "."+tempPrefix, func(string) bool { return true }); err != nil {
+			return gone, err
+		}
+	}
+	return gone, sweep(os.TempDir(), tempPrefix, func(name string) bool {
+		pid, err := strconv.Atoi(strings.Split(strings.TrimPrefix(name, tempPrefix), "-")[0])
+		return err == nil && pid > 0 && syscall.Kill(pid, 0) == syscall.ESRCH
+	})
 }
 
 // commit puts the written file in place (the device needs nothing).

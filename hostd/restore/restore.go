@@ -238,7 +238,7 @@ func restoreRaw(ctx context.Context, d *target.DiskReader, dest *destination, pr
 // skips the holes the server reports, writes with 8 requests in flight,
 // out of order, and never writes zero blocks.
 func restoreQcow2(ctx context.Context, d *target.DiskReader, dst string, opts []string, progress func(int64)) error {
-	dir, err := os.MkdirTemp("", "vk-restore-")
+	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", tempPrefix, os.Getpid()))
 	if err != nil {
 		return err
 	}

@@ -2,8 +2,10 @@ package service
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	"github.com/virtkeep/virtkeep/hostd/api"
 	"github.com/virtkeep/virtkeep/hostd/catalog"
 	"github.com/virtkeep/virtkeep/hostd/jobs"
+	"github.com/virtkeep/virtkeep/hostd/restore"
 	"github.com/virtkeep/virtkeep/hostd/virt"
 )
 
@@ -149,8 +152,29 @@ func (s *Service) failInterrupted(ctx context.Context) ([]api.Job, error) {
 		}
 		s.log.Warn("job marked failed: its process stopped", "job", j.ID, "kind", j.Kind, "domain", j.Domain, "pid", u.Holder)
 		out = append(out, j)
+		if d := writtenDir(j.Kind, u.Request); d != "" {
+			s.restoreDirs = append(s.restoreDirs, d)
+		}
 	}
 	return out, nil
+}
+
+// writtenDir is the directory an interrupted restore or export of this
+// kind and request was writing into ("" for others, or none named).
+func writtenDir(kind string, request []byte) string {
+	switch kind {
+	case api.KindRestore:
+		var r api.RestoreRequest
+		if json.Unmarshal(request, &r) == nil && r.To != "" && filepath.IsAbs(r.To) {
+			return filepath.Clean(r.To)
+		}
+	case api.KindExport:
+		var r api.ExportRequest
+		if json.Unmarshal(request, &r) == nil && filepath.IsAbs(r.Output) {
+			return filepath.Dir(filepath.Clean(r.Output))
+		}
+	}
+	return ""
 }
 
 // Recover repairs what an interrupted run left, at daemon start: the
@@ -177,6 +201,16 @@ func (s *Service) Recover(ctx context.Context) error {
 		if len(gone) > 0 {
 			s.log.Warn("removed backup runtime directories an interrupted run left", "dirs", strings.Join(gone, ", "))
 		}
+	}
+	// No restore of ours runs now: the private directories interrupted
+	// ones were writing in go (nothing half-written stays beside the
+	// destination).
+	gone, err := restore.SweepTemp(s.restoreDirs)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if len(gone) > 0 {
+		s.log.Warn("removed what interrupted restores left", "paths", strings.Join(gone, ", "))
 	}
 	if h, err := s.host(); err == nil {
 		if err := h.Thaw(ctx); err != nil {

@@ -120,6 +120,8 @@ type Service struct {
 
 	// interrupted are the jobs an earlier process left unfinished.
 	interrupted []api.Job
+	// restoreDirs are where interrupted restores and exports wrote.
+	restoreDirs []string
 
 	polMu sync.RWMutex
 	pols  []*policy.Policy
