@@ -115,11 +115,9 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 	cutoff := lock.backendNow().Add(-grace)
 	// Marking may have stalled past the stale period (a hung mount, a
 	// stopped process): then another host may have taken the lock as
-	// stale and committed points that use what we would sweep.
+	// stale and committed points that use what we would sweep. gcPacks
+	// confirms the lock once it has listed the packs, before any delete.
 	del := r.guardedDelete(lock, o.DryRun)
-	if err := del.check(ctx); err != nil {
-		return st, fmt.Errorf("gc: %w", err)
-	}
 	if err := r.gcPacks(ctx, live, cutoff, grace > 0, del, &st); err != nil {
 		return st, fmt.Errorf("gc: %w", err)
 	}
