@@ -246,7 +246,7 @@ func newGCCmd(a *app) *cobra.Command {
 			}
 			for _, t := range sortedKeys(res.GC) {
 				g := res.GC[t]
-				fmt.Fprintf(a.out, "target %s: %d objects, %s freed; %s kept\n", t, g.Deleted, human(g.BytesFreed), human(g.BytesKept))
+				fmt.Fprintf(a.out, "target %s: %d objects, %s freed (%d packs repacked); %s kept\n", t, g.Deleted, human(g.BytesFreed), g.Repacked, human(g.BytesKept))
 			}
 			return nil
 		}),

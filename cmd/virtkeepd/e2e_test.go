@@ -67,14 +67,22 @@ type daemonProc struct {
 
 func startDaemon(t testing.TB, bin, cfg string) *daemonProc {
 	t.Helper()
+	return startDaemonAs(t, nil, nil, bin, cfg)
+}
+
+// startDaemonAs starts virtkeepd under the command wrap (which ends by
+// running the command line it is given) with env added to its environment.
+func startDaemonAs(t testing.TB, wrap, env []string, bin, cfg string) *daemonProc {
+	t.Helper()
 	sock := filepath.Join(filepath.Dir(cfg), fmt.Sprintf("notify-%d.sock", time.Now().UnixNano()%1e6))
 	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := &daemonProc{log: &syncBuffer{}, notify: ln, done: make(chan struct{})}
-	d.cmd = exec.Command(bin, "--config", cfg)
-	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	argv := append(slices.Clone(wrap), bin, "--config", cfg)
+	d.cmd = exec.Command(argv[0], argv[1:]...)
+	d.cmd.Env = append(append(os.Environ(), env...), "NOTIFY_SOCKET="+sock)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

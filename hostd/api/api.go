@@ -152,6 +152,9 @@ type GCReport struct {
 	BytesFreed int64 `json:"bytes_freed"`
 	KeptYoung  int   `json:"kept_young"`
 	BytesKept  int64 `json:"bytes_kept"` // the repository's size after GC
+	// Repacked counts packs whose live chunks were written into new packs
+	// before they were deleted.
+	Repacked int `json:"repacked"`
 }
 
 // RunReport is what a policy run did per domain: "ok", or why not.

@@ -24,18 +24,20 @@ import (
 	"github.com/virtkeep/virtkeep/testenv/vm"
 )
 
-// fakeClock is the scheduler's and the service's time; the test moves it.
+// fakeClock is the scheduler's and the service's time: the wall clock
+// moved by an offset the test sets (time passes within a step, so jobs
+// that overlap still overlap in their recorded times).
 type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
+	mu     sync.Mutex
+	offset time.Duration
 }
 
 func (c *fakeClock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.t
+	return time.Now().Add(c.offset)
 }
-func (c *fakeClock) Set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
+func (c *fakeClock) Set(t time.Time) { c.mu.Lock(); c.offset = time.Until(t); c.mu.Unlock() }
 
 // After never fires: the test ticks the scheduler itself.
 func (c *fakeClock) After(time.Duration) <-chan time.Time { return nil }
@@ -71,7 +73,8 @@ func TestWeekOfSchedules(t *testing.T) {
 		doms = append(doms, env.NewDomain(t, vm.DomainSpec{Start: true, Disks: []vm.DiskSpec{{Size: 8 << 20, Seed: uint64(i + 1)}}}))
 	}
 	dir := testenv.TempDir(t)
-	clock := &fakeClock{t: time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)} // a Wednesday
+	clock := &fakeClock{}
+	clock.Set(time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)) // a Wednesday
 	nightly := must[*schedule.Cron](t)(schedule.ParseCron("0 1 * * *", "UTC"))
 	gc := must[*schedule.Cron](t)(schedule.ParseCron("0 4 * * *", "UTC"))
 	verify := must[*schedule.Cron](t)(schedule.ParseCron("0 5 * * *", "UTC"))
@@ -83,6 +86,9 @@ func TestWeekOfSchedules(t *testing.T) {
 		// GC's grace is the backend's time, which the injected clock does
 		// not move: the week passes in seconds of it.
 		GCGrace: time.Millisecond,
+		// Jobs and their logs age out after two days: the catalog stays
+		// bounded through the week.
+		JobRetention: 48 * time.Hour,
 		Targets: []service.Target{{Name: "local", GC: gc, Verify: verify, VerifyReadData: "sample", VerifySample: 7, Open: all.Config{Name: "local", Kind: "local", Path: filepath.Join(dir, "repo")}}}})
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +101,9 @@ func TestWeekOfSchedules(t *testing.T) {
 	sched.Set(daemon.Entries(svc, nil))
 
 	var base resources
-	start := clock.Now()
+	var steady int64
+	start := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+	seen := map[string]api.Job{} // every job of the week, as it ended
 	for day := 0; day < 7; day++ {
 		for step := 0; step < 24*6; step++ {
 			now := start.Add(time.Duration(day)*24*time.Hour + time.Duration(step)*10*time.Minute)
@@ -110,18 +118,30 @@ func TestWeekOfSchedules(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		kept := expireJobs(t, svc, seen)
+		if bound := 3 * (n + 3); kept > bound {
+			t.Errorf("day %d: %d jobs in the catalog after expiry, want at most %d (two days' worth)", day, kept, bound)
+		}
 		runtime.GC()
 		got := measure(t)
+		got.catalog = catalogSize(filepath.Join(dir, "state"))
+		got.jobs = kept
 		t.Logf("day %d (%s): %+v", day, clock.Now().Weekday(), got)
 		if day == 0 {
 			base = got
 			continue
 		}
+		if day == 3 {
+			steady = got.catalog // two days of jobs from now on
+		}
+		if day > 3 && got.catalog > steady+steady/2 {
+			t.Errorf("day %d: the catalog's files hold %d bytes, up from %d on day 3: expiry does not bound it", day, got.catalog, steady)
+		}
 		if got.goroutines > base.goroutines+10 || got.fds > base.fds+8 || got.rss > base.rss+96<<20 {
 			t.Errorf("day %d: %+v after the first day's %+v: something leaks", day, got, base)
 		}
 	}
-	checkWeek(t, svc, doms, start)
+	checkWeek(t, svc, doms, start, seen)
 	catchUp(t, svc, clock)
 }
 
@@ -181,6 +201,37 @@ func waitIdle(t *testing.T, svc *service.Service) {
 type resources struct {
 	goroutines, fds int
 	rss             int64
+	catalog         int64 // bytes of the catalog's files
+	jobs            int   // jobs in the catalog
+}
+
+// expireJobs records every job the catalog holds in seen, ages the old
+// ones out as the daemon does each hour, and counts those left.
+func expireJobs(t *testing.T, svc *service.Service, seen map[string]api.Job) int {
+	ctx := context.Background()
+	js, err := svc.Jobs(ctx, api.JobsRequest{All: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, j := range js {
+		seen[j.ID] = j
+	}
+	svc.ExpireJobs(ctx)
+	if js, err = svc.Jobs(ctx, api.JobsRequest{All: true}); err != nil {
+		t.Fatal(err)
+	}
+	return len(js)
+}
+
+// catalogSize is the size of the catalog's database and journal files.
+func catalogSize(stateDir string) int64 {
+	var n int64
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		if fi, err := os.Stat(filepath.Join(stateDir, "catalog.db"+suffix)); err == nil {
+			n += fi.Size()
+		}
+	}
+	return n
 }
 
 func measure(t *testing.T) resources {
@@ -195,11 +246,11 @@ func measure(t *testing.T) resources {
 }
 
 // checkWeek checks what the week left.
-func checkWeek(t *testing.T, svc *service.Service, doms []*vm.Domain, start time.Time) {
+func checkWeek(t *testing.T, svc *service.Service, doms []*vm.Domain, start time.Time, seen map[string]api.Job) {
 	ctx := context.Background()
-	js, err := svc.Jobs(ctx, api.JobsRequest{All: true})
-	if err != nil {
-		t.Fatal(err)
+	var js []api.Job
+	for _, j := range seen {
+		js = append(js, j)
 	}
 	byDomain := map[string][]api.Job{}
 	var backups []api.Job

@@ -46,6 +46,9 @@ type Config struct {
 	// Ended, if set, is told of every job that ended, in its final state,
 	// on the job's goroutine (it must not block).
 	Ended func(api.Job)
+	// Now is the time jobs are created, started and ended at (default
+	// time.Now): the service's clock, which also ages them out.
+	Now func() time.Time
 }
 
 // Spec is a job to run.
@@ -118,6 +121,9 @@ func New(cfg Config) *Manager {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	return &Manager{cfg: cfg, live: map[string]*job{}, perTgt: map[string]int{}, excl: map[string]int{}, recent: map[string]*Handle{}}
 }
 
@@ -150,7 +156,7 @@ func (m *Manager) Submit(s Spec) (api.Job, error) {
 			}
 		}
 	}
-	now := time.Now().UTC()
+	now := m.cfg.Now().UTC()
 	ctx, cancel := context.WithCancel(context.Background())
 	j := &job{spec: s, cancel: cancel, ctx: ctx}
 	j.h = &Handle{m: m, changed: make(chan struct{}), ended: make(chan struct{}), request: req,
@@ -228,7 +234,7 @@ func (m *Manager) perTarget(name string) int {
 func (m *Manager) run(j *job) {
 	defer m.wg.Done()
 	h := j.h
-	h.update(func(a *api.Job) { a.State, a.Started = api.Running, time.Now().UTC() }, true)
+	h.update(func(a *api.Job) { a.State, a.Started = api.Running, h.m.cfg.Now().UTC() }, true)
 	attempts := max(j.spec.Attempts, 3)
 	if j.spec.Retry == nil {
 		attempts = 1
@@ -283,7 +289,7 @@ func (m *Manager) finish(j *job, res *api.JobResult, err error) {
 		h.log.Error("job "+string(state), "err", msg)
 	}
 	h.update(func(a *api.Job) {
-		a.State, a.Ended, a.Result, a.Error, a.ErrorCode = state, time.Now().UTC(), res, msg, code
+		a.State, a.Ended, a.Result, a.Error, a.ErrorCode = state, h.m.cfg.Now().UTC(), res, msg, code
 	}, true)
 	m.cfg.Log.Info("job ended", "job", h.ID(), "kind", j.spec.Kind, "domain", j.spec.Domain, "state", state, "err", msg)
 	m.mu.Lock()
@@ -384,7 +390,7 @@ func (m *Manager) Cancel(id string) (api.Job, error) {
 	m.mu.Unlock()
 	if queued {
 		j.h.update(func(a *api.Job) {
-			a.State, a.Ended, a.Error, a.ErrorCode = api.Cancelled, time.Now().UTC(), "cancelled before it started", api.CodeCancelled
+			a.State, a.Ended, a.Error, a.ErrorCode = api.Cancelled, m.cfg.Now().UTC(), "cancelled before it started", api.CodeCancelled
 		}, true)
 		m.mu.Lock()
 		m.keepRecentLocked(j.h)

@@ -86,8 +86,8 @@ type Config struct {
 	Lock LockMode
 	// Policies are the configured policies.
 	Policies []*policy.Policy
-	// Clock is the time of policies, levels, retention and new points
-	// (default time.Now; tests run weeks on a fake).
+	// Clock is the time of policies, levels, retention, new points and
+	// jobs (default time.Now; tests run weeks on a fake).
 	Clock func() time.Time
 	// Ended, if set, is told of every job that ended (notifications,
 	// metrics); it must not block.
@@ -190,7 +190,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		limits[t.Name] = t.MaxJobs
 	}
 	s.jobs = jobs.New(jobs.Config{Store: s.cat, Log: cfg.Log, MaxJobs: cfg.MaxJobs, MaxPerTarget: cfg.MaxJobsPerTarget, Backoff: cfg.RetryBackoff,
-		TargetLimits: limits, Ended: cfg.Ended})
+		TargetLimits: limits, Ended: cfg.Ended, Now: cfg.Clock})
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	return s, nil
 }

@@ -294,7 +294,7 @@ func (s *Service) GC(ctx context.Context, r api.GCRequest) (api.Job, error) {
 				if err != nil {
 					return res, fmt.Errorf("target %s: %w", t.Name, err)
 				}
-				res.GC[t.Name] = api.GCReport{Deleted: st.Deleted, BytesFreed: st.BytesFreed, KeptYoung: st.KeptYoung, BytesKept: st.BytesKept}
+				res.GC[t.Name] = api.GCReport{Deleted: st.Deleted, BytesFreed: st.BytesFreed, KeptYoung: st.KeptYoung, BytesKept: st.BytesKept, Repacked: st.Repacked}
 				h.Log().Info("garbage collected", "target", t.Name, "deleted", st.Deleted, "bytes_freed", st.BytesFreed, "dry_run", r.DryRun)
 			}
 			return res, nil

@@ -404,3 +404,42 @@ func (e *Env) RestartLibvirtd(t testing.TB, doms ...*Domain) {
 		d.Dom = dom
 	}
 }
+
+// Move moves the domain as an operator moves a VM to another host whose
+// libvirt knows nothing of it: the domain is shut down (QEMU stores its
+// persistent dirty bitmaps in the qcow2 images), its definition and
+// checkpoint metadata are removed, its images are moved into dir, and it
+// is defined again there with the same name and UUID, and started paused.
+// Its bitmaps travel with the images; its checkpoints do not.
+func (d *Domain) Move(dir string) error {
+	if active, _ := d.Dom.IsActive(); active {
+		if err := d.Destroy(); err != nil {
+			return err
+		}
+	}
+	x, err := d.Dom.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
+	if err != nil {
+		return fmt.Errorf("testenv: domain %s xml: %w", d.Name, err)
+	}
+	if err := d.Dom.UndefineFlags(libvirt.DOMAIN_UNDEFINE_CHECKPOINTS_METADATA); err != nil {
+		return fmt.Errorf("testenv: undefine %s: %w", d.Name, err)
+	}
+	for _, disk := range d.Disks {
+		to := filepath.Join(dir, filepath.Base(disk.Path))
+		if err := os.Rename(disk.Path, to); err != nil {
+			return fmt.Errorf("testenv: move %s: %w", disk.Path, err)
+		}
+		x = strings.ReplaceAll(x, "'"+html.EscapeString(disk.Path)+"'", "'"+html.EscapeString(to)+"'")
+		disk.Path = to
+	}
+	dom, err := d.env.Conn.DomainDefineXML(x)
+	if err != nil {
+		return fmt.Errorf("testenv: define %s again: %w\n%s", d.Name, err, x)
+	}
+	if uuid, _ := dom.GetUUIDString(); uuid != d.UUID {
+		return fmt.Errorf("testenv: %s defined again with UUID %s, not %s", d.Name, uuid, d.UUID)
+	}
+	_ = d.Dom.Free()
+	d.Dom, d.Dir = dom, dir
+	return d.Start(true)
+}
