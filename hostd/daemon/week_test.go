@@ -89,7 +89,7 @@ func TestWeekOfSchedules(t *testing.T) {
 		// Jobs and their logs age out after two days: the catalog stays
 		// bounded through the week.
 		JobRetention: 48 * time.Hour,
-		Targets: []service.Target{{Name: "local", GC: gc, Verify: verify, VerifyReadData: "sample", VerifySample: 7, Open: all.Config{Name: "local", Kind: "local", Path: filepath.Join(dir, "repo")}}}})
+		Targets:      []service.Target{{Name: "local", GC: gc, Verify: verify, VerifyReadData: "sample", VerifySample: 7, Open: all.Config{Name: "local", Kind: "local", Path: filepath.Join(dir, "repo")}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
