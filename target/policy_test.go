@@ -431,3 +431,37 @@ func TestKeepWithinAfterClockJump(t *testing.T) {
 		}
 	}
 }
+
+// TestRetentionClockWasAhead: a point taken while the clock was a year
+// ahead, then points taken after the clock was set right. keep_last 3
+// keeps the three newest of those (not two of them and the one dated in
+// the future), the chain base is the newest of them, and the point dated
+// in the future is kept, saying why.
+func TestRetentionClockWasAhead(t *testing.T) {
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	mk := func(tm time.Time) *target.Manifest {
+		return &target.Manifest{ID: tm.Format("20060102T150405Z") + "-00000000", Domain: "vm1", DomainUUID: "u", Time: tm, Level: target.LevelInc}
+	}
+	ahead := mk(now.AddDate(1, 0, 0).Add(-time.Hour))
+	ms := []*target.Manifest{ahead}
+	for i := range 5 {
+		ms = append(ms, mk(now.Add(-time.Duration(5-i)*time.Hour)))
+	}
+	keep := map[string][]string{}
+	for _, d := range target.Decide(ms, target.Retention{KeepLast: 3}, nil, now) {
+		if d.Keep {
+			keep[d.ID] = d.Reasons
+		}
+	}
+	if len(keep) != 4 || keep[ahead.ID] == nil || !strings.Contains(keep[ahead.ID][0], "future") {
+		t.Fatalf("kept %v: want the point dated in the future (saying so) and the three newest others", keep)
+	}
+	for _, m := range ms[3:] {
+		if keep[m.ID] == nil {
+			t.Errorf("point %s (one of the three newest taken since the clock was set right) removed", m.ID)
+		}
+	}
+	if r := keep[ms[5].ID]; !slices.Contains(r, "chain base") {
+		t.Errorf("the newest point taken since the clock was set right is not the chain base: %v", r)
+	}
+}

@@ -121,6 +121,16 @@ type Decision struct {
 	Reasons    []string  `json:"reasons,omitempty"` // why it is kept
 }
 
+// clockSlack is how far ahead of the clock a point may be dated and still
+// count as taken (hosts' clocks differ by seconds under NTP).
+const clockSlack = time.Minute
+
+// Future reports whether m is dated after now: taken while the clock
+// was set ahead (a year, say) and set right since. Such a point is no
+// base for the next backup and retention keeps it without counting it:
+// its date says nothing of its place among the points taken since.
+func (m *Manifest) Future(now time.Time) bool { return m.Time.After(now.Add(clockSlack)) }
+
 // ChainKey is what retention groups a point's domain by, as chains are:
 // its UUID, or (points written without one) its name. Two hosts' VMs of
 // one name are two domains; a VM renamed or moved to another host is one.
@@ -170,6 +180,17 @@ func Decide(points []*Manifest, p Retention, protected map[string]bool, now time
 			{name: "weekly", n: p.KeepWeekly, key: func(t time.Time) string { y, w := t.ISOWeek(); return fmt.Sprintf("%d-W%02d", y, w) }},
 			{name: "monthly", n: p.KeepMonthly, key: func(t time.Time) string { return t.Format("2006-01") }},
 			{name: "yearly", n: p.KeepYearly, key: func(t time.Time) string { return t.Format("2006") }},
+		}
+		// Points dated in the future are kept and not counted: the rules
+		// apply to the others (the newest of which is the chain base).
+		for len(ms) > 0 && ms[0].Future(now) {
+			m := ms[0]
+			out = append(out, Decision{ID: m.ID, Domain: m.Domain, DomainUUID: m.DomainUUID, Host: m.Host, Time: m.Time, Keep: true,
+				Reasons: []string{"dated in the future (the clock was ahead when it was taken)"}})
+			ms = ms[1:]
+		}
+		if len(ms) == 0 {
+			continue
 		}
 		base := chainBases(ms)
 		// keep_within counts back from the newest point, not from the

@@ -156,6 +156,9 @@ type Repository struct {
 // Host is the name this host writes into manifests and locks.
 func (r *Repository) Host() string { return r.owner.Host }
 
+// Now is the time new points and locks are dated by (Config.Now).
+func (r *Repository) Now() time.Time { return r.now() }
+
 // Open opens the repository in b.
 func Open(ctx context.Context, b Backend, o OpenOptions) (*Repository, error) {
 	name := b.Properties().Name

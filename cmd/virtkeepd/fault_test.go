@@ -442,3 +442,110 @@ func TestFaultGuestShutdownMidBackup(t *testing.T) {
 		t.Fatalf("verify: %d %s %s", code, out, errw)
 	}
 }
+
+// TestFaultClockJumps: virtkeepd's wall clock set forward an hour, back,
+// forward a year and back again, with backups, a policy run, prune and GC
+// at each step. After each: every point restores byte-exact and verifies,
+// the next backup succeeds. Once the clock is right again: the point
+// dated a year ahead is kept without counting, keep_last 3 keeps the
+// three newest points taken since, the chain goes on incrementally from
+// them, and after a restart the policy's next run is within a day (not a
+// year away).
+func TestFaultClockJumps(t *testing.T) {
+	(&testenv.FaultRow{Fault: "virtkeepd's clock set forward an hour, back an hour, forward a year, back a year (backups, a policy run, prune and GC at each)", Iterations: 1,
+		Checked: "every point restores byte-exact, verify --read-data passes, the next backup succeeds; after the year back: the point dated ahead kept, keep_last counts the points since, the chain incremental again, the schedule due within a day"}).Record(t)
+	clock := filepath.Join(testenv.TempDir(t), "clock-offset")
+	t.Setenv("VIRTKEEP_TEST_CLOCK_OFFSET_FILE", clock)
+	t.Setenv("VIRTKEEP_TEST_GC_GRACE", "1ms")
+	r := newKillRig(t, 32<<20, "pack_size: 1MiB", func(dom string) string {
+		return `policies:
+  - name: keep
+    domains: [` + dom + `]
+    schedule: "0 3 * * *"
+    targets: [local]
+    retention: [{keep_last: 3}]
+`
+	})
+	r.backup()
+	var ahead []string // points taken while the clock was a year ahead
+	for _, step := range []struct{ name, offset string }{
+		{"clock set forward an hour", "1h"}, {"clock set back an hour", "0s"},
+		{"clock set forward a year", "8760h"}, {"clock set back a year", "0s"},
+	} {
+		os.WriteFile(clock, []byte(step.offset), 0o600)
+		r.write()
+		r.backup()
+		if step.offset == "8760h" {
+			if code, _, errw := cli(t, r.bin, r.cfg, "run", "keep", "--wait"); code != 0 {
+				t.Fatalf("%s: run keep: %d %s", step.name, code, errw)
+			}
+			for _, p := range r.points() {
+				if p.Time.After(time.Now().Add(300 * 24 * time.Hour)) {
+					ahead = append(ahead, p.ID)
+				}
+			}
+		}
+		for _, args := range [][]string{{"prune", "--target", "local"}, {"gc", "--target", "local"}} {
+			if code, out, errw := cli(t, r.bin, r.cfg, args...); code != 0 {
+				t.Fatalf("%s: %s: %d %s %s", step.name, args[0], code, out, errw)
+			}
+		}
+		r.check(step.name) // ends with a backup
+	}
+	if len(ahead) == 0 {
+		t.Fatal("no point dated a year ahead was taken")
+	}
+	// The chain goes on from the points taken since the clock came back.
+	// (The newest job dated in the past: jobs are dated by the clock too.)
+	var ids []string
+	for _, id := range jobIDs(t, r.bin, r.cfg) {
+		if !jobInfo(t, r.bin, r.cfg, id).Created.After(time.Now().Add(time.Minute)) {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) > 0 {
+		if j := jobInfo(t, r.bin, r.cfg, ids[len(ids)-1]); j.Result == nil || j.Result.Point.Level != "inc" || len(j.Result.FullReasons) > 0 {
+			t.Errorf("the second backup after the clock came back a year is not incremental: %+v", j.Result)
+		} else if slices.Contains(ahead, j.Result.Point.Parent) {
+			// It would hold every change since that point, for a year.
+			t.Errorf("the second backup after the clock came back a year builds on %s, dated a year ahead, not on the point before it", j.Result.Point.Parent)
+		}
+	}
+	r.write()
+	r.backup()
+	if code, out, errw := cli(t, r.bin, r.cfg, "prune", "--target", "local"); code != 0 {
+		t.Fatalf("prune: %d %s %s", code, out, errw)
+	}
+	var since []string
+	left := map[string]bool{}
+	for _, p := range r.points() {
+		if p.Target != "local" {
+			continue
+		}
+		left[p.ID] = true
+		if !p.Time.After(time.Now().Add(time.Minute)) {
+			since = append(since, p.ID)
+		}
+	}
+	for _, id := range ahead {
+		if !left[id] {
+			t.Errorf("point %s, dated a year ahead, was pruned", id)
+		}
+	}
+	if len(since) != 3 {
+		t.Errorf("keep_last 3 left %d points dated in the past (%v, and %v dated ahead), want 3: the points dated ahead must not count", len(since), since, ahead)
+	}
+	// After a restart, the policy's last run (dated a year ahead) does not
+	// hold its schedule back.
+	r.d.stop(t, syscall.SIGTERM, time.Minute)
+	r.d = startDaemon(t, r.dbin, r.cfg)
+	code, out, errw := cli(t, r.bin, r.cfg, "--json", "policies")
+	var ps []api.PolicyInfo
+	if code != 0 || json.Unmarshal([]byte(out), &ps) != nil || len(ps) != 1 {
+		t.Fatalf("policies: %d %s %s", code, out, errw)
+	}
+	if ps[0].Next.After(time.Now().Add(25 * time.Hour)) {
+		t.Errorf("after the clock came back a year, the policy's next run is %v", ps[0].Next)
+	}
+	testenv.Report(t, "clock jumps: %d points dated a year ahead kept, %d since; next run %v", len(ahead), len(since), ps[0].Next.Format(time.RFC3339))
+}

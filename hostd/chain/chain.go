@@ -41,7 +41,8 @@ type Chain struct {
 // Load reads the chain of domain uuid from repo. A point in damaged
 // (verification found it damaged) is never a base: when it is the newest,
 // the chain starts anew with a full, as it does when it is the last full
-// under a differential.
+// under a differential. A point dated in the future is never a base
+// either (target.Manifest.Future).
 func Load(ctx context.Context, repo *target.Repository, uuid string, damaged map[string]string, log *slog.Logger) (Chain, error) {
 	var c Chain
 	pts, err := repo.Points(ctx, func(id string, err error) {
@@ -51,8 +52,16 @@ func Load(ctx context.Context, repo *target.Repository, uuid string, damaged map
 		return c, err
 	}
 	sort.SliceStable(pts, func(i, j int) bool { return pts[i].Time.Before(pts[j].Time) })
+	now := repo.Now()
 	for _, m := range pts {
 		if m.DomainUUID != uuid {
+			continue
+		}
+		if m.Future(now) {
+			// Taken while the clock was ahead: whatever came after it
+			// is dated before it. The newest point dated in the past is
+			// the base; its checkpoint, if gone, makes a full read.
+			log.Warn("point dated in the future (the clock was ahead when it was taken): not a base", "point", m.ID, "time", m.Time)
 			continue
 		}
 		if problem, bad := damaged[m.ID]; bad {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -100,6 +101,7 @@ type fakeClock struct {
 	mu      sync.Mutex
 	now     time.Time
 	waiters []waiter
+	waits   []time.Duration // every wait asked for
 }
 
 type waiter struct {
@@ -118,6 +120,7 @@ func (f *fakeClock) After(d time.Duration) <-chan time.Time {
 	defer f.mu.Unlock()
 	ch := make(chan time.Time, 1)
 	f.waiters = append(f.waiters, waiter{f.now.Add(d), ch})
+	f.waits = append(f.waits, d)
 	return ch
 }
 
@@ -173,6 +176,44 @@ func TestRun(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// TestRunClockSetForward: the wall clock set forward an hour while Run
+// sleeps until an entry due in an hour: Run looks at the clock again
+// within a minute (its timer counts elapsed time, which the jump does not
+// move) and fires the entry then, not an hour late.
+func TestRunClockSetForward(t *testing.T) {
+	start := time.Date(2026, 12, 1, 10, 0, 30, 0, time.UTC)
+	clk := &fakeClock{now: start}
+	fires := make(chan Fire, 10)
+	s := &Scheduler{Clock: clk, Start: func(_ context.Context, f Fire) { fires <- f }}
+	s.Set([]Entry{{Name: "h", Crons: []*Cron{mustCron(t, "0 * * * *", "UTC")}}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Run(ctx)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		clk.mu.Lock()
+		waits := slices.Clone(clk.waits)
+		clk.mu.Unlock()
+		if len(waits) > 0 {
+			if waits[0] > time.Minute {
+				t.Fatalf("Run sleeps %v before looking at the clock again: a clock set forward is noticed that late", waits[0])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Run does not wait on the clock")
+		}
+	}
+	clk.set(time.Date(2026, 12, 1, 11, 0, 5, 0, time.UTC)) // the jump; the short timer fires
+	select {
+	case f := <-fires:
+		if want := time.Date(2026, 12, 1, 11, 0, 0, 0, time.UTC); !f.Due.Equal(want) {
+			t.Fatalf("fired for %v, want %v", f.Due, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the entry due at 11:00 did not fire after the clock was set forward past it")
+	}
 }
 
 // TestSchedulerWeek: a week on a fake clock: a nightly

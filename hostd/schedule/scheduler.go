@@ -223,6 +223,12 @@ func (s *Scheduler) log() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
+// maxWait is the longest Run sleeps between looks at the clock: timers
+// count elapsed time, so a wall clock set forward (or NTP correcting a
+// clock that was behind) is noticed within it, not when the timer set
+// before the jump ends.
+const maxWait = time.Minute
+
 // Run ticks whenever an entry is due, until ctx is done.
 func (s *Scheduler) Run(ctx context.Context) {
 	s.mu.Lock()
@@ -230,9 +236,9 @@ func (s *Scheduler) Run(ctx context.Context) {
 	s.mu.Unlock()
 	for {
 		next := s.Tick(ctx, s.Clock.Now())
-		wait := time.Hour
+		wait := maxWait
 		if !next.IsZero() {
-			wait = next.Sub(s.Clock.Now())
+			wait = min(next.Sub(s.Clock.Now()), maxWait)
 		}
 		select {
 		case <-ctx.Done():
