@@ -60,10 +60,11 @@ KILL_ITERATIONS ?= 15
 reliability: deps ## the fault matrix at length (writes docs/RELIABILITY.md), then every fuzz target for FUZZ_TIME
 	@rm -f $(REL_LOG)
 	VIRTKEEP_RELIABILITY_LOG=$(REL_LOG) VIRTKEEP_CRASH_ITERATIONS=200 VIRTKEEP_FAULT_ITERATIONS=$(REL_ITERATIONS) go test -count=1 -timeout 90m \
-	  -run '^(TestCrashWriter|TestCorruptionBehindOurBack|TestTwoHostsOneBucket|TestBackupThroughServerRestart|TestCopyThroughSSHDRestart|TestBackupThroughSlowErroringServer|TestLocalTargetFullAndReadOnly|TestGCStalledPastStaleDeletesNothing)$$' ./target/
+	  -run '^(TestCrashWriter|TestCrashAtEveryStep|TestCorruptionBehindOurBack|TestTwoHostsOneBucket|TestBackupThroughServerRestart|TestCopyThroughSSHDRestart|TestBackupThroughSlowErroringServer|TestLocalTargetFullAndReadOnly|TestGCStalledPastStaleDeletesNothing)$$' ./target/
 	VIRTKEEP_RELIABILITY_LOG=$(REL_LOG) go test -count=1 -timeout 30m -run '^(TestRecoveryBitmapMissing|TestRecoveryInconsistentBitmap)$$' ./hostd/backup/
 	VIRTKEEP_RELIABILITY_LOG=$(REL_LOG) VIRTKEEP_SOAK_DOMAINS=30 go test -count=1 -timeout 30m -run '^TestWeekOfSchedules$$' ./hostd/daemon/
-	VIRTKEEP_RELIABILITY_LOG=$(REL_LOG) VIRTKEEP_FAULT_ITERATIONS=$(KILL_ITERATIONS) go test -count=1 -timeout 90m -run '^(TestFaultKillDaemon|TestFaultCatalogLost|TestFaultQemuKilledMidBackup|TestFaultGuestShutdownMidBackup|TestCopyResumesAfterS3Outage)$$' ./cmd/virtkeepd/
+	VIRTKEEP_RELIABILITY_LOG=$(REL_LOG) VIRTKEEP_FAULT_ITERATIONS=$(KILL_ITERATIONS) go test -count=1 -timeout 90m -run '^(TestFaultKillDaemon|TestFaultCatalogLost|TestFaultQemuKilledMidBackup|TestFaultGuestShutdownMidBackup|TestFaultClockJumps|TestCopyResumesAfterS3Outage)$$' ./cmd/virtkeepd/
+	VIRTKEEP_RELIABILITY_LOG=$(REL_LOG) VIRTKEEP_FAULT_ITERATIONS=$(REL_ITERATIONS) go test -count=1 -timeout 60m -run '^TestTwoDaemonsOneBucket$$' ./cmd/virtkeepd/
 	VIRTKEEP_RELIABILITY_LOG=$(REL_LOG) go test -count=1 -timeout 30m -run '$(DISRUPTIVE)' ./cmd/virtkeepd/
 	bash testenv/scripts/reliability.sh $(REL_LOG) > docs/RELIABILITY.md
 	@cat docs/RELIABILITY.md
