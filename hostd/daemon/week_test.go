@@ -67,7 +67,7 @@ func TestWeekOfSchedules(t *testing.T) {
 		n = v
 	}
 	(&testenv.FaultRow{Fault: fmt.Sprintf("load and soak: %d domains, a week of nightly policies, GC and sampled verifies on an injected clock", n), Iterations: 7,
-		Checked: "every scheduled backup ran once at its level, never two on one domain, retention exact, every point verifies, goroutines, fds and RSS bounded day after day"}).Record(t)
+		Checked: "every scheduled backup ran once at its level, never two on one domain, retention exact, every point verifies, goroutines, fds and RSS bounded day after day, the catalog bounded by job expiry (two days kept)"}).Record(t)
 	var doms []*vm.Domain
 	for i := 0; i < n; i++ {
 		doms = append(doms, env.NewDomain(t, vm.DomainSpec{Start: true, Disks: []vm.DiskSpec{{Size: 8 << 20, Seed: uint64(i + 1)}}}))
