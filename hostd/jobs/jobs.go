@@ -308,13 +308,14 @@ func (m *Manager) finish(j *job, res *api.JobResult, err error) {
 	m.ended(h)
 }
 
-// ended tells watchers and Config.Ended that h's job has ended (its final
-// state recorded).
+// ended tells Config.Ended, then watchers, that h's job has ended (its
+// final state recorded): whoever waits for a job sees it ended only once
+// its notifications and metrics have heard of it.
 func (m *Manager) ended(h *Handle) {
-	h.end()
 	if m.cfg.Ended != nil {
 		m.cfg.Ended(h.snapshot())
 	}
+	h.end()
 }
 
 func (m *Manager) keepRecentLocked(h *Handle) {

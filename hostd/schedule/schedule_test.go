@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -124,6 +123,22 @@ func (f *fakeClock) After(d time.Duration) <-chan time.Time {
 	return ch
 }
 
+// awaitSleeper returns once something waits on the clock.
+func (f *fakeClock) awaitSleeper(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		f.mu.Lock()
+		n := len(f.waiters)
+		f.mu.Unlock()
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Run does not wait on the clock")
+		}
+	}
+}
+
 func (f *fakeClock) set(t time.Time) {
 	f.mu.Lock()
 	f.now = t
@@ -153,17 +168,7 @@ func TestRun(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		want := time.Date(2026, 12, 1, 10, i, 0, 0, time.UTC)
 		// Wait until Run sleeps, then move the clock to the due time.
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-			clk.mu.Lock()
-			n := len(clk.waiters)
-			clk.mu.Unlock()
-			if n > 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("Run does not wait on the clock")
-			}
-		}
+		clk.awaitSleeper(t)
 		clk.set(want)
 		select {
 		case f := <-fires:
@@ -191,19 +196,12 @@ func TestRunClockSetForward(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go s.Run(ctx)
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		clk.mu.Lock()
-		waits := slices.Clone(clk.waits)
-		clk.mu.Unlock()
-		if len(waits) > 0 {
-			if waits[0] > time.Minute {
-				t.Fatalf("Run sleeps %v before looking at the clock again: a clock set forward is noticed that late", waits[0])
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("Run does not wait on the clock")
-		}
+	clk.awaitSleeper(t)
+	clk.mu.Lock()
+	wait := clk.waits[0]
+	clk.mu.Unlock()
+	if wait > time.Minute {
+		t.Fatalf("Run sleeps %v before looking at the clock again: a clock set forward is noticed that late", wait)
 	}
 	clk.set(time.Date(2026, 12, 1, 11, 0, 5, 0, time.UTC)) // the jump; the short timer fires
 	select {
