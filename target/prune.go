@@ -121,15 +121,15 @@ type Decision struct {
 	Reasons    []string  `json:"reasons,omitempty"` // why it is kept
 }
 
-// clockSlack is how far ahead of the clock a point may be dated and still
+// ClockSlack is how far ahead of the clock a point may be dated and still
 // count as taken (hosts' clocks differ by seconds under NTP).
-const clockSlack = time.Minute
+const ClockSlack = time.Minute
 
 // Future reports whether m is dated after now: taken while the clock
 // was set ahead (a year, say) and set right since. Such a point is no
 // base for the next backup and retention keeps it without counting it:
 // its date says nothing of its place among the points taken since.
-func (m *Manifest) Future(now time.Time) bool { return m.Time.After(now.Add(clockSlack)) }
+func (m *Manifest) Future(now time.Time) bool { return m.Time.After(now.Add(ClockSlack)) }
 
 // ChainKey is what retention groups a point's domain by, as chains are:
 // its UUID, or (points written without one) its name. Two hosts' VMs of

@@ -532,6 +532,15 @@ func TestFaultClockJumps(t *testing.T) {
 			t.Errorf("point %s, dated a year ahead, was pruned", id)
 		}
 	}
+	// DOMAIN@latest is the point taken last, not the one dated ahead.
+	code, out, errw := cli(t, r.bin, r.cfg, "--json", "info", r.dom.Name+"@latest", "--target", "local")
+	var latest api.Point
+	if code != 0 || json.Unmarshal([]byte(out), &latest) != nil {
+		t.Fatalf("info @latest: %d %s %s", code, out, errw)
+	}
+	if len(since) == 0 || latest.ID != since[len(since)-1] {
+		t.Errorf("%s@latest is %s, want the point taken last, %v (dated ahead: %v)", r.dom.Name, latest.ID, since, ahead)
+	}
 	if len(since) != 3 {
 		t.Errorf("keep_last 3 left %d points dated in the past (%v, and %v dated ahead), want 3: the points dated ahead must not count", len(since), since, ahead)
 	}
@@ -539,7 +548,7 @@ func TestFaultClockJumps(t *testing.T) {
 	// hold its schedule back.
 	r.d.stop(t, syscall.SIGTERM, time.Minute)
 	r.d = startDaemon(t, r.dbin, r.cfg)
-	code, out, errw := cli(t, r.bin, r.cfg, "--json", "policies")
+	code, out, errw = cli(t, r.bin, r.cfg, "--json", "policies")
 	var ps []api.PolicyInfo
 	if code != 0 || json.Unmarshal([]byte(out), &ps) != nil || len(ps) != 1 {
 		t.Fatalf("policies: %d %s %s", code, out, errw)

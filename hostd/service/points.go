@@ -177,7 +177,7 @@ func (s *Service) resolve(ctx context.Context, spec, only string) (api.Point, er
 	if err := s.domainOfName(ctx, &q); err != nil {
 		return api.Point{}, err
 	}
-	ps, err := s.cat.Points(ctx, q)
+	ps, err := s.latestTaken(ctx, q)
 	if err != nil {
 		return api.Point{}, err
 	}
@@ -191,7 +191,7 @@ func (s *Service) resolve(ctx context.Context, spec, only string) (api.Point, er
 				unreachable = append(unreachable, t.Name)
 			}
 		}
-		if ps, err = s.cat.Points(ctx, q); err != nil {
+		if ps, err = s.latestTaken(ctx, q); err != nil {
 			return api.Point{}, err
 		}
 	}
@@ -209,6 +209,21 @@ func (s *Service) resolve(ctx context.Context, spec, only string) (api.Point, er
 		return api.Point{}, api.Errorf(api.CodeNotFound, "no point of domain %q at or before %s in %s", dom, when, where)
 	}
 	return ps[len(ps)-1], nil
+}
+
+// latestTaken runs q; for DOMAIN@latest, the newest point is the newest
+// dated in the past when there is one: a point dated in the future was
+// taken while the clock was ahead, before those dated since
+// (target.Manifest.Future).
+func (s *Service) latestTaken(ctx context.Context, q catalog.Query) ([]api.Point, error) {
+	if q.Latest && q.Before.IsZero() {
+		past := q
+		past.Before = s.cfg.Clock().Add(target.ClockSlack)
+		if ps, err := s.cat.Points(ctx, past); err != nil || len(ps) > 0 {
+			return ps, err
+		}
+	}
+	return s.cat.Points(ctx, q)
 }
 
 // domainOfName makes q's domain, when it is a name, that of one domain:
