@@ -62,7 +62,7 @@ func Copy(ctx context.Context, src, dst *Repository, id string, o CopyOptions) (
 	if err != nil {
 		return nil, st, fmt.Errorf("copy %s: %w", id, err)
 	}
-	pw, err := dst.NewPoint(ctx, PointSpec{ID: m.ID, Host: m.Host, Time: m.Time, Domain: m.Domain, DomainUUID: m.DomainUUID,
+	pw, err := dst.NewPoint(ctx, PointSpec{ID: m.ID, Host: m.Host, MachineID: m.MachineID, Time: m.Time, Domain: m.Domain, DomainUUID: m.DomainUUID,
 		Level: m.Level, Consistency: m.Consistency, FreezeMS: m.FreezeMS, Parent: m.Parent,
 		DomainXML: m.DomainXML, DomainXMLInactive: m.DomainXMLInactive, Tags: m.Tags})
 	if err != nil {

@@ -30,6 +30,7 @@ type Manifest struct {
 	Domain            string            `json:"domain"`
 	DomainUUID        string            `json:"domain_uuid"`
 	Host              string            `json:"host"`
+	MachineID         string            `json:"machine_id,omitempty"` // of the host that wrote it (absent before 2026-12)
 	Time              time.Time         `json:"time"`
 	Level             string            `json:"level"`
 	Consistency       string            `json:"consistency"`

@@ -354,15 +354,27 @@ func TestCheckSample(t *testing.T) {
 
 // TestPruneTwoHostsOneName: two hosts share a target, each with its own VM
 // called web1. Retention groups by domain UUID, and a host prunes only the
-// points it wrote: host A's keep_last 1 leaves every point of B's web1.
+// points it wrote: host A's keep_last 1 leaves every point of B's web1,
+// whether B has another host name or the same one on another machine
+// (cloned hosts, a default name): a point records its machine's ID.
 func TestPruneTwoHostsOneName(t *testing.T) {
+	for _, tc := range []struct{ name, hostB, machineB string }{
+		{"other host name", "host-b", "machine-b"},
+		{"same host name, other machine", "host-a", "machine-b"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pruneTwoHosts(t, target.OpenOptions{Host: "host-a", MachineID: "machine-a"}, target.OpenOptions{Host: tc.hostB, MachineID: tc.machineB})
+		})
+	}
+}
+
+func pruneTwoHosts(t *testing.T, optA, optB target.OpenOptions) {
 	ctx := context.Background()
 	b := mem.New()
 	if err := target.Init(ctx, b, target.InitOptions{PackSize: testPackSize}); err != nil {
 		t.Fatal(err)
 	}
-	hostA := openRepo(t, b, target.OpenOptions{Host: "host-a"})
-	hostB := openRepo(t, b, target.OpenOptions{Host: "host-b"})
+	hostA, hostB := openRepo(t, b, optA), openRepo(t, b, optB)
 	when := time.Now().Add(-time.Hour)
 	write := func(r *target.Repository, uuid string) string {
 		when = when.Add(time.Minute)
@@ -380,17 +392,19 @@ func TestPruneTwoHostsOneName(t *testing.T) {
 		}
 		return m.ID
 	}
-	a1, a2 := write(hostA, "aaaaaaaa-0000-0000-0000-000000000001"), write(hostA, "aaaaaaaa-0000-0000-0000-000000000001")
-	b1, b2 := write(hostB, "bbbbbbbb-0000-0000-0000-000000000002"), write(hostB, "bbbbbbbb-0000-0000-0000-000000000002")
+	const uuidA, uuidB = "aaaaaaaa-0000-0000-0000-000000000001", "bbbbbbbb-0000-0000-0000-000000000002"
+	a1, a2 := write(hostA, uuidA), write(hostA, uuidA)
+	b1, b2 := write(hostB, uuidB), write(hostB, uuidB)
 
 	keep := target.Retention{KeepLast: 1}
-	decs, err := hostA.PruneBy(ctx, func(*target.Manifest) *target.Retention { return &keep }, target.PruneScope{Hosts: []string{hostA.Host()}}, false)
+	self := hostA.Identity()
+	decs, err := hostA.PruneBy(ctx, func(*target.Manifest) *target.Retention { return &keep }, target.PruneScope{Self: &self}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range decs {
-		if d.Host != "host-a" {
-			t.Errorf("host A decided on %s of %s", d.ID, d.Host)
+		if d.DomainUUID != uuidA {
+			t.Errorf("host A decided on %s of %s (%s)", d.ID, d.Host, d.DomainUUID)
 		}
 	}
 	have := map[string]bool{}

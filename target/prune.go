@@ -278,15 +278,34 @@ func (r *Repository) Prune(ctx context.Context, domain string, p Retention, dryR
 	}, PruneScope{}, dryRun)
 }
 
-// PruneScope limits which points a prune looks at.
+// Identity is who wrote a point: a host name and the machine's ID (two
+// machines may share a name; points written before 2026-12 have no ID).
+type Identity struct {
+	Host, MachineID string
+}
+
+// wrote reports whether m was written by id: its host name, and its
+// machine when both record one.
+func (id Identity) wrote(m *Manifest) bool {
+	return m.Host == id.Host && (m.MachineID == "" || id.MachineID == "" || m.MachineID == id.MachineID)
+}
+
+// PruneScope limits which points a prune looks at. The zero scope is
+// every host's points.
 type PruneScope struct {
-	// Hosts, when set, are the hosts whose points are pruned: the others'
-	// points are neither decided on nor removed. A host prunes its own.
+	// Self, when set, is this host: it prunes the points it wrote (another
+	// machine of the same host name keeps its points) and those of Hosts.
+	Self *Identity
+	// Hosts are the host names, every machine of each, whose points are
+	// pruned; without Self, when set, only theirs.
 	Hosts []string
 }
 
 func (s PruneScope) has(m *Manifest) bool {
-	return len(s.Hosts) == 0 || slices.Contains(s.Hosts, m.Host)
+	if s.Self == nil && len(s.Hosts) == 0 {
+		return true
+	}
+	return s.Self != nil && s.Self.wrote(m) || slices.Contains(s.Hosts, m.Host)
 }
 
 // PruneBy is Prune with each domain's own retention: the points in scope

@@ -132,6 +132,9 @@ type OpenOptions struct {
 	Now func() time.Time
 	// Host names this host in manifests and locks.
 	Host string
+	// MachineID, when set, stands for /etc/machine-id (tests of several
+	// machines in one process).
+	MachineID string
 	// LockStale is how long an unrefreshed lock stays valid (default
 	// DefaultLockStale). Every host using the repository must agree.
 	LockStale time.Duration
@@ -155,6 +158,11 @@ type Repository struct {
 
 // Host is the name this host writes into manifests and locks.
 func (r *Repository) Host() string { return r.owner.Host }
+
+// Identity is who this host is in the points it writes.
+func (r *Repository) Identity() Identity {
+	return Identity{Host: r.owner.Host, MachineID: r.owner.MachineID}
+}
 
 // Now is the time new points and locks are dated by (Config.Now).
 func (r *Repository) Now() time.Time { return r.now() }
@@ -207,6 +215,9 @@ func Open(ctx context.Context, b Backend, o OpenOptions) (*Repository, error) {
 	}
 	r.packs, r.packSem = newPackIndex(), make(chan struct{}, packUploads(b.Properties()))
 	r.owner, r.lockStale = localOwner(o.Host), o.LockStale
+	if o.MachineID != "" {
+		r.owner.MachineID = o.MachineID
+	}
 	if r.lockStale <= 0 {
 		r.lockStale = DefaultLockStale
 	}

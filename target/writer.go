@@ -20,12 +20,13 @@ type PointSpec struct {
 	FreezeMS           int64
 	Parent             string    // point this one is incremental to, if any
 	Time               time.Time // default now
-	// ID and Host, when set, are the point's identity elsewhere: a copy
-	// from another repository keeps them. Default: a new ID, this host.
-	ID, Host          string
-	DomainXML         string
-	DomainXMLInactive string
-	Tags              map[string]string
+	// ID, Host and MachineID, when set, are the point's identity
+	// elsewhere: a copy from another repository keeps them. Default: a
+	// new ID, this host.
+	ID, Host, MachineID string
+	DomainXML           string
+	DomainXMLInactive   string
+	Tags                map[string]string
 }
 
 // DiskSpec describes a disk of a point.
@@ -106,9 +107,9 @@ func (r *Repository) NewPoint(ctx context.Context, s PointSpec) (*PointWriter, e
 	} else if err := checkPointID(s.ID); err != nil {
 		return nil, fmt.Errorf("new point: %w", err)
 	}
-	host := r.owner.Host
+	host, machine := r.owner.Host, r.owner.MachineID
 	if s.Host != "" {
-		host = s.Host
+		host, machine = s.Host, s.MachineID
 	}
 	lock, err := r.Lock(ctx, false)
 	if err != nil {
@@ -124,7 +125,7 @@ func (r *Repository) NewPoint(ctx context.Context, s PointSpec) (*PointWriter, e
 		lock: lock,
 		jobs: make(chan job, 2*r.worker),
 		m: Manifest{Version: manifestVersion, ID: s.ID, Domain: s.Domain, DomainUUID: s.DomainUUID,
-			Host: host, Time: s.Time.UTC(), Level: s.Level, Consistency: s.Consistency, FreezeMS: s.FreezeMS,
+			Host: host, MachineID: machine, Time: s.Time.UTC(), Level: s.Level, Consistency: s.Consistency, FreezeMS: s.FreezeMS,
 			Parent: s.Parent, DomainXML: s.DomainXML, DomainXMLInactive: s.DomainXMLInactive, Tags: s.Tags},
 	}
 	for i := 0; i < r.worker; i++ {

@@ -202,7 +202,7 @@ func (s *Service) pruneTarget(ctx context.Context, h *jobs.Handle, t Target, rul
 			r, p := rules(newest.Domain)
 			policyOf[newest.ChainKey()] = p
 			return r
-		}, pruneScope(repo.Host(), hosts), dryRun)
+		}, pruneScope(repo.Identity(), hosts), dryRun)
 		return err
 	})
 	var out []api.Decision
@@ -224,13 +224,14 @@ func (s *Service) pruneTarget(ctx context.Context, h *jobs.Handle, t Target, rul
 	return out, err
 }
 
-// pruneScope is the points a prune of this host looks at: its own, and
-// those of the hosts named ("*": all).
-func pruneScope(self string, named []string) target.PruneScope {
+// pruneScope is the points a prune of this host looks at: those it wrote
+// (this machine's, not another's of the same host name), and those of the
+// hosts named ("*": all).
+func pruneScope(self target.Identity, named []string) target.PruneScope {
 	if slices.Contains(named, "*") {
 		return target.PruneScope{}
 	}
-	return target.PruneScope{Hosts: append([]string{self}, named...)}
+	return target.PruneScope{Self: &self, Hosts: named}
 }
 
 // waitLocked runs fn again while it fails because another process holds
