@@ -140,53 +140,47 @@ func TestTwoDaemonsOneBucket(t *testing.T) {
 
 	self, _ := os.Hostname()
 	repacked := 0
+	// upkeep is host A's prune and GC after each of its backups.
+	upkeep := func(i int) error {
+		code, out, errw := cli(t, bin, a.cfg, "--json", "prune", "--target", "shared")
+		var decs []api.Decision
+		if code != 0 || json.Unmarshal([]byte(out), &decs) != nil {
+			return fmt.Errorf("host A: prune: exit %d %s %s", code, out, errw)
+		}
+		for _, d := range decs {
+			if d.DomainUUID == domB.UUID || d.Host != self {
+				t.Errorf("host A's prune looked at a point of host B: %+v", d)
+			}
+		}
+		code, out, errw = cli(t, bin, a.cfg, "--json", "gc", "--target", "shared")
+		var gc map[string]api.GCReport
+		if code != 0 || json.Unmarshal([]byte(out), &gc) != nil {
+			return fmt.Errorf("host A: gc: exit %d %s %s", code, out, errw)
+		}
+		t.Logf("host A: round %d: prune %d decisions, gc %+v", i, len(decs), gc["shared"])
+		repacked += gc["shared"].Repacked
+		return nil
+	}
 	var wg sync.WaitGroup
+	loop := func(h *fleetHost, dom *vm.Domain, after func(int) error) {
+		defer wg.Done()
+		for i := 1; i <= rounds && !t.Failed(); i++ {
+			err := write(dom, i)
+			if err == nil {
+				_, err = h.backup(dom, "auto")
+			}
+			if err == nil && after != nil {
+				err = after(i)
+			}
+			if err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}
 	wg.Add(2)
-	go func() { // host A: back up, prune, GC
-		defer wg.Done()
-		for i := 1; i <= rounds && !t.Failed(); i++ {
-			if err := write(domA, i); err != nil {
-				t.Error(err)
-				return
-			}
-			if _, err := a.backup(domA, "auto"); err != nil {
-				t.Error(err)
-				return
-			}
-			code, out, errw := cli(t, bin, a.cfg, "--json", "prune", "--target", "shared")
-			var decs []api.Decision
-			if code != 0 || json.Unmarshal([]byte(out), &decs) != nil {
-				t.Errorf("host A: prune: exit %d %s %s", code, out, errw)
-				return
-			}
-			for _, d := range decs {
-				if d.DomainUUID == domB.UUID || d.Host != self {
-					t.Errorf("host A's prune looked at a point of host B: %+v", d)
-				}
-			}
-			code, out, errw = cli(t, bin, a.cfg, "--json", "gc", "--target", "shared")
-			var gc map[string]api.GCReport
-			if code != 0 || json.Unmarshal([]byte(out), &gc) != nil {
-				t.Errorf("host A: gc: exit %d %s %s", code, out, errw)
-				return
-			}
-			t.Logf("host A: round %d: prune %d decisions, gc %+v", i, len(decs), gc["shared"])
-			repacked += gc["shared"].Repacked
-		}
-	}()
-	go func() { // host B: back up
-		defer wg.Done()
-		for i := 1; i <= rounds && !t.Failed(); i++ {
-			if err := write(domB, i); err != nil {
-				t.Error(err)
-				return
-			}
-			if _, err := b.backup(domB, "auto"); err != nil {
-				t.Error(err)
-				return
-			}
-		}
-	}()
+	go loop(a, domA, upkeep)
+	go loop(b, domB, nil)
 	wg.Wait()
 	if t.Failed() {
 		t.Fatalf("host A:\n%s\nhost B:\n%s", a.d.log.String(), b.d.log.String())

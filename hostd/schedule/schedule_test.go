@@ -157,14 +157,7 @@ func (f *fakeClock) set(t time.Time) {
 // TestRun: Run sleeps on the clock until the next due time and fires then,
 // once per minute of a minutely entry, and stops with its context.
 func TestRun(t *testing.T) {
-	start := time.Date(2026, 12, 1, 10, 0, 30, 0, time.UTC)
-	clk := &fakeClock{now: start}
-	fires := make(chan Fire, 10)
-	s := &Scheduler{Clock: clk, Start: func(_ context.Context, f Fire) { fires <- f }}
-	s.Set([]Entry{{Name: "m", Crons: []*Cron{mustCron(t, "* * * * *", "UTC")}}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { s.Run(ctx); close(done) }()
+	clk, fires, stop := runOne(t, "* * * * *")
 	for i := 1; i <= 3; i++ {
 		want := time.Date(2026, 12, 1, 10, i, 0, 0, time.UTC)
 		// Wait until Run sleeps, then move the clock to the due time.
@@ -179,8 +172,20 @@ func TestRun(t *testing.T) {
 			t.Fatalf("no fire at %v", want)
 		}
 	}
-	cancel()
-	<-done
+	stop()
+}
+
+// runOne runs a scheduler of one entry on cron spec, on a fake clock at
+// 2026-12-01 10:00:30, until stop (which returns once Run has).
+func runOne(t *testing.T, spec string) (clk *fakeClock, fires chan Fire, stop func()) {
+	clk = &fakeClock{now: time.Date(2026, 12, 1, 10, 0, 30, 0, time.UTC)}
+	fires = make(chan Fire, 10)
+	s := &Scheduler{Clock: clk, Start: func(_ context.Context, f Fire) { fires <- f }}
+	s.Set([]Entry{{Name: "e", Crons: []*Cron{mustCron(t, spec, "UTC")}}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	return clk, fires, func() { cancel(); <-done }
 }
 
 // TestRunClockSetForward: the wall clock set forward an hour while Run
@@ -188,14 +193,8 @@ func TestRun(t *testing.T) {
 // within a minute (its timer counts elapsed time, which the jump does not
 // move) and fires the entry then, not an hour late.
 func TestRunClockSetForward(t *testing.T) {
-	start := time.Date(2026, 12, 1, 10, 0, 30, 0, time.UTC)
-	clk := &fakeClock{now: start}
-	fires := make(chan Fire, 10)
-	s := &Scheduler{Clock: clk, Start: func(_ context.Context, f Fire) { fires <- f }}
-	s.Set([]Entry{{Name: "h", Crons: []*Cron{mustCron(t, "0 * * * *", "UTC")}}})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go s.Run(ctx)
+	clk, fires, stop := runOne(t, "0 * * * *")
+	defer stop()
 	clk.awaitSleeper(t)
 	clk.mu.Lock()
 	wait := clk.waits[0]
