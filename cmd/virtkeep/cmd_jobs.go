@@ -93,11 +93,19 @@ func (a *app) submitted(ctx context.Context, j api.Job, err error) (*api.JobResu
 
 func newJobsCmd(a *app) *cobra.Command {
 	var r api.JobsRequest
+	var since string
 	cmd := &cobra.Command{
-		Use:   "jobs [--all] [--domain NAME]",
+		Use:   "jobs [--all] [--domain NAME] [--since TIME|DURATION]",
 		Short: "List jobs: queued and running ones, and those ended in the last day",
 		Args:  cobra.NoArgs,
 		RunE: a.withService(reads, func(cmd *cobra.Command, _ []string) error {
+			if since != "" {
+				t, err := parseSince(since, time.Now())
+				if err != nil {
+					return err
+				}
+				r.Since = t
+			}
 			js, err := a.svc.Jobs(cmd.Context(), r)
 			if err != nil {
 				return err
@@ -120,7 +128,19 @@ func newJobsCmd(a *app) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&r.All, "all", false, "every job the catalog keeps")
 	cmd.Flags().StringVar(&r.Domain, "domain", "", "only this domain's jobs")
+	cmd.Flags().StringVar(&since, "since", "", "only the jobs created after this RFC 3339 time, or this long ago (2h)")
 	return cmd
+}
+
+// parseSince reads --since: an RFC 3339 time, or a duration back from now.
+func parseSince(s string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	return time.Time{}, usageErr("--since %q: want an RFC 3339 time (2026-12-07T02:00:00Z) or a duration (2h)", s)
 }
 
 func dash(s string) string {

@@ -271,6 +271,9 @@ type RebuildRequest struct {
 type JobsRequest struct {
 	All    bool   `json:"all,omitempty"`
 	Domain string `json:"domain,omitempty"`
+	// Since, when set, keeps only the jobs created after it (a busy host's
+	// day of jobs is thousands: a caller following its own asks for those).
+	Since time.Time `json:"since,omitzero"`
 }
 
 // JobState is where a job is in its life.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/virtkeep/virtkeep/hostd/api"
 )
@@ -51,7 +52,16 @@ func (s *Server) routes() http.Handler {
 	})
 	mux.HandleFunc("GET "+v+"/jobs", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
-		answer(w, http.StatusOK)(svc.Jobs(r.Context(), api.JobsRequest{All: q.Get("all") == "true", Domain: q.Get("domain")}))
+		req := api.JobsRequest{All: q.Get("all") == "true", Domain: q.Get("domain")}
+		if s := q.Get("since"); s != "" {
+			t, err := time.Parse(time.RFC3339Nano, s)
+			if err != nil {
+				writeError(w, api.Errorf(api.CodeBadRequest, "since %q: want an RFC 3339 time", s))
+				return
+			}
+			req.Since = t
+		}
+		answer(w, http.StatusOK)(svc.Jobs(r.Context(), req))
 	})
 	mux.HandleFunc("GET "+v+"/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
 		answer(w, http.StatusOK)(svc.Job(r.Context(), r.PathValue("id")))

@@ -44,17 +44,19 @@ func (c *DB) Job(ctx context.Context, id string) (api.Job, error) {
 }
 
 // JobQuery selects jobs: those not ended and those ended after EndedAfter
-// (zero: every job), of Domain and Policy (if set).
+// (zero: every job), created after CreatedAfter, of Domain and Policy (if
+// set).
 type JobQuery struct {
-	EndedAfter time.Time
+	EndedAfter   time.Time
+	CreatedAfter time.Time
 	Domain     string
 	Policy     string
 }
 
 // Jobs returns the jobs q selects, oldest first.
 func (c *DB) Jobs(ctx context.Context, q JobQuery) ([]api.Job, error) {
-	rows, err := c.db.QueryContext(ctx, `SELECT job FROM jobs WHERE (ended_ns = 0 OR ended_ns > ?) AND (? = '' OR domain = ?) AND (? = '' OR policy = ?)
-		ORDER BY created_ns, id`, ns(q.EndedAfter), q.Domain, q.Domain, q.Policy, q.Policy)
+	rows, err := c.db.QueryContext(ctx, `SELECT job FROM jobs WHERE created_ns > ? AND (ended_ns = 0 OR ended_ns > ?) AND (? = '' OR domain = ?) AND (? = '' OR policy = ?)
+		ORDER BY created_ns, id`, ns(q.CreatedAfter), ns(q.EndedAfter), q.Domain, q.Domain, q.Policy, q.Policy)
 	if err != nil {
 		return nil, err
 	}

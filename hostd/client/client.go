@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/virtkeep/virtkeep/hostd/api"
 )
@@ -175,6 +176,9 @@ func (c *Client) Jobs(ctx context.Context, r api.JobsRequest) (out []api.Job, er
 		q.Set("all", "true")
 	}
 	setIf(q, "domain", r.Domain)
+	if !r.Since.IsZero() {
+		q.Set("since", r.Since.Format(time.RFC3339Nano))
+	}
 	return out, c.do(ctx, "GET", "/jobs", q, nil, &out)
 }
 

@@ -33,9 +33,9 @@ func (s *Service) Jobs(ctx context.Context, r api.JobsRequest) ([]api.Job, error
 			return nil, err
 		}
 	}
-	q := catalog.JobQuery{Domain: r.Domain}
+	q := catalog.JobQuery{Domain: r.Domain, CreatedAfter: r.Since}
 	if !r.All {
-		q.EndedAfter = time.Now().Add(-24 * time.Hour)
+		q.EndedAfter = s.cfg.Clock().Add(-24 * time.Hour)
 	}
 	rec, err := s.cat.Jobs(ctx, q)
 	if err != nil {
