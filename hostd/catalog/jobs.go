@@ -49,8 +49,8 @@ func (c *DB) Job(ctx context.Context, id string) (api.Job, error) {
 type JobQuery struct {
 	EndedAfter   time.Time
 	CreatedAfter time.Time
-	Domain     string
-	Policy     string
+	Domain       string
+	Policy       string
 }
 
 // Jobs returns the jobs q selects, oldest first.
