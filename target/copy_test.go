@@ -119,26 +119,37 @@ func TestCopyRefusesDamage(t *testing.T) {
 }
 
 // TestCopyExistingIsChecked: a destination that holds the point without
-// all of its data (a pack gone) is not taken as done: the copy fails with
-// an integrity error that no retry would mend, instead of "existed".
+// all of its data (a pack gone: one of chunks, or the one of its index
+// pages) is not taken as done: the copy fails with an integrity error that
+// no retry would mend, instead of "existed".
 func TestCopyExistingIsChecked(t *testing.T) {
 	ctx := context.Background()
-	db := mem.New()
-	src, dst := newRepo(t, mem.New(), nil), newRepo(t, db, nil)
+	src := newRepo(t, mem.New(), nil)
 	c, _ := testenv.NewContent(4<<20, 4, testenv.Fill{Random: 1})
 	full, _ := backup(t, src, c, target.LevelFull, "", nil)
-	if _, _, err := target.Copy(ctx, src, dst, full.ID, target.CopyOptions{}); err != nil {
-		t.Fatal(err)
+	copied := func() (*mem.Mem, []string) {
+		db := mem.New()
+		if _, _, err := target.Copy(ctx, src, newRepo(t, db, nil), full.ID, target.CopyOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		var packs []string
+		_ = db.List(ctx, "packs/", func(fi target.ObjectInfo) error { packs = append(packs, fi.Key); return nil })
+		return db, packs
 	}
-	var packs []string
-	_ = db.List(ctx, "packs/", func(fi target.ObjectInfo) error { packs = append(packs, fi.Key); return nil })
-	if err := db.Delete(ctx, packs[0]); err != nil {
-		t.Fatal(err)
+	_, packs := copied()
+	if len(packs) < 2 {
+		t.Fatalf("the copy wrote %d packs: want chunks and index pages apart", len(packs))
 	}
-	again := openRepo(t, db, target.OpenOptions{})
-	_, st, err := target.Copy(ctx, src, again, full.ID, target.CopyOptions{})
-	if err == nil || st.Existed || !target.IsIntegrity(err) {
-		t.Fatalf("copy onto a point whose pack is gone: existed %v, %v: want an integrity error", st.Existed, err)
+	for i := range packs {
+		db, packs := copied()
+		if err := db.Delete(ctx, packs[i]); err != nil {
+			t.Fatal(err)
+		}
+		again := openRepo(t, db, target.OpenOptions{})
+		_, st, err := target.Copy(ctx, src, again, full.ID, target.CopyOptions{})
+		if err == nil || st.Existed || !target.IsIntegrity(err) {
+			t.Fatalf("copy onto a point whose pack %d of %d is gone: existed %v, %v: want an integrity error", i+1, len(packs), st.Existed, err)
+		}
 	}
 }
 

@@ -367,7 +367,8 @@ func (r *Repository) chunkEnvelope(ctx context.Context, id ID) ([]byte, error) {
 // packedEnvelope loads the envelope of a chunk or page: from its pack, or
 // its own object (format 1). One the index does not know, or whose pack
 // is gone (a GC here or elsewhere repacked it), is looked for again after
-// reloading the index.
+// reloading the index; one found nowhere then is missing (ErrMissing, an
+// integrity error, besides ErrNotFound): a point references it.
 func (r *Repository) packedEnvelope(ctx context.Context, o ref) ([]byte, error) {
 	pack, l, ok := r.packs.lookup(o)
 	if ok {
@@ -376,12 +377,21 @@ func (r *Repository) packedEnvelope(ctx context.Context, o ref) ([]byte, error) 
 			return obj, err
 		}
 	}
+	obj, err := r.reloadedEnvelope(ctx, o)
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("%w: %w", ErrMissing, err)
+	}
+	return obj, err
+}
+
+// reloadedEnvelope looks for o again after reloading the pack index.
+func (r *Repository) reloadedEnvelope(ctx context.Context, o ref) ([]byte, error) {
 	key := objectKey(o.typ, o.id)
 	if r.cfg.PackSize > 0 {
 		if err := r.loadPacks(ctx); err != nil {
 			return nil, fmt.Errorf("load %s: %w", key, err)
 		}
-		if pack, l, ok = r.packs.lookup(o); ok {
+		if pack, l, ok := r.packs.lookup(o); ok {
 			return r.packRead(ctx, o, pack, l)
 		}
 	}
