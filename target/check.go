@@ -164,13 +164,14 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 	if err != nil {
 		return nil, fmt.Errorf("check: list journal: %w", err)
 	}
-	ids, err := r.pointIDs(ctx, func(key string) { rep.Strays = append(rep.Strays, key) })
+	listed, err := r.listPoints(ctx, func(key string) { rep.Strays = append(rep.Strays, key) })
 	if err != nil {
 		return nil, fmt.Errorf("check: list points: %w", err)
 	}
 	have := map[string]bool{}
 	var manifests []*Manifest
-	for _, id := range ids {
+	for _, p := range listed {
+		id := p.id
 		have[id] = true
 		m, err := r.checkManifest(ctx, id, journal)
 		if err != nil {
@@ -191,7 +192,7 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 			add("points/"+id, errors.New("manifest missing"), id, pointLabel(id, je.Domain, je.Time))
 		}
 	}
-	rep.Points = len(ids)
+	rep.Points = len(listed)
 
 	// Indexes: roots and pages, once each; collect referenced chunks.
 	chunks := map[ID]bool{}

@@ -1,6 +1,7 @@
 package target
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -9,7 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 )
@@ -127,17 +128,24 @@ type journalEntry struct {
 
 // Point loads and verifies the manifest of point id.
 func (r *Repository) Point(ctx context.Context, id string) (*Manifest, error) {
+	m, _, err := r.readPoint(ctx, id)
+	return m, err
+}
+
+// readPoint is Point, which also says how long the stored manifest is.
+func (r *Repository) readPoint(ctx context.Context, id string) (*Manifest, int64, error) {
 	if err := checkPointID(id); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	obj, err := r.getEnvelope(ctx, typeManifst, "points/"+id)
 	if errors.Is(err, ErrNotFound) {
-		return nil, fmt.Errorf("point %s: %w", id, ErrNoPoint)
+		return nil, 0, fmt.Errorf("point %s: %w", id, ErrNoPoint)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("point %s: %w", id, err)
+		return nil, 0, fmt.Errorf("point %s: %w", id, err)
 	}
-	return r.openManifest(id, obj)
+	m, err := r.openManifest(id, obj)
+	return m, int64(len(obj)), err
 }
 
 // openManifest opens and checks the stored manifest object of point id.
@@ -161,53 +169,102 @@ func (r *Repository) openManifest(id string, obj []byte) (*Manifest, error) {
 // another tool left), so it neither stops GC nor counts as damage.
 var ErrStray = errors.New("not a point: stray object under points/")
 
-// pointIDs lists the names under points/; those that are no point ID go to
-// stray.
-func (r *Repository) pointIDs(ctx context.Context, stray func(key string)) ([]string, error) {
-	var ids []string
+// listedPoint is a point as the backend lists it: its ID and the size of
+// its manifest object.
+type listedPoint struct {
+	id   string
+	size int64
+}
+
+// listPoints lists the objects under points/, sorted by ID; those whose
+// name is no point ID go to stray.
+func (r *Repository) listPoints(ctx context.Context, stray func(key string)) ([]listedPoint, error) {
+	var ps []listedPoint
 	err := r.b.List(ctx, "points/", func(fi ObjectInfo) error {
 		id := strings.TrimPrefix(fi.Key, "points/")
 		if checkPointID(id) != nil {
 			stray(fi.Key)
 			return nil
 		}
-		ids = append(ids, id)
+		ps = append(ps, listedPoint{id, fi.Size})
 		return nil
 	})
-	sort.Strings(ids)
-	return ids, err
+	slices.SortFunc(ps, func(a, b listedPoint) int { return strings.Compare(a.id, b.id) })
+	return ps, err
 }
 
-// PointIDs lists the IDs of the points the repository holds, sorted, with
-// one listing and without reading a manifest: a cache of the points (the
-// catalog) compares it with what it has. Stray objects are left out.
-func (r *Repository) PointIDs(ctx context.Context) ([]string, error) {
-	return r.pointIDs(ctx, func(string) {})
-}
+// pointLoaders is how many manifests Points reads at once.
+const pointLoaders = 32
 
-// Points lists every point's manifest, oldest first (by time). A manifest
-// that cannot be read is reported to bad (if not nil) and left out; so is
-// a stray object under points/, with an error wrapping ErrStray.
+// Points lists every point's manifest, oldest first (by time), without
+// its saved domain definitions (Point has them). A manifest that cannot be
+// read is reported to bad (if not nil) and left out; so is a stray object
+// under points/, with an error wrapping ErrStray.
+//
+// One listing says which points exist; their manifests come from the
+// metadata cache where it holds them at the listed size, and the others
+// from the backend, several at once: a repository of many points costs a
+// listing, not a read per point.
 func (r *Repository) Points(ctx context.Context, bad func(id string, err error)) ([]*Manifest, error) {
 	if bad == nil {
 		bad = func(string, error) {}
 	}
-	ids, err := r.pointIDs(ctx, func(key string) { bad(strings.TrimPrefix(key, "points/"), fmt.Errorf("%s: %w", key, ErrStray)) })
+	listed, err := r.listPoints(ctx, func(key string) { bad(strings.TrimPrefix(key, "points/"), fmt.Errorf("%s: %w", key, ErrStray)) })
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*Manifest, 0, len(ids))
-	for _, id := range ids {
-		m, err := r.Point(ctx, id)
-		if err != nil {
-			bad(id, err)
-			continue
+	cached := r.cache.points()
+	keep := make(map[string]*cachedPoint, len(listed))
+	var todo []listedPoint
+	for _, p := range listed {
+		if cp := cached[p.id]; cp != nil && cp.Size == p.size {
+			keep[p.id] = cp
+		} else {
+			todo = append(todo, p)
 		}
-		out = append(out, m)
+	}
+	fetched, err := r.readPoints(ctx, todo, bad)
+	if err != nil {
+		return nil, err
+	}
+	for _, cp := range fetched {
+		keep[cp.Manifest.ID] = cp
+	}
+	if len(fetched) > 0 || len(keep) != len(cached) {
+		r.cache.savePoints(keep)
+	}
+	out := make([]*Manifest, 0, len(keep))
+	for _, cp := range keep {
+		out = append(out, cp.Manifest)
 	}
 	// IDs sort by second; times are finer.
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
+	slices.SortStableFunc(out, func(a, b *Manifest) int { return cmp.Or(a.Time.Compare(b.Time), strings.Compare(a.ID, b.ID)) })
 	return out, nil
+}
+
+// readPoints reads the manifests of ps from the backend, pointLoaders at
+// once, and returns those that open, light; the others go to bad.
+func (r *Repository) readPoints(ctx context.Context, ps []listedPoint, bad func(id string, err error)) ([]*cachedPoint, error) {
+	out := make([]*cachedPoint, len(ps))
+	errs := make([]error, len(ps))
+	err := inParallel(ctx, pointLoaders, len(ps), func(i int) error {
+		m, size, err := r.readPoint(ctx, ps[i].id)
+		if err != nil {
+			errs[i] = err
+			return nil
+		}
+		out[i] = &cachedPoint{Size: size, Manifest: m.light()}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for i, e := range errs {
+		if e != nil {
+			bad(ps[i].id, e)
+		}
+	}
+	return slices.DeleteFunc(out, func(cp *cachedPoint) bool { return cp == nil }), nil
 }
 
 // putManifest writes m, then its journal entry, making both durable.

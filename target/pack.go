@@ -27,7 +27,7 @@ const (
 	typePackIndex   = 7
 	packEntryLen    = 1 + 32 + 4 + 4 // type, ID, offset, length
 	// packIndexLoaders is how many pack indexes are read at once.
-	packIndexLoaders = 16
+	packIndexLoaders = 64
 	// maxPackEntries is the most objects a writer puts in one pack;
 	// readers refuse an index of more than maxPackIndexEntries.
 	maxPackEntries      = 1 << 18
@@ -160,47 +160,51 @@ func (r *Repository) scanPacks(ctx context.Context, skip func(pack ID, idxSize i
 // readPackIndexes reads the indexes of ps, several at once. A damaged
 // index is recorded in its packInfo; other failures are returned.
 func (r *Repository) readPackIndexes(ctx context.Context, ps []*packInfo) error {
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		first error
-		next  = make(chan *packInfo)
-	)
-	chunkMax := maxObject(typeChunk, r.cfg.ChunkSize)
-	for range min(packIndexLoaders, len(ps)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for p := range next {
-				plain, err := r.openAt(ctx, typePackIndex, packIndexKey(p.id))
-				if err == nil {
-					p.entries, err = decodePackIndex(plain, p.id, p.size, chunkMax)
-				}
-				switch {
-				case errors.Is(err, ErrCorrupt):
-					p.indexErr = err
-				case errors.Is(err, ErrNotFound):
-					p.indexed = false // deleted meanwhile
-				case err != nil:
-					mu.Lock()
-					first = cmp.Or(first, err)
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	for _, p := range ps {
-		select {
-		case next <- p:
-		case <-ctx.Done():
+	return inParallel(ctx, packIndexLoaders, len(ps), func(i int) error {
+		p := ps[i]
+		var err error
+		p.entries, err = r.readPackIndex(ctx, p)
+		switch {
+		case errors.Is(err, ErrCorrupt):
+			p.indexErr = err
+		case errors.Is(err, ErrNotFound):
+			p.indexed = false // deleted meanwhile
+		case err != nil:
+			return err
 		}
+		return nil
+	})
+}
+
+// readPackIndex reads p's index: the metadata cache's copy when it holds
+// one of the listed size that decodes, else the backend's (then cached).
+func (r *Repository) readPackIndex(ctx context.Context, p *packInfo) ([]packEntry, error) {
+	if obj, ok := r.cache.packIndex(p.id, p.idxSize, maxObject(typePackIndex, r.cfg.ChunkSize)); ok {
+		es, err := r.decodePackIndexObject(p, obj)
+		if err == nil {
+			return es, nil
+		}
+		r.log.Warn("cached pack index damaged: read from the target", "pack", packKey(p.id), "err", err)
+		r.cache.dropPackIndex(p.id)
 	}
-	close(next)
-	wg.Wait()
-	if first == nil {
-		first = ctx.Err()
+	obj, err := r.getEnvelope(ctx, typePackIndex, packIndexKey(p.id))
+	if err != nil {
+		return nil, err
 	}
-	return first
+	es, err := r.decodePackIndexObject(p, obj)
+	if err == nil && int64(len(obj)) == p.idxSize {
+		r.cache.putPackIndex(p.id, obj)
+	}
+	return es, err
+}
+
+// decodePackIndexObject opens and decodes obj, the stored index of p.
+func (r *Repository) decodePackIndexObject(p *packInfo, obj []byte) ([]packEntry, error) {
+	plain, err := r.codec.open(typePackIndex, obj)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", packIndexKey(p.id), err)
+	}
+	return decodePackIndex(plain, p.id, p.size, maxObject(typeChunk, r.cfg.ChunkSize))
 }
 
 // packIndex is the repository's chunk ID -> pack location map in memory,
@@ -329,6 +333,9 @@ func (r *Repository) loadPacks(ctx context.Context) error {
 	found, err := r.scanPacks(ctx, unchanged)
 	if err != nil {
 		return err
+	}
+	if len(known) == 0 {
+		r.cache.keepPackIndexes(func(id ID) bool { p := found[id]; return p != nil && p.indexed })
 	}
 	for id := range known {
 		if p := found[id]; p == nil || !p.indexed || p.size < 0 || !unchanged(id, p.idxSize) {
@@ -653,6 +660,7 @@ func (r *Repository) dropObject(ctx context.Context, o ref) error {
 		return err
 	}
 	es = slices.DeleteFunc(es, func(e packEntry) bool { return e.ref == o })
+	r.cache.dropPackIndex(pack)
 	if err := r.b.Put(ctx, packIndexKey(pack), r.codec.seal(typePackIndex, encodePackIndex(pack, es))); err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"strings"
 	"time"
 )
 
@@ -138,6 +139,11 @@ type OpenOptions struct {
 	// LockStale is how long an unrefreshed lock stays valid (default
 	// DefaultLockStale). Every host using the repository must agree.
 	LockStale time.Duration
+	// CacheDir, when set, is a private directory where the repository
+	// keeps copies of its manifests and pack indexes (in a directory
+	// named by its ID), so that listing the points or opening the
+	// index reads only what changed since (see cache.go).
+	CacheDir string
 }
 
 // Repository is an open repository. It is safe for concurrent use.
@@ -151,6 +157,7 @@ type Repository struct {
 
 	packs   *packIndex
 	packSem chan struct{} // bounds the packs being stored at once
+	cache   *metaCache
 
 	owner     Owner
 	lockStale time.Duration
@@ -214,6 +221,7 @@ func Open(ctx context.Context, b Backend, o OpenOptions) (*Repository, error) {
 		r.worker = max(4, 2*runtime.GOMAXPROCS(0))
 	}
 	r.packs, r.packSem = newPackIndex(), make(chan struct{}, packUploads(b.Properties()))
+	r.cache = newMetaCache(o.CacheDir, cfg.ID, r.log)
 	r.owner, r.lockStale = localOwner(o.Host), o.LockStale
 	if o.MachineID != "" {
 		r.owner.MachineID = o.MachineID
@@ -233,13 +241,20 @@ func parseConfig(raw []byte) (repoConfig, error) {
 		return cfg, fmt.Errorf("config: format version %d is newer than this virtkeep (%d): upgrade virtkeep", cfg.Version, FormatVersion)
 	}
 	if cfg.Version < 1 || cfg.ChunkSize < 64<<10 || cfg.ChunkSize > 4<<20 || cfg.ChunkSize&(cfg.ChunkSize-1) != 0 ||
-		cfg.PageEntries != pageEntries || len(cfg.ID) != 32 ||
+		cfg.PageEntries != pageEntries || len(cfg.ID) != 32 || !isHex(cfg.ID) ||
 		(cfg.Version == 1) != (cfg.PackSize == 0) || (cfg.PackSize != 0 && (cfg.PackSize < minPackSize || cfg.PackSize > maxPackSize)) ||
 		(cfg.Compression != CompressionZstd && cfg.Compression != CompressionNone) ||
 		(cfg.Encryption != nil && cfg.Encryption.Cipher != "aes-256-gcm") {
 		return cfg, fmt.Errorf("%w: config: unsupported or malformed parameters", ErrCorrupt)
 	}
 	return cfg, nil
+}
+
+// isHex reports whether s is lower-case hex digits (a repository ID, which
+// names its directory in the metadata cache).
+func isHex(s string) bool {
+	_, err := hex.DecodeString(s)
+	return err == nil && strings.ToLower(s) == s
 }
 
 // Backend returns the repository's backend.

@@ -109,7 +109,16 @@ func (s *Service) Reconcile(ctx context.Context, name string, rebuild bool) erro
 		return err
 	}
 	defer repo.Close()
-	ids, err := repo.PointIDs(ctx)
+	// One listing; the manifests come from the repository's metadata
+	// cache, or many at once. An unreadable one is listed still: a point
+	// the catalog has stays.
+	unreadable := map[string]bool{}
+	ms, err := repo.Points(ctx, func(id string, err error) {
+		if !errors.Is(err, target.ErrStray) {
+			unreadable[id] = true
+		}
+		s.log.Warn("point unreadable", "target", t.Name, "point", id, "err", err)
+	})
 	if err != nil {
 		return api.WithCode(api.CodeUnavailable, fmt.Errorf("target %s: %w", t.Name, err))
 	}
@@ -119,15 +128,13 @@ func (s *Service) Reconcile(ctx context.Context, name string, rebuild bool) erro
 			return err
 		}
 	}
+	for id := range unreadable {
+		delete(have, id)
+	}
 	var add []api.Point
-	for _, id := range ids {
-		if have[id] {
-			delete(have, id)
-			continue
-		}
-		m, err := repo.Point(ctx, id)
-		if err != nil {
-			s.log.Warn("point unreadable", "target", t.Name, "point", id, "err", err)
+	for _, m := range ms {
+		if have[m.ID] {
+			delete(have, m.ID)
 			continue
 		}
 		add = append(add, record(m, t.Name))

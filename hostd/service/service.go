@@ -346,11 +346,24 @@ func targetError(err error) error {
 	return api.WithCode(api.CodeUnavailable, err)
 }
 
+// cacheDir is where repositories keep copies of their metadata:
+// state_dir/cache, private to root; "" (no cache, every manifest read from
+// the target) when it cannot be made.
+func (s *Service) cacheDir() string {
+	dir, err := s.state.Sub("cache")
+	if err != nil {
+		s.log.Warn("no metadata cache: manifests and pack indexes are read from the targets", "err", err)
+		return ""
+	}
+	return dir
+}
+
 // withPassphrase is t's open configuration with the passphrase its key
 // file needs, asked for once per process when none is configured.
 func (s *Service) withPassphrase(t Target) (all.Config, error) {
 	c := t.Open
 	c.Now = s.cfg.Clock
+	c.CacheDir = s.cacheDir()
 	if c.KeyFile == "" || len(c.Passphrase) > 0 {
 		return c, nil
 	}

@@ -36,6 +36,9 @@ type Config struct {
 	Limit *limit.Shared
 	// Now is the repositories' clock (default time.Now).
 	Now func() time.Time
+	// CacheDir is where repositories keep copies of their metadata
+	// (target.OpenOptions.CacheDir); "" none.
+	CacheDir string
 }
 
 // Open opens the target's repository. With create set, an empty location
@@ -104,7 +107,8 @@ func open(ctx context.Context, b target.Backend, cfg Config, create bool, log *s
 		}
 		key = &k
 	}
-	r, err := target.Open(ctx, b, target.OpenOptions{Key: key, Compression: cfg.Compression, Logger: log, Now: cfg.Now})
+	oo := target.OpenOptions{Key: key, Compression: cfg.Compression, Logger: log, Now: cfg.Now, CacheDir: cfg.CacheDir}
+	r, err := target.Open(ctx, b, oo)
 	if errors.Is(err, target.ErrNotRepository) && create {
 		if err := target.Init(ctx, b, target.InitOptions{Compression: cfg.Compression, Key: key, PackSize: cfg.PackSize}); err != nil {
 			return nil, fmt.Errorf("target %s: %w", cfg.Name, err)
@@ -112,7 +116,7 @@ func open(ctx context.Context, b target.Backend, cfg Config, create bool, log *s
 		if log != nil {
 			log.Info("initialised a new repository", "target", cfg.Name, "location", b.Properties().Name)
 		}
-		r, err = target.Open(ctx, b, target.OpenOptions{Key: key, Compression: cfg.Compression, Logger: log, Now: cfg.Now})
+		r, err = target.Open(ctx, b, oo)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("target %s: %w", cfg.Name, err)

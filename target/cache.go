@@ -1,0 +1,240 @@
+package target
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// The metadata cache (OpenOptions.CacheDir) keeps on local disk what a
+// repository's operations would otherwise read from the backend again and
+// again: every point's manifest (without its saved domain definitions) in
+// one file, and every pack's index as stored, a file per pack. An entry is
+// used only for a key the backend lists now, at the size it had when it
+// was cached, so the listing decides what exists and the cache only saves
+// the reads: what it holds of a point or pack that is gone is dropped, and
+// it never decides what is deleted. Pack indexes from it are opened and
+// checked as if they came from the backend; a damaged entry is read again
+// from the backend.
+//
+// Several processes may share a cache: files are replaced by rename, and
+// each holds only what was true of the backend at some time, which the
+// listing checks.
+
+const (
+	cachePointsFile = "points.json"
+	cachePackDir    = "packindex"
+	// maxCachePoints bounds the points file read (about 1 KiB a point).
+	maxCachePoints = 1 << 30
+)
+
+type metaCache struct {
+	dir string // "" when there is no cache
+	log *slog.Logger
+	mu  sync.Mutex // one update of the points file at a time
+}
+
+// newMetaCache is the cache of repository id (hex, parseConfig checks)
+// under root ("" none).
+func newMetaCache(root, id string, log *slog.Logger) *metaCache {
+	c := &metaCache{log: log}
+	if root != "" {
+		c.dir = filepath.Join(root, id)
+	}
+	return c
+}
+
+// cachedPoint is a point's manifest as cached: Size is the length of its
+// stored object when it was read.
+type cachedPoint struct {
+	Size     int64     `json:"size"`
+	Manifest *Manifest `json:"manifest"`
+}
+
+type pointsFile struct {
+	Version int                     `json:"version"`
+	Points  map[string]*cachedPoint `json:"points"`
+}
+
+// points returns the cached manifests by point ID; entries that do not
+// name themselves are left out, a file that cannot be read is no cache.
+func (c *metaCache) points() map[string]*cachedPoint {
+	out := map[string]*cachedPoint{}
+	data, err := c.read(cachePointsFile, maxCachePoints)
+	if err != nil {
+		return out
+	}
+	var pf pointsFile
+	if err := json.Unmarshal(data, &pf); err != nil || pf.Version != 1 {
+		c.log.Warn("metadata cache damaged: manifests are read from the target", "err", err)
+		return out
+	}
+	for id, cp := range pf.Points {
+		if cp != nil && cp.Manifest != nil && cp.Manifest.ID == id && checkPointID(id) == nil {
+			out[id] = cp
+		}
+	}
+	return out
+}
+
+// savePoints replaces the cached manifests with ps.
+func (c *metaCache) savePoints(ps map[string]*cachedPoint) {
+	if c.dir == "" {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	data, err := json.Marshal(pointsFile{Version: 1, Points: ps})
+	if err == nil {
+		err = c.write(cachePointsFile, data)
+	}
+	if err != nil {
+		c.log.Warn("metadata cache not updated", "err", err)
+	}
+}
+
+// packIndex returns the cached envelope of pack id's index when it has
+// size bytes, as the backend lists it (and no more than limit).
+func (c *metaCache) packIndex(id ID, size, limit int64) ([]byte, bool) {
+	if size < 0 || size > limit {
+		return nil, false
+	}
+	obj, err := c.read(filepath.Join(cachePackDir, id.String()), size)
+	return obj, err == nil && int64(len(obj)) == size
+}
+
+// putPackIndex caches the envelope of pack id's index.
+func (c *metaCache) putPackIndex(id ID, obj []byte) {
+	if c.dir == "" {
+		return
+	}
+	if err := c.write(filepath.Join(cachePackDir, id.String()), obj); err != nil {
+		c.log.Warn("metadata cache not updated", "err", err)
+	}
+}
+
+// dropPackIndex forgets pack id's index (damaged as cached).
+func (c *metaCache) dropPackIndex(id ID) {
+	if c.dir != "" {
+		_ = os.Remove(filepath.Join(c.dir, cachePackDir, id.String()))
+	}
+}
+
+// keepPackIndexes drops the cached indexes of packs not in listed.
+func (c *metaCache) keepPackIndexes(listed func(ID) bool) {
+	if c.dir == "" {
+		return
+	}
+	des, _ := os.ReadDir(filepath.Join(c.dir, cachePackDir))
+	for _, de := range des {
+		if id, err := ParseID(de.Name()); err != nil || !listed(id) {
+			_ = os.Remove(filepath.Join(c.dir, cachePackDir, de.Name()))
+		}
+	}
+}
+
+// read returns what the cache file name holds (at most limit bytes), once
+// it matches the checksum it was written with: a bit flipped on the local
+// disk is a miss, not an answer (unencrypted objects carry no MAC).
+func (c *metaCache) read(name string, limit int64) ([]byte, error) {
+	if c.dir == "" {
+		return nil, fs.ErrNotExist
+	}
+	f, err := os.Open(filepath.Join(c.dir, name))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, sha256.Size+limit+1))
+	switch {
+	case err != nil:
+	case len(b) < sha256.Size || int64(len(b)) > sha256.Size+limit:
+		err = fmt.Errorf("%w: metadata cache: %s: %d bytes", ErrCorrupt, name, len(b))
+	case sha256.Sum256(b[sha256.Size:]) != [sha256.Size]byte(b[:sha256.Size]):
+		err = fmt.Errorf("%w: metadata cache: %s: checksum mismatch", ErrCorrupt, name)
+	default:
+		return b[sha256.Size:], nil
+	}
+	c.log.Warn("metadata cache entry unreadable: read from the target", "err", err)
+	return nil, err
+}
+
+// write replaces the file name under the cache with data and its
+// checksum, private to root.
+func (c *metaCache) write(name string, data []byte) error {
+	p := filepath.Join(c.dir, name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp*")
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(data)
+	_, err = f.Write(append(sum[:], data...))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), p)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+		return fmt.Errorf("metadata cache: %w", err)
+	}
+	return nil
+}
+
+// light is m without its saved domain definitions, which only a restore
+// or a boot needs (they read the point itself): what Points returns.
+func (m *Manifest) light() *Manifest {
+	l := *m
+	l.DomainXML, l.DomainXMLInactive = "", ""
+	return &l
+}
+
+// inParallel calls fn for 0..n-1, at most width at a time, and returns the
+// first error (or ctx's, when it ends first); the calls after an error
+// are not made.
+func inParallel(ctx context.Context, width, n int, fn func(i int) error) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+		next  = make(chan int)
+	)
+	failed := func() bool { mu.Lock(); defer mu.Unlock(); return first != nil }
+	for range min(width, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if failed() {
+					continue
+				}
+				if err := fn(i); err != nil {
+					mu.Lock()
+					first = cmp.Or(first, err)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for i := range n {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+		}
+	}
+	close(next)
+	wg.Wait()
+	return cmp.Or(first, ctx.Err())
+}
