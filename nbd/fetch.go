@@ -115,6 +115,9 @@ type Pool struct {
 	clients []*Client
 	next    atomic.Uint64
 
+	network, addr string
+	opts          Options
+
 	mu      sync.Mutex
 	onClose []func()
 }
@@ -126,7 +129,7 @@ func DialPool(ctx context.Context, n int, network, addr string, o Options) (*Poo
 	if err != nil {
 		return nil, err
 	}
-	p := &Pool{clients: []*Client{first}}
+	p := &Pool{clients: []*Client{first}, network: network, addr: addr, opts: o}
 	if first.info.Flags&(FlagCanMultiConn|FlagReadOnly) == 0 {
 		return p, nil
 	}
@@ -139,6 +142,18 @@ func DialPool(ctx context.Context, n int, network, addr string, o Options) (*Poo
 		p.clients = append(p.clients, c)
 	}
 	return p, nil
+}
+
+// DialContexts opens one more connection to the pool's export, asking for
+// the meta contexts given instead of the pool's: a block-status query
+// makes the server compute every context its connection negotiated, so
+// a walk of a dirty bitmap on a connection of its own does not make QEMU
+// map the image's allocation over the whole disk too. The caller closes
+// it.
+func (p *Pool) DialContexts(ctx context.Context, contexts []string) (*Client, error) {
+	o := p.opts
+	o.MetaContexts = contexts
+	return Dial(ctx, p.network, p.addr, o)
 }
 
 // Client returns the pool's first connection, for block status and info.

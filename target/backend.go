@@ -50,6 +50,27 @@ type Backend interface {
 	Close() error
 }
 
+// AfterLister is a Backend that can list only the keys that sort after a
+// given one (S3's StartAfter), skipping the others on the server. Wrappers
+// of backends implement it by passing it on (ListAfter).
+type AfterLister interface {
+	ListAfter(ctx context.Context, prefix, after string, fn func(ObjectInfo) error) error
+}
+
+// ListAfter is List of the keys under prefix that sort after prefix+after:
+// done by the server where b can (AfterLister), else filtered here.
+func ListAfter(ctx context.Context, b Backend, prefix, after string, fn func(ObjectInfo) error) error {
+	if al, ok := b.(AfterLister); ok {
+		return al.ListAfter(ctx, prefix, after, fn)
+	}
+	return b.List(ctx, prefix, func(fi ObjectInfo) error {
+		if fi.Key <= prefix+after {
+			return nil
+		}
+		return fn(fi)
+	})
+}
+
 // ObjectInfo describes a stored object.
 type ObjectInfo struct {
 	Key     string

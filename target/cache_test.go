@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/mem"
@@ -168,5 +169,56 @@ func TestPointsAreLight(t *testing.T) {
 	full, err := r.Point(ctx, m.ID)
 	if err != nil || full.DomainXML != "<domain/>" || full.DomainXMLInactive != "<domain/>" {
 		t.Fatalf("Point: %+v %v: want the definitions", full, err)
+	}
+}
+
+// TestRecentPoints: with the cache warm, RecentPoints lists only the
+// points after the cache's newest (less a day) and finds one added
+// elsewhere; an old point deleted elsewhere is still returned from the
+// cache, and HasPoint says it is gone; with no cache it is Points.
+func TestRecentPoints(t *testing.T) {
+	t.Run("mem", func(t *testing.T) { testRecentPoints(t, mem.New()) })
+	t.Run("s3", func(t *testing.T) { testRecentPoints(t, s3Backend(t, testenv.S3(t), "recent")) })
+}
+
+func testRecentPoints(t *testing.T, inner target.Backend) {
+	ctx := context.Background()
+	now := time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	if err := target.Init(ctx, inner, target.InitOptions{PackSize: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	other := openRepo(t, inner, target.OpenOptions{Now: clock}) // another host, no cache
+	c, _ := testenv.NewContent(1<<20, 2, testenv.Fill{Random: 1})
+	var ids []string
+	for range 3 {
+		m, _ := backup(t, other, c, target.LevelFull, "", nil)
+		ids = append(ids, m.ID)
+		now = now.Add(48 * time.Hour)
+	}
+	dir := t.TempDir()
+	mine := openRepo(t, inner, target.OpenOptions{CacheDir: dir, Now: clock})
+	if ms, err := mine.RecentPoints(ctx, nil); err != nil || len(ms) != 3 {
+		t.Fatalf("cold: %d points, %v", len(ms), err)
+	}
+	if err := other.DeletePoint(ctx, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	added, _ := backup(t, other, c, target.LevelFull, "", nil)
+	ms, err := mine.RecentPoints(ctx, nil)
+	var got []string
+	for _, m := range ms {
+		got = append(got, m.ID)
+	}
+	if want := append(append([]string{}, ids...), added.ID); err != nil || strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("warm: %v %v, want %v (the deleted one from the cache, the added one listed)", got, err, want)
+	}
+	for id, want := range map[string]bool{ids[0]: false, ids[1]: true, added.ID: true} {
+		if ok, err := mine.HasPoint(ctx, id); err != nil || ok != want {
+			t.Errorf("HasPoint(%s): %v %v, want %v", id, ok, err, want)
+		}
+	}
+	if ms, err := mine.Points(ctx, nil); err != nil || len(ms) != 3 {
+		t.Fatalf("a full listing: %d points, %v: want the 3 there", len(ms), err)
 	}
 }

@@ -233,13 +233,93 @@ func (r *Repository) Points(ctx context.Context, bad func(id string, err error))
 	if len(fetched) > 0 || len(keep) != len(cached) {
 		r.cache.savePoints(keep)
 	}
-	out := make([]*Manifest, 0, len(keep))
-	for _, cp := range keep {
+	return sortedPoints(keep), nil
+}
+
+// RecentSlack is how far before the newest point the cache holds
+// RecentPoints lists again: a point another host wrote with its clock
+// behind by less is seen.
+const RecentSlack = 24 * time.Hour
+
+// RecentPoints is Points for a caller that relies on the newest points
+// only (a backup's chain): with the metadata cache warm, it lists only the
+// point IDs dated after the cache's newest point less RecentSlack (S3
+// skips the others on its server), so that a backup costs a page of
+// listing, not the whole repository's. The older points it returns come
+// from the cache, as of the last full listing, and may be gone since (a
+// prune elsewhere): the caller checks those it relies on (HasPoint).
+// With no cache it is Points.
+func (r *Repository) RecentPoints(ctx context.Context, bad func(id string, err error)) ([]*Manifest, error) {
+	cached := r.cache.points()
+	var newest time.Time
+	for _, cp := range cached {
+		if t := cp.Manifest.Time; t.After(newest) && !cp.Manifest.Future(r.now()) {
+			newest = t
+		}
+	}
+	if newest.IsZero() {
+		return r.Points(ctx, bad)
+	}
+	if bad == nil {
+		bad = func(string, error) {}
+	}
+	after := newest.Add(-RecentSlack).UTC().Format("20060102T150405Z")
+	var todo []listedPoint
+	listed := map[string]bool{}
+	err := ListAfter(ctx, r.b, "points/", after, func(fi ObjectInfo) error {
+		id := strings.TrimPrefix(fi.Key, "points/")
+		listed[id] = true
+		if checkPointID(id) != nil {
+			bad(id, fmt.Errorf("%s: %w", fi.Key, ErrStray))
+		} else if cp := cached[id]; cp == nil || cp.Size != fi.Size {
+			todo = append(todo, listedPoint{id, fi.Size})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	dropped := false
+	for id := range cached {
+		if id > after && !listed[id] { // in the range listed, and gone
+			delete(cached, id)
+			dropped = true
+		}
+	}
+	fetched, err := r.readPoints(ctx, todo, bad)
+	if err != nil {
+		return nil, err
+	}
+	for _, cp := range fetched {
+		cached[cp.Manifest.ID] = cp
+	}
+	if len(fetched) > 0 || dropped {
+		r.cache.savePoints(cached)
+	}
+	return sortedPoints(cached), nil
+}
+
+// HasPoint reports whether point id is in the repository now.
+func (r *Repository) HasPoint(ctx context.Context, id string) (bool, error) {
+	if err := checkPointID(id); err != nil {
+		return false, err
+	}
+	_, err := r.b.Stat(ctx, "points/"+id)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// sortedPoints is the manifests of ps, oldest first.
+func sortedPoints(ps map[string]*cachedPoint) []*Manifest {
+	out := make([]*Manifest, 0, len(ps))
+	for _, cp := range ps {
 		out = append(out, cp.Manifest)
 	}
 	// IDs sort by second; times are finer.
 	slices.SortStableFunc(out, func(a, b *Manifest) int { return cmp.Or(a.Time.Compare(b.Time), strings.Compare(a.ID, b.ID)) })
-	return out, nil
+	return out
 }
 
 // readPoints reads the manifests of ps from the backend, pointLoaders at

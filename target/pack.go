@@ -301,6 +301,13 @@ func (x *packIndex) unpend(es []packEntry, up *packUpload) {
 	}
 }
 
+// empty reports whether no pack is known (none read yet).
+func (x *packIndex) empty() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return len(x.names) == 0
+}
+
 // lookup finds object id.
 func (x *packIndex) lookup(id ref) (ID, packLoc, bool) {
 	x.mu.Lock()
@@ -403,6 +410,78 @@ func (r *Repository) reloadedEnvelope(ctx context.Context, o ref) ([]byte, error
 		}
 	}
 	return r.getEnvelope(ctx, o.typ, key)
+}
+
+// Runs of chunks read with one request: their envelopes lie in one pack,
+// in the order read, at most runGap bytes apart (read and thrown away),
+// and the run spans at most runSpan bytes.
+const (
+	runGap  = 512 << 10
+	runSpan = 8 << 20
+)
+
+// packRuns groups parts into runs of chunks that one ranged read of a
+// pack returns, each run in pack order (writers store chunks in the order
+// they finish, not in disk order); a chunk whose pack the index does not
+// know (yet, or format 1) is a run of its own.
+func (r *Repository) packRuns(parts []part) [][]part {
+	type located struct {
+		pt   part
+		pack ID
+		l    packLoc
+		ok   bool
+	}
+	ls := make([]located, len(parts))
+	for i, pt := range parts {
+		p, l, ok := r.packs.lookup(ref{typeChunk, pt.id})
+		ls[i] = located{pt, p, l, ok}
+	}
+	slices.SortStableFunc(ls, func(a, b located) int {
+		return cmp.Or(compareIDs(a.pack, b.pack), cmp.Compare(a.l.off, b.l.off))
+	})
+	var runs [][]part
+	var start, end uint32
+	for i, x := range ls {
+		if n := len(runs); x.ok && i > 0 && ls[i-1].ok && x.pack == ls[i-1].pack &&
+			x.l.off >= end && x.l.off-end <= runGap && x.l.off+x.l.n-start <= runSpan {
+			runs[n-1] = append(runs[n-1], x.pt)
+			end = x.l.off + x.l.n
+			continue
+		}
+		runs = append(runs, []part{x.pt})
+		start, end = x.l.off, x.l.off+x.l.n
+	}
+	return runs
+}
+
+// readPacked reads the chunks of run (packRuns) with one ranged read and
+// returns their plaintexts, each checked; false when the read or any
+// check fails (the caller reads them one by one).
+func (r *Repository) readPacked(ctx context.Context, run []part) ([][]byte, bool) {
+	var pack ID
+	locs := make([]packLoc, len(run))
+	for i, pt := range run {
+		// Looked up again: the index may have been reloaded since.
+		p, l, ok := r.packs.lookup(ref{typeChunk, pt.id})
+		if !ok || int64(l.n) > maxObject(typeChunk, r.cfg.ChunkSize) ||
+			(i > 0 && (p != pack || l.off < locs[i-1].off+locs[i-1].n || l.off+l.n-locs[0].off > runSpan)) {
+			return nil, false
+		}
+		pack, locs[i] = p, l
+	}
+	start, end := int64(locs[0].off), int64(locs[len(locs)-1].off+locs[len(locs)-1].n)
+	obj, err := r.b.Get(ctx, packKey(pack), start, end-start)
+	if err != nil || int64(len(obj)) != end-start {
+		return nil, false
+	}
+	out := make([][]byte, len(run))
+	for i, l := range locs {
+		at := int64(l.off) - start
+		if out[i], err = r.openChecked(typeChunk, run[i].id, obj[at:at+int64(l.n)]); err != nil {
+			return nil, false
+		}
+	}
+	return out, true
 }
 
 // packRead reads the envelope of o at l in pack.

@@ -35,6 +35,12 @@ func (r *Repository) OpenDisk(ctx context.Context, point, disk string) (*DiskRea
 	if err != nil {
 		return nil, fmt.Errorf("point %s disk %s: %w", point, disk, err)
 	}
+	if r.packs.empty() {
+		// Reads are grouped by where the index says chunks lie.
+		if err := r.loadPacks(ctx); err != nil {
+			return nil, fmt.Errorf("point %s disk %s: %w", point, disk, err)
+		}
+	}
 	return &DiskReader{r: r, m: m, disk: d, rt: rt, pages: map[int64][]ID{}, chunks: newLRU(32)}, nil
 }
 
@@ -88,64 +94,101 @@ func (d *DiskReader) chunk(ctx context.Context, id ID) ([]byte, error) {
 	return b, nil
 }
 
-// ReadAt fills p with the disk's bytes at off. Chunks are fetched several
-// at a time.
+// ReadAt fills p with the disk's bytes at off. Chunks that lie side by
+// side in one pack are read with one request (a run), and several runs
+// are read at once: a restore from a remote target costs a request per
+// few megabytes, not one per chunk.
 func (d *DiskReader) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if off < 0 || off+int64(len(p)) > d.rt.size {
 		return fmt.Errorf("read [%d, +%d) outside the disk of %d bytes", off, len(p), d.rt.size)
 	}
-	cs := int64(d.rt.chunkSize)
-	type part struct {
-		idx  int64
-		dst  []byte
-		from int64
+	parts, err := d.parts(ctx, p, off)
+	if err != nil {
+		return err
 	}
+	runs := d.r.packRuns(parts)
+	return inParallel(ctx, readRuns, len(runs), func(i int) error { return d.readRun(ctx, runs[i]) })
+}
+
+// readRuns is how many runs a ReadAt reads at once.
+const readRuns = 8
+
+// part is the piece of chunk idx (ID id) that fills dst, from byte from of
+// the chunk.
+type part struct {
+	idx  int64
+	id   ID
+	dst  []byte
+	from int64
+}
+
+// parts splits [off, off+len(p)) into the pieces of chunks to read: zero
+// chunks and chunks in the reader's cache are filled at once.
+func (d *DiskReader) parts(ctx context.Context, p []byte, off int64) ([]part, error) {
+	cs := int64(d.rt.chunkSize)
 	var parts []part
 	for at := off; at < off+int64(len(p)); {
 		idx := at / cs
 		from := at - idx*cs
 		n := min(cs-from, off+int64(len(p))-at)
-		parts = append(parts, part{idx, p[at-off : at-off+n], from})
+		pt := part{idx: idx, dst: p[at-off : at-off+n], from: from}
 		at += n
-	}
-	read := func(pt part) error {
-		id, err := d.ChunkID(ctx, pt.idx)
+		id, err := d.ChunkID(ctx, idx)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if id.IsZero() {
 			clear(pt.dst)
+			continue
+		}
+		pt.id = id
+		if b, ok := d.chunks.get(id); ok {
+			if err := d.fill(pt, b); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		parts = append(parts, pt)
+	}
+	return parts, nil
+}
+
+// fill copies pt's piece of its chunk b.
+func (d *DiskReader) fill(pt part, b []byte) error {
+	if int64(len(b)) < pt.from+int64(len(pt.dst)) {
+		return fmt.Errorf("point %s disk %s: chunk %d: %w", d.m.ID, d.disk.Name, pt.idx, corrupt("%d bytes", len(b)))
+	}
+	copy(pt.dst, b[pt.from:])
+	return nil
+}
+
+// readRun reads the chunks of run, which lie in one pack in this order
+// (packRuns): with one ranged read when they are several, each then
+// checked against its ID. When that read or a check fails, each chunk is
+// read on its own, which looks for a pack repacked meanwhile and names
+// what is damaged.
+func (d *DiskReader) readRun(ctx context.Context, run []part) error {
+	if len(run) > 1 {
+		if chunks, ok := d.r.readPacked(ctx, run); ok {
+			for i, pt := range run {
+				d.chunks.put(pt.id, chunks[i])
+				if err := d.fill(pt, chunks[i]); err != nil {
+					return err
+				}
+			}
 			return nil
 		}
-		b, err := d.chunk(ctx, id)
+	}
+	for _, pt := range run {
+		b, err := d.chunk(ctx, pt.id)
+		if err == nil {
+			err = d.fill(pt, b)
+		}
 		if err != nil {
 			return err
 		}
-		if int64(len(b)) < pt.from+int64(len(pt.dst)) {
-			return fmt.Errorf("point %s disk %s: chunk %d: %w", d.m.ID, d.disk.Name, pt.idx, corrupt("%d bytes", len(b)))
-		}
-		copy(pt.dst, b[pt.from:])
-		return nil
 	}
-	if len(parts) == 1 {
-		return read(parts[0])
-	}
-	sem := make(chan struct{}, 8)
-	errs := make(chan error, len(parts))
-	for _, pt := range parts {
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem }()
-			errs <- read(pt)
-		}()
-	}
-	var first error
-	for range parts {
-		if err := <-errs; err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
+	return nil
 }
 
 // Allocated walks [off, off+length) in runs of zero chunks and data chunks,

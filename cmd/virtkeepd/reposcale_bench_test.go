@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/target/local"
 	"github.com/virtkeep/virtkeep/target/s3"
 	"github.com/virtkeep/virtkeep/testenv"
 	"github.com/virtkeep/virtkeep/testenv/vm"
@@ -21,8 +22,8 @@ import (
 // target. Through the real virtkeepd, a small running VM (64 MiB disk) is
 // backed up into two S3 buckets 20 ms away (testenv's delaying proxy, each
 // way): one empty, one already holding N points (VIRTKEEP_SCALE_POINTS,
-// default 10,000) of 100 other domains, 2,000 of them (N/5) in packs of
-// their own. Rows, side by side: the full (the host new to the big bucket
+// default 10,000) of 100 other domains, dated over the year before
+// yesterday, 2,000 of them (N/5) in packs of their own. Rows, side by side: the full (the host new to the big bucket
 // reads every manifest once), then incrementals after 4 MiB of writes:
 // with the metadata cache warm, and with state_dir/cache deleted (cold);
 // and the big bucket's list of points in a catalog rebuild. The last
@@ -50,7 +51,7 @@ targets:
   - {name: empty, kind: s3, endpoint: %[3]s, bucket: vkempty, prefix: repo, region: %[4]s, access_key: %[5]s, secret_key_file: %[1]s/s3.secret, insecure: true, path_style: true}
   - {name: big, kind: s3, endpoint: %[3]s, bucket: vkbig, prefix: repo, region: %[4]s, access_key: %[5]s, secret_key_file: %[1]s/s3.secret, insecure: true, path_style: true}
 `, dir, vm.URI(), proxy.Addr, srv.Region, srv.AccessKey)), 0o600)
-	startDaemon(b, dbin, cfg)
+	d := startDaemon(b, dbin, cfg)
 	timed := func(args ...string) (time.Duration, string) {
 		start := time.Now()
 		code, out, errw := cli(b, bin, cfg, args...)
@@ -90,6 +91,9 @@ targets:
 		}
 		os.RemoveAll(to)
 	}
+	if os.Getenv("VIRTKEEP_SCALE_LOG") != "" {
+		b.Log(d.log.String())
+	}
 	rebuild, _ := timed("catalog", "rebuild", "--target", "big")
 	restoreOther := func() time.Duration {
 		to := filepath.Join(dir, "restore-other")
@@ -127,15 +131,23 @@ func seedPoints(b *testing.B, srv *testenv.S3Server, bucket string, n, uniq int)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := target.Init(ctx, be, target.InitOptions{}); err != nil {
+	// Written into the gateway's directory as files (it serves them as
+	// the bucket's objects), faster than through its HTTP.
+	lb, err := local.Open(local.Config{Path: filepath.Join(srv.Dir, bucket, "repo")})
+	if err != nil {
 		b.Fatal(err)
 	}
-	r, err := target.Open(ctx, be, target.OpenOptions{})
+	if err := target.Init(ctx, lb, target.InitOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	r, err := target.Open(ctx, lb, target.OpenOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer r.Close()
-	first, err := seedPoint(ctx, r, 0, true)
+	// The shared points first: every commit lists the packs, which the
+	// unique ones add.
+	first, err := seedPoint(ctx, r, 0, n, false)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -150,7 +162,7 @@ func seedPoints(b *testing.B, srv *testenv.S3Server, bucket string, n, uniq int)
 					errs <- nil
 					return
 				}
-				if _, err := seedPoint(ctx, r, i, i < uniq); err != nil {
+				if _, err := seedPoint(ctx, r, i, n, i >= n-uniq); err != nil {
 					errs <- err
 					return
 				}
@@ -162,16 +174,27 @@ func seedPoints(b *testing.B, srv *testenv.S3Server, bucket string, n, uniq int)
 			b.Fatal(err)
 		}
 	}
-	packs := 0
+	packs, points := 0, 0
 	_ = be.List(ctx, "packs/", func(target.ObjectInfo) error { packs++; return nil })
+	_ = be.List(ctx, "points/", func(target.ObjectInfo) error { points++; return nil })
+	if points != n {
+		b.Fatalf("the S3 server lists %d points of the %d written", points, n)
+	}
 	return packs, first
 }
 
-// seedPoint writes point i: one 64 KiB disk, of data its own when uniq.
-func seedPoint(ctx context.Context, r *target.Repository, i int, uniq bool) (string, error) {
+// seedTime dates point i of n: a year of them, a day ago the newest, as a
+// year of nightly backups of a fleet would be.
+func seedTime(i, n int) time.Time {
+	return time.Now().Add(-24*time.Hour - time.Duration(n-i)*(365*24*time.Hour/time.Duration(n)))
+}
+
+// seedPoint writes point i of n: one 64 KiB disk, of data its own when
+// uniq.
+func seedPoint(ctx context.Context, r *target.Repository, i, n int, uniq bool) (string, error) {
 	d := i % 100
 	pw, err := r.NewPoint(ctx, target.PointSpec{Domain: fmt.Sprintf("other%02d", d), DomainUUID: fmt.Sprintf("00000000-0000-4000-8000-%012d", d),
-		Level: target.LevelFull, Consistency: "crash", DomainXML: strings.Repeat("<domain/>", 300)})
+		Level: target.LevelFull, Consistency: "crash", DomainXML: strings.Repeat("<domain/>", 300), Time: seedTime(i, n)})
 	if err != nil {
 		return "", err
 	}

@@ -43,14 +43,40 @@ type Chain struct {
 // the chain starts anew with a full, as it does when it is the last full
 // under a differential. A point dated in the future is never a base
 // either (target.Manifest.Future).
+//
+// The points come from the repository's metadata cache and a listing of
+// the recent ones (target.Repository.RecentPoints); when a base it picks
+// from the cache is gone (pruned elsewhere), the whole repository is
+// listed and the chain picked again.
 func Load(ctx context.Context, repo *target.Repository, uuid string, damaged map[string]string, log *slog.Logger) (Chain, error) {
-	var c Chain
-	pts, err := repo.Points(ctx, func(id string, err error) {
+	bad := func(id string, err error) {
 		log.Warn("point unreadable, ignored for the chain", "point", id, "err", err)
-	})
-	if err != nil {
-		return c, err
 	}
+	pts, err := repo.RecentPoints(ctx, bad)
+	if err != nil {
+		return Chain{}, err
+	}
+	c := pick(repo, pts, uuid, damaged, log)
+	for _, m := range []*target.Manifest{c.Last, c.LastFull} {
+		if m == nil {
+			continue
+		}
+		if ok, err := repo.HasPoint(ctx, m.ID); err != nil {
+			return Chain{}, err
+		} else if !ok {
+			log.Info("a base point the cache named is gone: listing every point", "point", m.ID)
+			if pts, err = repo.Points(ctx, bad); err != nil {
+				return Chain{}, err
+			}
+			return pick(repo, pts, uuid, damaged, log), nil
+		}
+	}
+	return c, nil
+}
+
+// pick is the chain of domain uuid among pts.
+func pick(repo *target.Repository, pts []*target.Manifest, uuid string, damaged map[string]string, log *slog.Logger) Chain {
+	var c Chain
 	sort.SliceStable(pts, func(i, j int) bool { return pts[i].Time.Before(pts[j].Time) })
 	now := repo.Now()
 	for _, m := range pts {
@@ -77,7 +103,7 @@ func Load(ctx context.Context, repo *target.Repository, uuid string, damaged map
 			c.LastFull = m
 		}
 	}
-	return c, nil
+	return c
 }
 
 // Resolve turns a requested level into the level taken and its base

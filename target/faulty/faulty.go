@@ -97,6 +97,18 @@ func (b *Backend) BeforeList(prefix string, f func()) {
 
 // List runs the hooks for prefix, then passes on.
 func (b *Backend) List(ctx context.Context, prefix string, fn func(target.ObjectInfo) error) error {
+	b.beforeListing(prefix)
+	return b.Backend.List(ctx, prefix, fn)
+}
+
+// ListAfter runs the hooks List does and passes the listing on.
+func (b *Backend) ListAfter(ctx context.Context, prefix, after string, fn func(target.ObjectInfo) error) error {
+	b.beforeListing(prefix)
+	return target.ListAfter(ctx, b.Backend, prefix, after, fn)
+}
+
+// beforeListing runs the hooks set for listings under prefix.
+func (b *Backend) beforeListing(prefix string) {
 	b.mu.Lock()
 	var hooks []func()
 	for p, f := range b.beforeList {
@@ -108,5 +120,4 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(target.Object
 	for _, f := range hooks {
 		f()
 	}
-	return b.Backend.List(ctx, prefix, fn)
 }

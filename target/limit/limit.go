@@ -137,6 +137,11 @@ func (b *backend) Stat(ctx context.Context, key string) (target.ObjectInfo, erro
 	return b.Backend.Stat(ctx, key)
 }
 
+// ListAfter passes the listing on (target.ListAfter).
+func (b *backend) ListAfter(ctx context.Context, prefix, after string, fn func(target.ObjectInfo) error) error {
+	return target.ListAfter(ctx, b.Backend, prefix, after, fn)
+}
+
 func (b *backend) Delete(ctx context.Context, key string) error {
 	if err := b.s.acquire(ctx); err != nil {
 		return err

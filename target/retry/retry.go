@@ -127,9 +127,22 @@ func (e *callerError) Error() string { return e.err.Error() }
 // List lists again after a failure, calling fn only for objects it was
 // not called for yet.
 func (b *backend) List(ctx context.Context, prefix string, fn func(target.ObjectInfo) error) error {
+	return b.list(ctx, prefix, fn, func(fn func(target.ObjectInfo) error) error { return b.Backend.List(ctx, prefix, fn) })
+}
+
+// ListAfter is List of the keys after prefix+after (target.ListAfter).
+func (b *backend) ListAfter(ctx context.Context, prefix, after string, fn func(target.ObjectInfo) error) error {
+	return b.list(ctx, prefix, fn, func(fn func(target.ObjectInfo) error) error {
+		return target.ListAfter(ctx, b.Backend, prefix, after, fn)
+	})
+}
+
+// list runs a listing, again from the start after a failure that may
+// pass; keys seen already are not passed to fn again.
+func (b *backend) list(ctx context.Context, prefix string, fn func(target.ObjectInfo) error, run func(func(target.ObjectInfo) error) error) error {
 	seen := map[string]bool{}
 	err := b.retry(ctx, "list", prefix, func() error {
-		err := b.Backend.List(ctx, prefix, func(fi target.ObjectInfo) error {
+		err := run(func(fi target.ObjectInfo) error {
 			if seen[fi.Key] {
 				return nil
 			}

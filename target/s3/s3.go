@@ -247,9 +247,20 @@ func (s *S3) Stat(ctx context.Context, key string) (target.ObjectInfo, error) {
 
 // List lists the objects under prefix.
 func (s *S3) List(ctx context.Context, prefix string, fn func(target.ObjectInfo) error) error {
+	return s.list(ctx, prefix, "", fn)
+}
+
+// ListAfter lists the keys under prefix after prefix+after, which the
+// server skips (StartAfter).
+func (s *S3) ListAfter(ctx context.Context, prefix, after string, fn func(target.ObjectInfo) error) error {
+	return s.list(ctx, prefix, s.prefix+prefix+after, fn)
+}
+
+func (s *S3) list(ctx context.Context, prefix, startAfter string, fn func(target.ObjectInfo) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // stops the lister's goroutine when fn stops early
-	for oi := range s.c.ListObjects(ctx, s.cfg.Bucket, minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true}) {
+	o := minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true, StartAfter: startAfter}
+	for oi := range s.c.ListObjects(ctx, s.cfg.Bucket, o) {
 		if oi.Err != nil {
 			return fmt.Errorf("s3: list %q: %w", prefix, s.classify(prefix, oi.Err))
 		}

@@ -22,6 +22,11 @@ import (
 	"github.com/virtkeep/virtkeep/target"
 )
 
+// DefaultConnections is how many SSH connections a target uses unless
+// configured: one for each pack a backup stores at once, and two more
+// for reads.
+const DefaultConnections = 8
+
 // Config configures an SFTP backend.
 type Config struct {
 	// Host and Port of the SSH server (Port 0 means 22).
@@ -38,7 +43,11 @@ type Config struct {
 	// KnownHostsFile lists the server's host key. A server whose key is
 	// not in it is refused.
 	KnownHostsFile string
-	// Connections is how many SSH connections carry requests (0 means 2).
+	// Connections is how many SSH connections carry requests (0 means
+	// DefaultConnections). Each has one SFTP session, whose SSH channel
+	// window (2 MiB at OpenSSH) bounds what it carries per round trip:
+	// 40 ms away, one session writes about 35 MB/s whatever the packet
+	// size or the requests in flight, so a remote target needs several.
 	Connections int
 	// Timeout bounds dialling and the SSH handshake, and how long a
 	// connection may stay silent before it is dropped (0 means 30 s).
@@ -97,7 +106,7 @@ func Open(ctx context.Context, cfg Config) (*SFTP, error) {
 		cfg.Port = 22
 	}
 	if cfg.Connections <= 0 {
-		cfg.Connections = 2
+		cfg.Connections = DefaultConnections
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 30 * time.Second

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 
@@ -25,6 +26,7 @@ func Run(t *testing.T, open func(t *testing.T) target.Backend) {
 		{"BadKeys", testBadKeys},
 		{"Overwrite", testOverwrite},
 		{"List", testList},
+		{"ListAfter", testListAfter},
 		{"Delete", testDelete},
 		{"ConcurrentWriters", testConcurrentWriters},
 		{"SameKeyRace", testSameKeyRace},
@@ -168,6 +170,31 @@ func testList(t *testing.T, b target.Backend) {
 	_ = b.List(context.Background(), "points/", func(fi target.ObjectInfo) error { sizes += fi.Size; return nil })
 	if sizes != int64(len("points/p1")+len("points/p2")) {
 		t.Errorf("listed sizes %d", sizes)
+	}
+}
+
+// testListAfter: target.ListAfter gives the keys after the one named,
+// whether the backend skips the others on its server or not.
+func testListAfter(t *testing.T, b target.Backend) {
+	for _, k := range []string{"points/20261201T000000Z-aa", "points/20261202T000000Z-bb", "points/20261203T000000Z-cc", "pointz", "config"} {
+		mustPut(t, b, k, []byte(k))
+	}
+	cases := map[string]string{
+		"":                    "points/20261201T000000Z-aa points/20261202T000000Z-bb points/20261203T000000Z-cc",
+		"20261202T000000Z":    "points/20261202T000000Z-bb points/20261203T000000Z-cc",
+		"20261202T000000Z-bb": "points/20261203T000000Z-cc",
+		"2027":                "",
+	}
+	for after, want := range cases {
+		var keys []string
+		err := target.ListAfter(context.Background(), b, "points/", after, func(fi target.ObjectInfo) error {
+			keys = append(keys, fi.Key)
+			return nil
+		})
+		sort.Strings(keys)
+		if err != nil || strings.Join(keys, " ") != want {
+			t.Errorf("list points/ after %q: %v %v, want [%s]", after, keys, err, want)
+		}
 	}
 }
 
