@@ -66,8 +66,10 @@ func TestImportRules(t *testing.T) {
 	only("hostd/schedule", nil)
 	only("hostd/catalog", []string{"hostd/api"}, "github.com/mattn/go-sqlite3")
 	// Policies are data: no libvirt, no operation.
-	only("hostd/policy", []string{"hostd/schedule", "target"}, "github.com/klauspost/compress", "golang.org/x/crypto", "golang.org/x/sys")
-	only("hostd/notify", []string{"hostd/api", "target"}, "github.com/klauspost/compress", "golang.org/x/crypto", "golang.org/x/sys")
+	only("hostd/policy", []string{"hostd/schedule", "target", "target/secret"}, "github.com/klauspost/compress", "golang.org/x/crypto", "golang.org/x/sys")
+	// Credentials are a leaf: what carries one needs no repository.
+	only("target/secret", nil)
+	only("hostd/notify", []string{"hostd/api", "target/secret"})
 	only("hostd/metrics", []string{"hostd/api", "hostd/catalog"}, "github.com/mattn/go-sqlite3", "github.com/prometheus/", "github.com/beorn7/perks",
 		"github.com/cespare/xxhash", "github.com/munnerz/goautoneg", "google.golang.org/protobuf", "golang.org/x/sys")
 

@@ -15,6 +15,7 @@ import (
 	"github.com/virtkeep/virtkeep/target/local"
 	"github.com/virtkeep/virtkeep/target/mem"
 	"github.com/virtkeep/virtkeep/target/s3"
+	"github.com/virtkeep/virtkeep/target/secret"
 	"github.com/virtkeep/virtkeep/target/sftp"
 	"github.com/virtkeep/virtkeep/target/targettest"
 	"github.com/virtkeep/virtkeep/testenv"
@@ -113,7 +114,7 @@ func TestSFTPRefusesOpenIdentity(t *testing.T) {
 	os.Chmod(id, 0o644)
 	_, err = sftp.Open(context.Background(), sftp.Config{Host: srv.Host, Port: srv.Port, User: srv.User, Path: srv.Dir,
 		IdentityFile: id, KnownHostsFile: srv.KnownHostsFile, Timeout: 5 * time.Second})
-	if !errors.Is(err, target.ErrSecretFile) || !strings.Contains(err.Error(), "0644") {
+	if !errors.Is(err, secret.ErrNotPrivate) || !strings.Contains(err.Error(), "0644") {
 		t.Fatalf("open with an identity of mode 0644: %v", err)
 	}
 }
@@ -151,7 +152,7 @@ func TestSFTPReconnects(t *testing.T) {
 func s3Backend(t testing.TB, srv *testenv.S3Server, bucket string) *s3.S3 {
 	t.Helper()
 	b, err := s3.Open(context.Background(), s3.Config{Endpoint: srv.Endpoint, Bucket: bucket, Prefix: "repo",
-		Region: srv.Region, AccessKey: srv.AccessKey, SecretKey: target.Secret(srv.SecretKey), Insecure: true, PathStyle: true, CreateBucket: true})
+		Region: srv.Region, AccessKey: srv.AccessKey, SecretKey: secret.Value(srv.SecretKey), Insecure: true, PathStyle: true, CreateBucket: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +174,7 @@ func TestS3MissingBucket(t *testing.T) {
 	srv := testenv.S3(t)
 	ctx := context.Background()
 	_, err := s3.Open(ctx, s3.Config{Endpoint: srv.Endpoint, Bucket: "nosuchbucket", Region: srv.Region,
-		AccessKey: srv.AccessKey, SecretKey: target.Secret(srv.SecretKey), Insecure: true, PathStyle: true})
+		AccessKey: srv.AccessKey, SecretKey: secret.Value(srv.SecretKey), Insecure: true, PathStyle: true})
 	if !errors.Is(err, s3.ErrNoBucket) || !strings.Contains(err.Error(), "nosuchbucket") {
 		t.Fatalf("open of a missing bucket: %v", err)
 	}

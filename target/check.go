@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -247,6 +248,7 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 		problems[key] = &Problem{Object: key, Error: fmt.Sprintf("pack index damaged, the chunks of %s cannot be found: %v", packKey(id), err)}
 	}
 	bad := map[ID]error{}
+	var read []part
 	for id := range chunks {
 		size, ok := stored[id]
 		switch {
@@ -255,15 +257,15 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 		case size <= headerLen:
 			bad[id] = corrupt("chunk of %d bytes", size)
 		case o.ReadData && o.Sample.has(id):
-			if _, err := r.getObject(ctx, typeChunk, id); err != nil {
-				bad[id] = err
-			}
-			rep.ChunksRead++
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, err
+			read = append(read, part{id: id})
 		}
 	}
+	damagedData, err := r.verifyChunks(ctx, read)
+	if err != nil {
+		return nil, fmt.Errorf("check: read chunks: %w", err)
+	}
+	maps.Copy(bad, damagedData)
+	rep.ChunksRead = len(read)
 	// Second pass, only if something is bad: which points use bad chunks.
 	if len(bad) > 0 {
 		for _, m := range manifests {

@@ -15,6 +15,8 @@ import (
 	"os"
 
 	"golang.org/x/crypto/argon2"
+
+	"github.com/virtkeep/virtkeep/target/secret"
 )
 
 // Key is a repository master key. It never prints.
@@ -146,7 +148,7 @@ func WriteKeyFile(path string, k Key, passphrase []byte, p KDFParams) error {
 // by us or open to group or others is refused (ReadSecretFile): a key must
 // not leak through permissions.
 func ReadKeyFile(path string, passphrase []byte) (Key, error) {
-	b, err := ReadSecretFile(path)
+	b, err := secret.ReadFile(path)
 	if err != nil {
 		return Key{}, ConfigError(fmt.Errorf("target: key file: %w", err))
 	}

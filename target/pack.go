@@ -455,9 +455,10 @@ func (r *Repository) packRuns(parts []part) [][]part {
 }
 
 // readPacked reads the chunks of run (packRuns) with one ranged read and
-// returns their plaintexts, each checked; false when the read or any
-// check fails (the caller reads them one by one).
-func (r *Repository) readPacked(ctx context.Context, run []part) ([][]byte, bool) {
+// gives each one's plaintext, checked against its ID, to each in run
+// order; false when the read, a check or each fails (the caller then
+// reads the chunks one by one, which names what is damaged).
+func (r *Repository) readPacked(ctx context.Context, run []part, each func(i int, plain []byte) error) bool {
 	var pack ID
 	locs := make([]packLoc, len(run))
 	for i, pt := range run {
@@ -465,23 +466,51 @@ func (r *Repository) readPacked(ctx context.Context, run []part) ([][]byte, bool
 		p, l, ok := r.packs.lookup(ref{typeChunk, pt.id})
 		if !ok || int64(l.n) > maxObject(typeChunk, r.cfg.ChunkSize) ||
 			(i > 0 && (p != pack || l.off < locs[i-1].off+locs[i-1].n || l.off+l.n-locs[0].off > runSpan)) {
-			return nil, false
+			return false
 		}
 		pack, locs[i] = p, l
 	}
 	start, end := int64(locs[0].off), int64(locs[len(locs)-1].off+locs[len(locs)-1].n)
 	obj, err := r.b.Get(ctx, packKey(pack), start, end-start)
 	if err != nil || int64(len(obj)) != end-start {
-		return nil, false
+		return false
 	}
-	out := make([][]byte, len(run))
 	for i, l := range locs {
 		at := int64(l.off) - start
-		if out[i], err = r.openChecked(typeChunk, run[i].id, obj[at:at+int64(l.n)]); err != nil {
-			return nil, false
+		plain, err := r.openChecked(typeChunk, run[i].id, obj[at:at+int64(l.n)])
+		if err != nil || each(i, plain) != nil {
+			return false
 		}
 	}
-	return out, true
+	return true
+}
+
+// verifyChunks reads back the chunks parts name and checks that each
+// hashes to its ID, with a request per run of neighbours in a pack and
+// readRuns runs at once, keeping no plaintext; it returns the chunks that
+// failed, with why.
+func (r *Repository) verifyChunks(ctx context.Context, parts []part) (map[ID]error, error) {
+	var mu sync.Mutex
+	bad := map[ID]error{}
+	runs := r.packRuns(parts)
+	err := inParallel(ctx, readRuns, len(runs), func(i int) error {
+		run := runs[i]
+		if len(run) > 1 && r.readPacked(ctx, run, func(int, []byte) error { return nil }) {
+			return nil
+		}
+		for _, pt := range run {
+			if _, err := r.getObject(ctx, typeChunk, pt.id); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				mu.Lock()
+				bad[pt.id] = err
+				mu.Unlock()
+			}
+		}
+		return nil
+	})
+	return bad, err
 }
 
 // packRead reads the envelope of o at l in pack.

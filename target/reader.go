@@ -168,16 +168,11 @@ func (d *DiskReader) fill(pt part, b []byte) error {
 // read on its own, which looks for a pack repacked meanwhile and names
 // what is damaged.
 func (d *DiskReader) readRun(ctx context.Context, run []part) error {
-	if len(run) > 1 {
-		if chunks, ok := d.r.readPacked(ctx, run); ok {
-			for i, pt := range run {
-				d.chunks.put(pt.id, chunks[i])
-				if err := d.fill(pt, chunks[i]); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
+	if len(run) > 1 && d.r.readPacked(ctx, run, func(i int, plain []byte) error {
+		d.chunks.put(run[i].id, plain)
+		return d.fill(run[i], plain)
+	}) {
+		return nil
 	}
 	for _, pt := range run {
 		b, err := d.chunk(ctx, pt.id)

@@ -3,6 +3,7 @@ package target_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/virtkeep/virtkeep/target"
@@ -10,10 +11,10 @@ import (
 	"github.com/virtkeep/virtkeep/testenv"
 )
 
-// TestReadCoalesced: a restore reads the chunks that lie side by side in
-// a pack with one request, not one per chunk; a damaged chunk among them
-// still fails the read naming the damage (each is checked), and the
-// others read byte-exact.
+// TestReadCoalesced: a restore and check --read-data read the chunks that
+// lie side by side in a pack with one request, not one per chunk; a
+// damaged chunk among them still fails the read naming the damage (each is
+// checked), the others read byte-exact, and check names that one chunk.
 func TestReadCoalesced(t *testing.T) {
 	ctx := context.Background()
 	inner := mem.New()
@@ -28,6 +29,14 @@ func TestReadCoalesced(t *testing.T) {
 		t.Fatalf("a restore of 32 chunks in one pack made %d pack reads: want at most half as many", n)
 	}
 	t.Logf("32 chunks restored in 3 reads of the disk: %d pack reads", n)
+	if rep, err := openRepo(t, cb, target.OpenOptions{}).Check(ctx, target.CheckOptions{ReadData: true}); err != nil || !rep.OK() || rep.ChunksRead != 32 {
+		t.Fatalf("check --read-data: %v, %+v", err, rep)
+	}
+	if n := cb.take("packs"); n > 4 {
+		t.Fatalf("check --read-data of 32 chunks in one pack made %d pack reads", n)
+	} else {
+		t.Logf("check --read-data of 32 chunks: %d pack reads", n)
+	}
 
 	// Flip a byte in the middle of the pack: one chunk is damaged.
 	var pack string
@@ -52,5 +61,12 @@ func TestReadCoalesced(t *testing.T) {
 	c.ReadAt(want, 0)
 	if err := d.ReadAt(ctx, buf[:1<<20], 0); err != nil || string(buf[:1<<20]) != string(want) {
 		t.Fatalf("the first MiB, before the damage: %v", err)
+	}
+	rep, err := openRepo(t, inner, target.OpenOptions{}).Check(ctx, target.CheckOptions{ReadData: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Problems) != 1 || !strings.HasPrefix(rep.Problems[0].Object, "chunks/") || rep.ChunksRead != 32 {
+		t.Fatalf("check --read-data of a pack with one damaged chunk: %+v", rep)
 	}
 }

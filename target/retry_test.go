@@ -13,6 +13,7 @@ import (
 	"github.com/virtkeep/virtkeep/target/mem"
 	"github.com/virtkeep/virtkeep/target/retry"
 	"github.com/virtkeep/virtkeep/target/s3"
+	"github.com/virtkeep/virtkeep/target/secret"
 	"github.com/virtkeep/virtkeep/target/targettest"
 	"github.com/virtkeep/virtkeep/testenv"
 )
@@ -221,7 +222,7 @@ func TestBackupThroughSlowErroringServer(t *testing.T) {
 	proxy := testenv.NewDelayProxy(t, srv.Endpoint, 10*time.Millisecond)
 	ctx := context.Background()
 	b, err := s3.Open(ctx, s3.Config{Endpoint: proxy.Addr, Bucket: "erroring", Prefix: "repo", Region: srv.Region, AccessKey: srv.AccessKey,
-		SecretKey: target.Secret(srv.SecretKey), Insecure: true, PathStyle: true, CreateBucket: true})
+		SecretKey: secret.Value(srv.SecretKey), Insecure: true, PathStyle: true, CreateBucket: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/local"
 	"github.com/virtkeep/virtkeep/target/s3"
+	"github.com/virtkeep/virtkeep/target/secret"
 	"github.com/virtkeep/virtkeep/testenv"
 	"github.com/virtkeep/virtkeep/testenv/vm"
 )
@@ -127,7 +128,7 @@ targets:
 func seedPoints(b *testing.B, srv *testenv.S3Server, bucket string, n, uniq int) (int, string) {
 	ctx := context.Background()
 	be, err := s3.Open(ctx, s3.Config{Endpoint: srv.Endpoint, Bucket: bucket, Prefix: "repo", Region: srv.Region,
-		AccessKey: srv.AccessKey, SecretKey: target.Secret(srv.SecretKey), Insecure: true, PathStyle: true, CreateBucket: true})
+		AccessKey: srv.AccessKey, SecretKey: secret.Value(srv.SecretKey), Insecure: true, PathStyle: true, CreateBucket: true})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/all"
 	"github.com/virtkeep/virtkeep/target/s3"
+	"github.com/virtkeep/virtkeep/target/secret"
 	"github.com/virtkeep/virtkeep/target/sftp"
 	"github.com/virtkeep/virtkeep/testenv"
 	"github.com/virtkeep/virtkeep/testenv/vm"
@@ -34,7 +35,7 @@ func TestRemoteTargets(t *testing.T) {
 				IdentityFile: sshd.IdentityFile, KnownHostsFile: sshd.KnownHostsFile, Timeout: 10 * time.Second}},
 		{Name: "s3", Kind: "s3", Compression: target.CompressionZstd,
 			S3: s3.Config{Endpoint: s3srv.Endpoint, Bucket: "virtkeep", Prefix: "host1", Region: s3srv.Region,
-				AccessKey: s3srv.AccessKey, SecretKey: target.Secret(s3srv.SecretKey), Insecure: true, PathStyle: true}},
+				AccessKey: s3srv.AccessKey, SecretKey: secret.Value(s3srv.SecretKey), Insecure: true, PathStyle: true}},
 	}
 	vda, _ := f.Dom.Disk("vda")
 	rng := rand.New(rand.NewPCG(3, 9))

@@ -17,11 +17,12 @@ import (
 	"github.com/virtkeep/virtkeep/target"
 )
 
-// Levels a backup may be asked for.
+// Levels a backup may be asked for: a point's levels (target.LevelFull
+// and the others), or auto, which lets the chain and the policy choose.
 const (
-	LevelFull = "full"
-	LevelInc  = "inc"
-	LevelDiff = "diff"
+	LevelFull = target.LevelFull
+	LevelInc  = target.LevelInc
+	LevelDiff = target.LevelDiff
 	LevelAuto = "auto"
 )
 

@@ -23,7 +23,7 @@ import (
 	"unicode"
 
 	"github.com/virtkeep/virtkeep/hostd/api"
-	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/target/secret"
 )
 
 // Events.
@@ -37,7 +37,7 @@ type Webhook struct {
 	URL     string
 	On      []string // default failure
 	Retries int      // after the first try (default 3)
-	Token   target.Secret
+	Token   secret.Value
 	Timeout time.Duration // per try (default 10 s)
 }
 

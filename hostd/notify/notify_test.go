@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/virtkeep/virtkeep/hostd/api"
-	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/target/secret"
 )
 
 func TestWebhookRetriesAndMail(t *testing.T) {
@@ -38,7 +38,7 @@ func TestWebhookRetriesAndMail(t *testing.T) {
 	sendmail := filepath.Join(dir, "sendmail")
 	os.WriteFile(sendmail, []byte("#!/bin/sh\necho \"$@\" > "+dir+"/args\ncat > "+dir+"/mail\n"), 0o755)
 	n := New(Config{Host: "kvm1", Backoff: 10 * time.Millisecond,
-		Webhook: Webhook{URL: srv.URL, Token: target.Secret("s3cret")},
+		Webhook: Webhook{URL: srv.URL, Token: secret.Value("s3cret")},
 		Mail:    Mail{To: []string{"ops@example.org"}, Sendmail: sendmail},
 		Tail: func(context.Context, string) []api.LogLine {
 			return []api.LogLine{{Level: "ERROR", Message: "domain not backed up", Attrs: map[string]string{"domain": "web1"}}}

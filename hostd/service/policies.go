@@ -20,6 +20,7 @@ import (
 	"github.com/virtkeep/virtkeep/hostd/jobs"
 	"github.com/virtkeep/virtkeep/hostd/policy"
 	"github.com/virtkeep/virtkeep/hostd/schedule"
+	"github.com/virtkeep/virtkeep/target"
 )
 
 // PolicyEntry is the scheduler entry of policy name.
@@ -392,7 +393,7 @@ func (s *Service) levelFor(ctx context.Context, p *policy.Policy, t, uuid string
 			return "", "", err
 		}
 		for _, pt := range pts {
-			if pt.Level == "full" && pt.Damaged == "" {
+			if pt.Level == target.LevelFull && pt.Damaged == "" {
 				lastFull = pt.Time
 			}
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/target/secret"
 )
 
 // Config configures an S3 backend.
@@ -31,7 +32,7 @@ type Config struct {
 	Region string
 	// AccessKey and SecretKey are the credentials.
 	AccessKey string
-	SecretKey target.Secret
+	SecretKey secret.Value
 	// Insecure talks plain HTTP instead of HTTPS (test servers, a private
 	// network).
 	Insecure bool

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/target/secret"
 )
 
 // DefaultConnections is how many SSH connections a target uses unless
@@ -111,7 +112,7 @@ func Open(ctx context.Context, cfg Config) (*SFTP, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 30 * time.Second
 	}
-	pem, err := target.ReadSecretFile(cfg.IdentityFile)
+	pem, err := secret.ReadFile(cfg.IdentityFile)
 	if err != nil {
 		return nil, fmt.Errorf("sftp: identity file: %w", err)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/all"
 	"github.com/virtkeep/virtkeep/target/s3"
+	"github.com/virtkeep/virtkeep/target/secret"
 	"github.com/virtkeep/virtkeep/target/sftp"
 )
 
@@ -78,8 +79,8 @@ type Config struct {
 	Metrics  MetricsConfig  `mapstructure:"metrics"`
 
 	policies     []*policy.Policy
-	webhookToken target.Secret
-	metricsToken target.Secret
+	webhookToken secret.Value
+	metricsToken secret.Value
 	metricsTLS   *tls.Config
 
 	// Path is the file read; ZeroConfig is set when there was none and the
@@ -130,8 +131,8 @@ type TargetConfig struct {
 	Requests       int    `mapstructure:"requests"`         // requests in flight at once
 	MaxJobs        int    `mapstructure:"max_jobs"`         // jobs on the target at once
 
-	secretKey  target.Secret // read from SecretKeyFile
-	passphrase target.Secret // read from PassphraseFile
+	secretKey  secret.Value // read from SecretKeyFile
+	passphrase secret.Value // read from PassphraseFile
 	upkeep     upkeep
 }
 
@@ -196,7 +197,7 @@ func (t *TargetConfig) check() error {
 		if err != nil {
 			return usageErr("(%s): passphrase_file: %v", t.Name, err)
 		}
-		t.passphrase = target.Secret(b)
+		t.passphrase = secret.Value(b)
 	}
 	switch t.Kind {
 	case "local":
@@ -436,15 +437,15 @@ func (t TargetConfig) Open() all.Config {
 
 // secretFile reads a secret file (a key, a token) without the white space
 // around its content.
-func secretFile(path string) (target.Secret, error) {
-	b, err := target.ReadSecretFile(path)
-	return target.Secret(strings.TrimSpace(string(b))), err
+func secretFile(path string) (secret.Value, error) {
+	b, err := secret.ReadFile(path)
+	return secret.Value(strings.TrimSpace(string(b))), err
 }
 
 // ReadPassphraseFile reads a passphrase from a secret file (owned by root,
 // no group or other access): its content without the line end, never empty.
 func ReadPassphraseFile(path string) ([]byte, error) {
-	b, err := target.ReadSecretFile(path)
+	b, err := secret.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}

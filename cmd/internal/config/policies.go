@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/virtkeep/virtkeep/hostd/chain"
 	"github.com/virtkeep/virtkeep/hostd/policy"
 	"github.com/virtkeep/virtkeep/hostd/schedule"
 	"github.com/virtkeep/virtkeep/target"
@@ -120,7 +121,7 @@ func (p *problems) err() error {
 	return &Error{strings.Join(p.list, "\n")}
 }
 
-var levels = []string{"auto", "full", "inc", "diff"}
+var levels = []string{chain.LevelAuto, chain.LevelFull, chain.LevelInc, chain.LevelDiff}
 var consistencies = []string{"crash", "fs", "app"}
 
 // checkPolicies checks policies: and makes their typed forms.
