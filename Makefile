@@ -70,7 +70,7 @@ reliability: deps ## the fault matrix at length (writes docs/RELIABILITY.md), th
 	bash testenv/scripts/reliability.sh $(REL_LOG) > docs/RELIABILITY.md
 	@cat docs/RELIABILITY.md
 	for f in FuzzReplies FuzzHandshake; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./nbd/ || exit 1; done
-	for f in FuzzEnvelope FuzzIndex FuzzManifest FuzzPackIndex; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./target/ || exit 1; done
+	for f in FuzzEnvelope FuzzIndex FuzzManifest FuzzPackIndex FuzzMerged; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./target/ || exit 1; done
 	go test -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(FUZZ_TIME) ./cmd/internal/config/
 	for f in FuzzMetadata FuzzDisk; do go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZ_TIME) ./hostd/layout/ || exit 1; done
 	go test -run '^$$' -fuzz '^FuzzSafeDomain$$' -fuzztime $(FUZZ_TIME) ./hostd/domain/

@@ -30,6 +30,7 @@ import (
 const (
 	cachePointsFile = "points.json"
 	cachePackDir    = "packindex"
+	cacheMergedDir  = "merged"
 	// maxCachePoints bounds the points file read (about 1 KiB a point).
 	maxCachePoints = 1 << 30
 )
@@ -99,42 +100,44 @@ func (c *metaCache) savePoints(ps map[string]*cachedPoint) {
 	}
 }
 
-// packIndex returns the cached envelope of pack id's index when it has
-// size bytes, as the backend lists it (and no more than limit).
-func (c *metaCache) packIndex(id ID, size, limit int64) ([]byte, bool) {
+// object returns the cached envelope of object id of kind (a directory:
+// cachePackDir for pack indexes by pack ID, cacheMergedDir for merged
+// indexes) when it has size bytes, as the backend lists it (and no more
+// than limit).
+func (c *metaCache) object(kind string, id ID, size, limit int64) ([]byte, bool) {
 	if size < 0 || size > limit {
 		return nil, false
 	}
-	obj, err := c.read(filepath.Join(cachePackDir, id.String()), size)
+	obj, err := c.read(filepath.Join(kind, id.String()), size)
 	return obj, err == nil && int64(len(obj)) == size
 }
 
-// putPackIndex caches the envelope of pack id's index.
-func (c *metaCache) putPackIndex(id ID, obj []byte) {
+// putObject caches the envelope of object id of kind.
+func (c *metaCache) putObject(kind string, id ID, obj []byte) {
 	if c.dir == "" {
 		return
 	}
-	if err := c.write(filepath.Join(cachePackDir, id.String()), obj); err != nil {
+	if err := c.write(filepath.Join(kind, id.String()), obj); err != nil {
 		c.log.Warn("metadata cache not updated", "err", err)
 	}
 }
 
-// dropPackIndex forgets pack id's index (damaged as cached).
-func (c *metaCache) dropPackIndex(id ID) {
+// dropObject forgets object id of kind (damaged as cached, or gone).
+func (c *metaCache) dropObject(kind string, id ID) {
 	if c.dir != "" {
-		_ = os.Remove(filepath.Join(c.dir, cachePackDir, id.String()))
+		_ = os.Remove(filepath.Join(c.dir, kind, id.String()))
 	}
 }
 
-// keepPackIndexes drops the cached indexes of packs not in listed.
-func (c *metaCache) keepPackIndexes(listed func(ID) bool) {
+// keepObjects drops the cached objects of kind not in listed.
+func (c *metaCache) keepObjects(kind string, listed func(ID) bool) {
 	if c.dir == "" {
 		return
 	}
-	des, _ := os.ReadDir(filepath.Join(c.dir, cachePackDir))
+	des, _ := os.ReadDir(filepath.Join(c.dir, kind))
 	for _, de := range des {
 		if id, err := ParseID(de.Name()); err != nil || !listed(id) {
-			_ = os.Remove(filepath.Join(c.dir, cachePackDir, de.Name()))
+			_ = os.Remove(filepath.Join(c.dir, kind, de.Name()))
 		}
 	}
 }

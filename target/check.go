@@ -237,10 +237,22 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 	}
 	rep.Chunks = len(chunks)
 
-	// Chunks: existence from one listing, content on request.
+	// Chunks: existence from one listing, content on request, by every
+	// pack's own index; merged indexes compared with them.
+	own, err := r.loadOwnPacks(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("check: pack indexes: %w", err)
+	}
 	stored, err := r.chunkSizes(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("check: list chunks: %w", err)
+	}
+	badMerged, err := r.checkMerged(ctx, own)
+	if err != nil {
+		return nil, fmt.Errorf("check: %w", err)
+	}
+	for key, err := range badMerged {
+		problems[key] = &Problem{Object: key, Error: fmt.Sprintf("merged pack index not to be trusted (the next gc replaces it): %v", err)}
 	}
 	damagedIdx := r.packs.damagedIndexes()
 	for id, err := range damagedIdx {

@@ -84,6 +84,8 @@ func maxPlain(typ byte, chunkSize int) int {
 		return chunkSize
 	case typePage:
 		return pageEntries * 32
+	case typeMerged:
+		return maxMergedPlain
 	default:
 		return maxObjectPlain
 	}

@@ -39,7 +39,7 @@ func FuzzEnvelope(f *testing.F) {
 	plain, enc := testCodec(f, false), testCodec(f, true)
 	f.Fuzz(func(t *testing.T, obj []byte) {
 		for _, c := range []*codec{plain, enc} {
-			for typ := byte(1); typ <= 6; typ++ {
+			for typ := byte(1); typ <= typeMerged; typ++ {
 				p, err := c.open(typ, obj)
 				if err == nil && len(p) > maxPlain(typ, DefaultChunkSize) {
 					t.Fatalf("type %d: %d bytes of plaintext accepted", typ, len(p))
@@ -193,4 +193,33 @@ func TestPackIndexBounds(t *testing.T) {
 	if err := x.addPack(ID{2}, two, 10); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("a pack past the map's bound: %v", err)
 	}
+}
+
+// FuzzMerged: arbitrary bytes as a merged pack index: decoding fails
+// cleanly or gives records whose sizes are in bounds and that encode to
+// the same bytes.
+func FuzzMerged(f *testing.F) {
+	pack := ID{1, 2, 3}
+	idx := encodePackIndex(pack, []packEntry{{ref: ref{typeChunk, ID{9}}, off: 0, n: 100}})
+	f.Add(encodeMerged([]mergedRecord{{pack: pack, packSize: 100, idxSize: int64(len(idx)) + headerLen, plain: idx}}))
+	f.Add([]byte{})
+	f.Add(encodeMerged(nil))
+	idxMax := maxObject(typePackIndex, DefaultChunkSize)
+	f.Fuzz(func(t *testing.T, plain []byte) {
+		recs, err := decodeMerged(plain, idxMax)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error %v does not wrap ErrCorrupt", err)
+			}
+			return
+		}
+		for _, rec := range recs {
+			if rec.packSize <= 0 || rec.idxSize > idxMax || len(rec.plain) < 32 {
+				t.Fatalf("record out of bounds: pack %d bytes, index %d, %d bytes", rec.packSize, rec.idxSize, len(rec.plain))
+			}
+		}
+		if !bytes.Equal(encodeMerged(recs), plain) {
+			t.Fatal("decoded merged index does not encode to its bytes")
+		}
+	})
 }

@@ -37,6 +37,9 @@ type GCStats struct {
 	// DamagedIndexes counts packs kept whole because their index is
 	// damaged (verify --read-data moves such an index aside).
 	DamagedIndexes int `json:"damaged_indexes,omitempty"`
+	// MergedIndexes counts the merged pack indexes written, which replace
+	// the ones before them.
+	MergedIndexes int `json:"merged_indexes,omitempty"`
 }
 
 // TempSweeper is implemented by backends whose puts write a temporary
@@ -152,6 +155,17 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 			st.BytesFreed += fi.Size
 		}
 	}
+	// Merged pack indexes anew, of the packs that stay: a host that knows
+	// none reads a few objects, not one per pack.
+	if r.cfg.PackSize > 0 && !o.DryRun {
+		found, err := r.scanPacks(ctx, nil, false)
+		if err != nil {
+			return st, fmt.Errorf("gc: %w", err)
+		}
+		if st.MergedIndexes, err = r.consolidateMerged(ctx, found, del); err != nil {
+			return st, fmt.Errorf("gc: merged pack indexes: %w", err)
+		}
+	}
 	// Temporary files of puts that a killed writer never finished: a put
 	// takes seconds, so anything older than the grace period is dead.
 	if ts, ok := r.b.(TempSweeper); ok && !o.DryRun && grace > 0 {
@@ -184,7 +198,7 @@ const repackShare = 0.5
 // (when young counts), as a writer may rely on young ones' chunks. A
 // chunk held by two packs lives in the first by key order.
 func (r *Repository) gcPacks(ctx context.Context, live map[string]bool, cutoff time.Time, young bool, del *deleter, st *GCStats) error {
-	packs, err := r.scanPacks(ctx, nil)
+	packs, err := r.scanPacks(ctx, nil, false)
 	if err != nil {
 		return err
 	}

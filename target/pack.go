@@ -118,12 +118,15 @@ type packInfo struct {
 	idxMod   time.Time
 	entries  []packEntry
 	indexErr error // the index could not be read or is damaged
+	// fromMerged: entries came from a merged index, not the own one.
+	fromMerged bool
 }
 
 // scanPacks lists packs and their indexes and reads every index for which
-// skip (given the pack and the size of its index) is false. Indexes of
+// skip (given the pack and the size of its index) is false, from merged
+// indexes too when merged is set (see readPackIndexes). Indexes of
 // missing packs are returned with size -1.
-func (r *Repository) scanPacks(ctx context.Context, skip func(pack ID, idxSize int64) bool) (map[ID]*packInfo, error) {
+func (r *Repository) scanPacks(ctx context.Context, skip func(pack ID, idxSize int64) bool, merged bool) (map[ID]*packInfo, error) {
 	packs := map[ID]*packInfo{}
 	err := r.b.List(ctx, "packs/", func(fi ObjectInfo) error {
 		if id, err := keyID(fi.Key); err == nil {
@@ -154,16 +157,33 @@ func (r *Repository) scanPacks(ctx context.Context, skip func(pack ID, idxSize i
 	if err != nil {
 		return nil, fmt.Errorf("list pack indexes: %w", err)
 	}
-	return packs, r.readPackIndexes(ctx, todo)
+	return packs, r.readPackIndexes(ctx, todo, merged)
 }
 
-// readPackIndexes reads the indexes of ps, several at once. A damaged
+// readPackIndexes reads the indexes of ps: each from the metadata cache
+// when it holds it; with merged, when mergedAfter or more are left, from
+// the merged indexes that match the listing; the rest from their own
+// objects, several at once (then gathered for a merged one). A damaged
 // index is recorded in its packInfo; other failures are returned.
-func (r *Repository) readPackIndexes(ctx context.Context, ps []*packInfo) error {
-	return inParallel(ctx, packIndexLoaders, len(ps), func(i int) error {
-		p := ps[i]
+func (r *Repository) readPackIndexes(ctx context.Context, ps []*packInfo, merged bool) error {
+	var todo []*packInfo
+	for _, p := range ps {
+		if es, ok := r.cachedPackIndex(p); ok {
+			p.entries = es
+		} else {
+			todo = append(todo, p)
+		}
+	}
+	if merged && len(todo) >= mergedAfter {
 		var err error
-		p.entries, err = r.readPackIndex(ctx, p)
+		if todo, err = r.fromMerged(ctx, todo); err != nil {
+			return err
+		}
+	}
+	err := inParallel(ctx, packIndexLoaders, len(todo), func(i int) error {
+		p := todo[i]
+		var err error
+		p.entries, err = r.fetchPackIndex(ctx, p)
 		switch {
 		case errors.Is(err, ErrCorrupt):
 			p.indexErr = err
@@ -174,26 +194,42 @@ func (r *Repository) readPackIndexes(ctx context.Context, ps []*packInfo) error 
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	for _, p := range todo {
+		if p.indexed && p.indexErr == nil {
+			r.unmerged.add(p.record())
+		}
+	}
+	return nil
 }
 
-// readPackIndex reads p's index: the metadata cache's copy when it holds
-// one of the listed size that decodes, else the backend's (then cached).
-func (r *Repository) readPackIndex(ctx context.Context, p *packInfo) ([]packEntry, error) {
-	if obj, ok := r.cache.packIndex(p.id, p.idxSize, maxObject(typePackIndex, r.cfg.ChunkSize)); ok {
-		es, err := r.decodePackIndexObject(p, obj)
-		if err == nil {
-			return es, nil
-		}
-		r.log.Warn("cached pack index damaged: read from the target", "pack", packKey(p.id), "err", err)
-		r.cache.dropPackIndex(p.id)
+// cachedPackIndex is p's index from the metadata cache, when it holds one
+// of the listed size that decodes.
+func (r *Repository) cachedPackIndex(p *packInfo) ([]packEntry, bool) {
+	obj, ok := r.cache.object(cachePackDir, p.id, p.idxSize, maxObject(typePackIndex, r.cfg.ChunkSize))
+	if !ok {
+		return nil, false
 	}
+	es, err := r.decodePackIndexObject(p, obj)
+	if err != nil {
+		r.log.Warn("cached pack index damaged: read from the target", "pack", packKey(p.id), "err", err)
+		r.cache.dropObject(cachePackDir, p.id)
+		return nil, false
+	}
+	return es, true
+}
+
+// fetchPackIndex reads p's index from the backend and caches it.
+func (r *Repository) fetchPackIndex(ctx context.Context, p *packInfo) ([]packEntry, error) {
 	obj, err := r.getEnvelope(ctx, typePackIndex, packIndexKey(p.id))
 	if err != nil {
 		return nil, err
 	}
 	es, err := r.decodePackIndexObject(p, obj)
 	if err == nil && int64(len(obj)) == p.idxSize {
-		r.cache.putPackIndex(p.id, obj)
+		r.cache.putObject(cachePackDir, p.id, obj)
 	}
 	return es, err
 }
@@ -220,6 +256,7 @@ type packIndex struct {
 	known   map[ID]knownPack // pack ID -> what is known of it
 	have    map[ref]packLoc
 	pending map[ref]*packUpload
+	merged  bool // some packs' entries came from merged indexes
 }
 
 // knownPack is a pack whose index was read.
@@ -242,8 +279,15 @@ func newPackIndex() *packIndex {
 // reset forgets every pack (they are read again when needed).
 func (x *packIndex) reset() {
 	x.mu.Lock()
-	x.names, x.known, x.have = nil, map[ID]knownPack{}, map[ref]packLoc{}
+	x.names, x.known, x.have, x.merged = nil, map[ID]knownPack{}, map[ref]packLoc{}, false
 	x.mu.Unlock()
+}
+
+// fromMerged reports whether merged indexes gave some of the packs.
+func (x *packIndex) fromMerged() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.merged
 }
 
 // addPack records pack's chunks (a chunk already in another pack keeps its
@@ -320,12 +364,12 @@ func (x *packIndex) lookup(id ref) (ID, packLoc, bool) {
 }
 
 // loadPacks brings the pack index up to date with the backend: it reads
-// the indexes of packs it does not know. When a known pack is gone or its
-// index changed (a GC or a check here or on another host), it forgets
-// everything and reads every index again: the map keeps one location per
-// object, and an object of the gone pack may live in another known pack
-// too. Entries of an index whose pack is missing (a writer killed between
-// the two puts) are not taken.
+// the indexes of packs it does not know (from merged indexes where they
+// match). When a known pack is gone or its index changed (a GC or a check
+// here or on another host), it forgets everything and reads every index
+// again: the map keeps one location per object, and an object of the
+// gone pack may live in another known pack too. Entries of an index whose
+// pack is missing (a writer killed between the two puts) are not taken.
 func (r *Repository) loadPacks(ctx context.Context) error {
 	if r.cfg.PackSize == 0 {
 		return nil // format 1: no packs, nothing to list
@@ -337,16 +381,16 @@ func (r *Repository) loadPacks(ctx context.Context) error {
 	known := maps.Clone(x.known)
 	x.mu.Unlock()
 	unchanged := func(id ID, idxSize int64) bool { k, ok := known[id]; return ok && k.idxSize == idxSize }
-	found, err := r.scanPacks(ctx, unchanged)
+	found, err := r.scanPacks(ctx, unchanged, true)
 	if err != nil {
 		return err
 	}
 	if len(known) == 0 {
-		r.cache.keepPackIndexes(func(id ID) bool { p := found[id]; return p != nil && p.indexed })
+		r.cache.keepObjects(cachePackDir, func(id ID) bool { p := found[id]; return p != nil && p.indexed })
 	}
 	for id := range known {
 		if p := found[id]; p == nil || !p.indexed || p.size < 0 || !unchanged(id, p.idxSize) {
-			if found, err = r.scanPacks(ctx, nil); err != nil {
+			if found, err = r.scanPacks(ctx, nil, true); err != nil {
 				return err
 			}
 			clear(known)
@@ -354,6 +398,32 @@ func (r *Repository) loadPacks(ctx context.Context) error {
 			break
 		}
 	}
+	return r.addPacks(found, unchanged)
+}
+
+// loadOwnPacks forgets the pack index and loads it again from every
+// pack's own index (none from merged indexes), which it returns: what
+// check and GC judge by.
+func (r *Repository) loadOwnPacks(ctx context.Context) (map[ID]*packInfo, error) {
+	if r.cfg.PackSize == 0 {
+		return nil, nil // format 1
+	}
+	x := r.packs
+	x.loadMu.Lock()
+	defer x.loadMu.Unlock()
+	found, err := r.scanPacks(ctx, nil, false)
+	if err != nil {
+		return nil, err
+	}
+	x.reset()
+	return found, r.addPacks(found, func(ID, int64) bool { return false })
+}
+
+// addPacks takes into the pack index the packs of found that are not
+// unchanged and whose index and pack exist, and records which indexes
+// are damaged.
+func (r *Repository) addPacks(found map[ID]*packInfo, unchanged func(ID, int64) bool) error {
+	x := r.packs
 	damaged := map[ID]error{}
 	defer func() { x.mu.Lock(); x.damaged = damaged; x.mu.Unlock() }()
 	for _, id := range slices.SortedFunc(maps.Keys(found), compareIDs) {
@@ -368,6 +438,11 @@ func (r *Repository) loadPacks(ctx context.Context) error {
 		}
 		if err := x.addPack(id, p.entries, p.idxSize); err != nil {
 			return err
+		}
+		if p.fromMerged {
+			x.mu.Lock()
+			x.merged = true
+			x.mu.Unlock()
 		}
 	}
 	return nil
@@ -407,6 +482,16 @@ func (r *Repository) reloadedEnvelope(ctx context.Context, o ref) ([]byte, error
 		}
 		if pack, l, ok := r.packs.lookup(o); ok {
 			return r.packRead(ctx, o, pack, l)
+		}
+		// Merged indexes only speed loading up: before o is called
+		// missing, every pack's own index has its say.
+		if r.packs.fromMerged() {
+			if _, err := r.loadOwnPacks(ctx); err != nil {
+				return nil, fmt.Errorf("load %s: %w", key, err)
+			}
+			if pack, l, ok := r.packs.lookup(o); ok {
+				return r.packRead(ctx, o, pack, l)
+			}
 		}
 	}
 	return r.getEnvelope(ctx, o.typ, key)
@@ -652,13 +737,17 @@ func (pk *packer) store(ctx context.Context, buf []byte, es []packEntry, up *pac
 	}
 	r.packSem <- struct{}{}
 	err := r.b.Put(ctx, packKey(pack), buf)
-	idx := r.codec.seal(typePackIndex, encodePackIndex(pack, es))
+	plainIdx := encodePackIndex(pack, es)
+	idx := r.codec.seal(typePackIndex, plainIdx)
 	if err == nil {
 		err = r.b.Put(ctx, packIndexKey(pack), idx)
 	}
 	<-r.packSem
 	if err == nil {
 		err = x.addPack(pack, es, int64(len(idx)))
+	}
+	if err == nil {
+		r.unmerged.add(mergedRecord{pack: pack, packSize: int64(len(buf)), idxSize: int64(len(idx)), plain: plainIdx})
 	}
 	if err != nil {
 		err = fmt.Errorf("store %s: %w", packKey(pack), err)
@@ -768,7 +857,7 @@ func (r *Repository) dropObject(ctx context.Context, o ref) error {
 		return err
 	}
 	es = slices.DeleteFunc(es, func(e packEntry) bool { return e.ref == o })
-	r.cache.dropPackIndex(pack)
+	r.cache.dropObject(cachePackDir, pack)
 	if err := r.b.Put(ctx, packIndexKey(pack), r.codec.seal(typePackIndex, encodePackIndex(pack, es))); err != nil {
 		return err
 	}

@@ -155,9 +155,10 @@ type Repository struct {
 	now    func() time.Time
 	worker int
 
-	packs   *packIndex
-	packSem chan struct{} // bounds the packs being stored at once
-	cache   *metaCache
+	packs    *packIndex
+	packSem  chan struct{} // bounds the packs being stored at once
+	cache    *metaCache
+	unmerged unmerged // own indexes read or written, for a merged one
 
 	owner     Owner
 	lockStale time.Duration

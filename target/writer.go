@@ -120,6 +120,7 @@ func (r *Repository) NewPoint(ctx context.Context, s PointSpec) (*PointWriter, e
 		lock.Unlock(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("new point: %w", err)
 	}
+	r.flushMerged(ctx)
 	pw := &PointWriter{
 		r:    r,
 		lock: lock,
@@ -345,6 +346,7 @@ func (pw *PointWriter) Commit(ctx context.Context) (*Manifest, error) {
 	if err := pw.r.putManifest(ctx, &pw.m); err != nil {
 		return nil, err
 	}
+	pw.r.flushMerged(ctx)
 	m := pw.m
 	return &m, nil
 }
