@@ -121,22 +121,52 @@ func pointLabel(id, domain string, t time.Time) string {
 // reads back and hashes to its name). Each problem names the points it
 // damages. The error is for failures to check, not for damage found.
 func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
-	rep := &CheckReport{}
-	problems := map[string]*Problem{}
-	add := func(object string, err error, id, label string) {
-		p, ok := problems[object]
-		if !ok {
-			p = &Problem{Object: object, Error: err.Error()}
-			problems[object] = p
+	c := &checker{r: r, o: o, rep: &CheckReport{}, problems: map[string]*Problem{},
+		chunks: map[ID]bool{}, badPages: map[ID]error{}, bad: map[ID]error{}}
+	for _, phase := range []func(context.Context) error{c.points, c.indexes, c.stored, c.attribute} {
+		if err := phase(ctx); err != nil {
+			return nil, fmt.Errorf("check: %w", err)
 		}
-		if slices.Contains(p.IDs, id) {
-			return
-		}
-		p.IDs = append(p.IDs, id)
-		p.Points = append(p.Points, label)
 	}
+	if o.Quarantine && o.ReadData {
+		r.quarantine(ctx, c.bad, c.badPages, c.damagedIdx, c.rep)
+	}
+	return c.report(), nil
+}
 
-	// Journal entries and manifests.
+// checker is one Check: its phases, in order, are points (journal and
+// manifests), indexes (one walk over roots and pages), stored (what the
+// packs hold, read back on request) and attribute (which points a bad
+// chunk damages).
+type checker struct {
+	r          *Repository
+	o          CheckOptions
+	rep        *CheckReport
+	problems   map[string]*Problem
+	manifests  []*Manifest  // the points whose manifest reads
+	chunks     map[ID]bool  // chunks they reference
+	badPages   map[ID]error // index pages that do not read
+	bad        map[ID]error // chunks missing or damaged
+	damagedIdx map[ID]error // packs whose own index is damaged
+}
+
+// add records that object has problem err, damaging point id (label).
+func (c *checker) add(object string, err error, id, label string) {
+	p, ok := c.problems[object]
+	if !ok {
+		p = &Problem{Object: object, Error: err.Error()}
+		c.problems[object] = p
+	}
+	if slices.Contains(p.IDs, id) {
+		return
+	}
+	p.IDs = append(p.IDs, id)
+	p.Points = append(p.Points, label)
+}
+
+// journal reads every journal entry; one that does not read is a problem.
+func (c *checker) journal(ctx context.Context) (map[string]journalEntry, error) {
+	r := c.r
 	journal := map[string]journalEntry{}
 	err := r.b.List(ctx, "journal/", func(fi ObjectInfo) error {
 		id := strings.TrimPrefix(fi.Key, "journal/")
@@ -156,162 +186,170 @@ func (r *Repository) Check(ctx context.Context, o CheckOptions) (*CheckReport, e
 			err = jsonUnmarshal(plain, &je)
 		}
 		if err != nil {
-			add(fi.Key, err, id, id)
+			c.add(fi.Key, err, id, id)
 			return nil
 		}
 		journal[id] = je
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("check: list journal: %w", err)
+		return nil, fmt.Errorf("list journal: %w", err)
 	}
-	listed, err := r.listPoints(ctx, func(key string) { rep.Strays = append(rep.Strays, key) })
+	return journal, nil
+}
+
+// points reads the journal and every manifest.
+func (c *checker) points(ctx context.Context) error {
+	journal, err := c.journal(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("check: list points: %w", err)
+		return err
+	}
+	listed, err := c.r.listPoints(ctx, func(key string) { c.rep.Strays = append(c.rep.Strays, key) })
+	if err != nil {
+		return fmt.Errorf("list points: %w", err)
 	}
 	have := map[string]bool{}
-	var manifests []*Manifest
 	for _, p := range listed {
 		id := p.id
 		have[id] = true
-		m, err := r.checkManifest(ctx, id, journal)
+		m, err := c.r.checkManifest(ctx, id, journal)
 		if err != nil {
 			label := id
 			if je, ok := journal[id]; ok {
 				label = pointLabel(id, je.Domain, je.Time)
 			}
-			add("points/"+id, err, id, label)
+			c.add("points/"+id, err, id, label)
 			continue
 		}
-		manifests = append(manifests, m)
+		c.manifests = append(c.manifests, m)
 		if _, ok := journal[id]; !ok {
-			rep.Unjournaled = append(rep.Unjournaled, id)
+			c.rep.Unjournaled = append(c.rep.Unjournaled, id)
 		}
 	}
 	for id, je := range journal {
 		if !have[id] {
-			add("points/"+id, errors.New("manifest missing"), id, pointLabel(id, je.Domain, je.Time))
+			c.add("points/"+id, errors.New("manifest missing"), id, pointLabel(id, je.Domain, je.Time))
 		}
 	}
-	rep.Points = len(listed)
+	c.rep.Points = len(listed)
+	return nil
+}
 
-	// Indexes: roots and pages, once each; collect referenced chunks.
-	chunks := map[ID]bool{}
-	pageOK := map[ID]error{}
-	badPages := map[ID]error{}
-	for _, m := range manifests {
+// indexes walks the points' roots and pages, each read once, and gathers
+// the chunks they reference; it checks blobs on the way.
+func (c *checker) indexes(ctx context.Context) error {
+	w := c.r.newRefWalk(false)
+	for _, m := range c.manifests {
 		label := pointLabel(m.ID, m.Domain, m.Time)
-		for k, b := range m.Blobs {
-			id, _ := ParseID(b)
-			if _, err := r.getObject(ctx, typeBlob, id); err != nil {
-				add(objectKey(typeBlob, id), fmt.Errorf("blob %s: %w", k, err), m.ID, label)
-			}
-		}
-		for _, d := range m.Disks {
-			rt, err := r.diskRoot(ctx, &d)
-			if err != nil {
-				add("index root of disk "+d.Name, err, m.ID, label)
-				continue
-			}
-			for p, pid := range rt.pages {
-				if pid.IsZero() {
-					continue
+		err := w.point(ctx, m, refVisit{
+			blob: func(name string, id ID) error {
+				if _, err := c.r.getObject(ctx, typeBlob, id); err != nil {
+					c.add(objectKey(typeBlob, id), fmt.Errorf("blob %s: %w", name, err), m.ID, label)
 				}
-				perr, seen := pageOK[pid]
-				if !seen {
-					var ids []ID
-					ids, perr = r.loadPage(ctx, rt, int64(p))
-					pageOK[pid] = perr
-					for _, cid := range ids {
-						if !cid.IsZero() {
-							chunks[cid] = true
-						}
-					}
+				return nil
+			},
+			root: func(d *DiskManifest, _ ID, err error) error {
+				if err != nil {
+					c.add("index root of disk "+d.Name, err, m.ID, label)
 				}
-				if perr != nil {
-					add(objectKey(typePage, pid), perr, m.ID, label)
-					badPages[pid] = perr
+				return nil
+			},
+			page: func(_ *DiskManifest, _ int64, id ID, err error) error {
+				if err != nil {
+					c.add(objectKey(typePage, id), err, m.ID, label)
+					c.badPages[id] = err
 				}
-			}
+				return nil
+			},
+			chunk: func(_ *DiskManifest, _ int64, id ID) error { c.chunks[id] = true; return nil },
+		})
+		if err != nil {
+			return err
 		}
 	}
-	rep.Chunks = len(chunks)
+	c.rep.Chunks = len(c.chunks)
+	return nil
+}
 
-	// Chunks: existence from one listing, content on request, by every
-	// pack's own index; merged indexes compared with them.
+// stored finds what the repository holds by every pack's own index (and
+// compares the merged indexes with them): a referenced chunk not held is
+// missing; with ReadData, the ones sampled are read back.
+func (c *checker) stored(ctx context.Context) error {
+	r := c.r
 	own, err := r.loadOwnPacks(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("check: pack indexes: %w", err)
+		return fmt.Errorf("pack indexes: %w", err)
 	}
 	stored, err := r.chunkSizes(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("check: list chunks: %w", err)
+		return fmt.Errorf("list chunks: %w", err)
 	}
 	badMerged, err := r.checkMerged(ctx, own)
 	if err != nil {
-		return nil, fmt.Errorf("check: %w", err)
+		return err
 	}
 	for key, err := range badMerged {
-		problems[key] = &Problem{Object: key, Error: fmt.Sprintf("merged pack index not to be trusted (the next gc replaces it): %v", err)}
+		c.problems[key] = &Problem{Object: key, Error: fmt.Sprintf("merged pack index not to be trusted (the next gc replaces it): %v", err)}
 	}
-	damagedIdx := r.packs.damagedIndexes()
-	for id, err := range damagedIdx {
+	c.damagedIdx = r.packs.damagedIndexes()
+	for id, err := range c.damagedIdx {
 		key := packIndexKey(id)
-		problems[key] = &Problem{Object: key, Error: fmt.Sprintf("pack index damaged, the chunks of %s cannot be found: %v", packKey(id), err)}
+		c.problems[key] = &Problem{Object: key, Error: fmt.Sprintf("pack index damaged, the chunks of %s cannot be found: %v", packKey(id), err)}
 	}
-	bad := map[ID]error{}
 	var read []part
-	for id := range chunks {
+	for id := range c.chunks {
 		size, ok := stored[id]
 		switch {
 		case !ok:
-			bad[id] = errors.New("chunk missing")
+			c.bad[id] = errors.New("chunk missing")
 		case size <= headerLen:
-			bad[id] = corrupt("chunk of %d bytes", size)
-		case o.ReadData && o.Sample.has(id):
+			c.bad[id] = corrupt("chunk of %d bytes", size)
+		case c.o.ReadData && c.o.Sample.has(id):
 			read = append(read, part{id: id})
 		}
 	}
-	damagedData, err := r.verifyChunks(ctx, read)
+	damaged, err := r.verifyChunks(ctx, read)
 	if err != nil {
-		return nil, fmt.Errorf("check: read chunks: %w", err)
+		return fmt.Errorf("read chunks: %w", err)
 	}
-	maps.Copy(bad, damagedData)
-	rep.ChunksRead = len(read)
-	// Second pass, only if something is bad: which points use bad chunks.
-	if len(bad) > 0 {
-		for _, m := range manifests {
-			label := pointLabel(m.ID, m.Domain, m.Time)
-			for _, d := range m.Disks {
-				rt, err := r.diskRoot(ctx, &d)
-				if err != nil {
-					continue
-				}
-				for p := range rt.pages {
-					ids, err := r.loadPage(ctx, rt, int64(p))
-					if err != nil {
-						continue
-					}
-					for i, cid := range ids {
-						if e, ok := bad[cid]; ok {
-							add(objectKey(typeChunk, cid), fmt.Errorf("%w (disk %s, offset %d)", e, d.Name, (int64(p)*pageEntries+int64(i))*int64(r.cfg.ChunkSize)), m.ID, label)
-						}
-					}
-				}
+	maps.Copy(c.bad, damaged)
+	c.rep.ChunksRead = len(read)
+	return nil
+}
+
+// attribute walks the points again, only if a chunk is bad, to name each
+// point that uses one and where.
+func (c *checker) attribute(ctx context.Context) error {
+	if len(c.bad) == 0 {
+		return nil
+	}
+	w := c.r.newRefWalk(true)
+	for _, m := range c.manifests {
+		label := pointLabel(m.ID, m.Domain, m.Time)
+		err := w.point(ctx, m, refVisit{chunk: func(d *DiskManifest, idx int64, id ID) error {
+			if e, ok := c.bad[id]; ok {
+				c.add(objectKey(typeChunk, id), fmt.Errorf("%w (disk %s, offset %d)", e, d.Name, idx*int64(c.r.cfg.ChunkSize)), m.ID, label)
 			}
+			return nil
+		}})
+		if err != nil {
+			return err
 		}
 	}
-	if o.Quarantine && o.ReadData {
-		r.quarantine(ctx, bad, badPages, damagedIdx, rep)
-	}
-	for _, p := range problems {
+	return nil
+}
+
+// report is the problems found, sorted.
+func (c *checker) report() *CheckReport {
+	rep := c.rep
+	for _, p := range c.problems {
 		sort.Strings(p.Points)
 		sort.Strings(p.IDs)
 		rep.Problems = append(rep.Problems, *p)
 	}
 	sort.Slice(rep.Problems, func(i, j int) bool { return rep.Problems[i].Object < rep.Problems[j].Object })
 	sort.Strings(rep.Unjournaled)
-	return rep, nil
+	return rep
 }
 
 // quarantine moves damaged (not missing) chunks to damaged/<key> under the

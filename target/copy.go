@@ -149,43 +149,6 @@ func (st *CopyStats) addStored(pw *PointWriter) {
 	}
 }
 
-// chunkSet lists the chunks r holds (any that could be whole).
-func (r *Repository) chunkSet(ctx context.Context) (map[ID]bool, error) {
-	sizes, err := r.chunkSizes(ctx)
-	have := map[ID]bool{}
-	for id, n := range sizes {
-		have[id] = n > headerLen
-	}
-	return have, err
-}
-
-// chunkSizes lists the chunks r holds and their sizes: the chunk objects
-// in one listing, and the chunks of every pack the index knows after
-// bringing it up to date.
-func (r *Repository) chunkSizes(ctx context.Context) (map[ID]int64, error) {
-	out := map[ID]int64{}
-	err := r.b.List(ctx, "chunks/", func(fi ObjectInfo) error {
-		if id, err := keyID(fi.Key); err == nil {
-			out[id] = fi.Size
-		}
-		return nil
-	})
-	if err != nil {
-		return out, err
-	}
-	if err := r.loadPacks(ctx); err != nil {
-		return out, err
-	}
-	r.packs.mu.Lock()
-	for o, l := range r.packs.have {
-		if o.typ == typeChunk {
-			out[o.id] = int64(l.n)
-		}
-	}
-	r.packs.mu.Unlock()
-	return out, nil
-}
-
 // sameIDs reports whether r and o name every object alike.
 func (r *Repository) sameIDs(o *Repository) bool {
 	return r.codec.idKey == nil && o.codec.idKey == nil
@@ -244,7 +207,7 @@ func copyDisk(ctx context.Context, src *Repository, pw *PointWriter, d *DiskMani
 	var walkErr error
 	go func() {
 		defer close(queue)
-		walkErr = src.walkChunks(ctx, rt, func(idx int64, id ID) error {
+		walkErr = src.walkChunks(ctx, d, rt, func(idx int64, id ID) error {
 			f := &fetched{idx: idx, id: id, stored: have[id], raw: raw, done: make(chan struct{})}
 			select {
 			case queue <- f:
@@ -282,26 +245,18 @@ func copyDisk(ctx context.Context, src *Repository, pw *PointWriter, d *DiskMani
 	return dw.Close(ctx)
 }
 
-// walkChunks calls fn with each chunk of rt that is not zero, in order.
-func (r *Repository) walkChunks(ctx context.Context, rt *root, fn func(idx int64, id ID) error) error {
-	for p, pid := range rt.pages {
-		if pid.IsZero() {
-			continue
-		}
-		ids, err := r.loadPage(ctx, rt, int64(p))
-		if err != nil {
-			return fmt.Errorf("index page %d: %w", p, err)
-		}
-		for i, cid := range ids {
-			if cid.IsZero() {
-				continue
+// walkChunks calls fn with each chunk of d (root rt) that is not zero,
+// in order.
+func (r *Repository) walkChunks(ctx context.Context, d *DiskManifest, rt *root, fn func(idx int64, id ID) error) error {
+	return r.newRefWalk(true).pagesOf(ctx, d, rt, refVisit{
+		page: func(_ *DiskManifest, p int64, _ ID, err error) error {
+			if err != nil {
+				return fmt.Errorf("index page %d: %w", p, err)
 			}
-			if err := fn(int64(p)*pageEntries+int64(i), cid); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+			return nil
+		},
+		chunk: func(_ *DiskManifest, idx int64, id ID) error { return fn(idx, id) },
+	})
 }
 
 // sealsAlike reports whether o stores the same envelope for the same data.
@@ -347,25 +302,30 @@ func (r *Repository) checkPoint(ctx context.Context, m *Manifest) error {
 	if err != nil {
 		return err
 	}
-	for name, b := range m.Blobs {
-		if _, err := r.Blob(ctx, b); err != nil {
-			return fmt.Errorf("blob %s: %w", name, err)
-		}
-	}
-	for i := range m.Disks {
-		d := &m.Disks[i]
-		rt, err := r.diskRoot(ctx, d)
-		if err == nil {
-			err = r.walkChunks(ctx, rt, func(_ int64, c ID) error {
-				if !have[c] {
-					return fmt.Errorf("chunk %s: %w", c, ErrMissing)
-				}
-				return nil
-			})
-		}
-		if err != nil {
-			return fmt.Errorf("disk %s: %w", d.Name, err)
-		}
-	}
-	return nil
+	return r.newRefWalk(false).point(ctx, m, refVisit{
+		blob: func(name string, id ID) error {
+			if _, err := r.getObject(ctx, typeBlob, id); err != nil {
+				return fmt.Errorf("blob %s: %w", name, err)
+			}
+			return nil
+		},
+		root: func(d *DiskManifest, _ ID, err error) error {
+			if err != nil {
+				return fmt.Errorf("disk %s: %w", d.Name, err)
+			}
+			return nil
+		},
+		page: func(d *DiskManifest, p int64, _ ID, err error) error {
+			if err != nil {
+				return fmt.Errorf("disk %s: index page %d: %w", d.Name, p, err)
+			}
+			return nil
+		},
+		chunk: func(d *DiskManifest, _ int64, id ID) error {
+			if !have[id] {
+				return fmt.Errorf("disk %s: chunk %s: %w", d.Name, id, ErrMissing)
+			}
+			return nil
+		},
+	})
 }

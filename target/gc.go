@@ -65,51 +65,9 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 	}
 	defer lock.Unlock(ctx)
 
-	live := map[string]bool{}
-	var markErr error
-	points, err := r.Points(ctx, func(id string, err error) {
-		if errors.Is(err, ErrStray) {
-			r.log.Warn("gc: ignoring an object that is no point", "err", err)
-			return
-		}
-		if markErr == nil {
-			markErr = fmt.Errorf("gc: point %s unreadable, nothing swept: %w", id, err)
-		}
-	})
+	live, err := r.mark(ctx)
 	if err != nil {
 		return st, err
-	}
-	if markErr != nil {
-		return st, markErr
-	}
-	for _, m := range points {
-		for _, b := range m.Blobs {
-			id, _ := ParseID(b)
-			live[objectKey(typeBlob, id)] = true
-		}
-		for _, d := range m.Disks {
-			rt, err := r.diskRoot(ctx, &d)
-			if err != nil {
-				return st, fmt.Errorf("gc: point %s disk %s, nothing swept: %w", m.ID, d.Name, err)
-			}
-			rid, _ := ParseID(d.Root)
-			live[objectKey(typeRoot, rid)] = true
-			for p, pid := range rt.pages {
-				if pid.IsZero() || live[objectKey(typePage, pid)] {
-					continue
-				}
-				live[objectKey(typePage, pid)] = true
-				ids, err := r.loadPage(ctx, rt, int64(p))
-				if err != nil {
-					return st, fmt.Errorf("gc: point %s disk %s page %d, nothing swept: %w", m.ID, d.Name, p, err)
-				}
-				for _, c := range ids {
-					if !c.IsZero() {
-						live[objectKey(typeChunk, c)] = true
-					}
-				}
-			}
-		}
 	}
 	st.Referenced = len(live)
 	// Ages are the backend's: its clock wrote the modification times, so
@@ -124,36 +82,8 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 	if err := r.gcPacks(ctx, live, cutoff, grace > 0, del, &st); err != nil {
 		return st, fmt.Errorf("gc: %w", err)
 	}
-	for _, prefix := range []string{"chunks/", "index/", "blobs/"} {
-		var dead []ObjectInfo
-		err := r.b.List(ctx, prefix, func(fi ObjectInfo) error {
-			if live[fi.Key] || strings.Contains(fi.Key, "/"+TempPrefix) {
-				st.BytesKept += fi.Size
-				return nil
-			}
-			if grace > 0 && fi.ModTime.After(cutoff) {
-				st.KeptYoung++
-				st.BytesKept += fi.Size
-				return nil
-			}
-			dead = append(dead, fi)
-			return nil
-		})
-		if err != nil {
-			return st, fmt.Errorf("gc: list %s: %w", prefix, err)
-		}
-		if len(dead) > 0 {
-			if err := del.check(ctx); err != nil {
-				return st, fmt.Errorf("gc: %w", err)
-			}
-		}
-		for _, fi := range dead {
-			if err := del.delete(ctx, fi.Key); err != nil {
-				return st, fmt.Errorf("gc: %w", err)
-			}
-			st.Deleted++
-			st.BytesFreed += fi.Size
-		}
+	if err := r.sweepObjects(ctx, live, cutoff, grace > 0, del, &st); err != nil {
+		return st, err
 	}
 	// Merged pack indexes anew, of the packs that stay: a host that knows
 	// none reads a few objects, not one per pack.
@@ -185,6 +115,92 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 	}
 	r.log.Info("garbage collected", "temp_removed", st.TempRemoved, "deleted", st.Deleted, "bytes", st.BytesFreed, "kept_young", st.KeptYoung)
 	return st, nil
+}
+
+// mark is every key a point references: each point's blobs, roots,
+// pages and chunks. A point that cannot be read, or whose index cannot,
+// fails it: nothing may be swept on a partial mark.
+func (r *Repository) mark(ctx context.Context) (map[string]bool, error) {
+	var markErr error
+	points, err := r.Points(ctx, func(id string, err error) {
+		if errors.Is(err, ErrStray) {
+			r.log.Warn("gc: ignoring an object that is no point", "err", err)
+			return
+		}
+		if markErr == nil {
+			markErr = fmt.Errorf("gc: point %s unreadable, nothing swept: %w", id, err)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if markErr != nil {
+		return nil, markErr
+	}
+	live := map[string]bool{}
+	w := r.newRefWalk(false)
+	for _, m := range points {
+		err := w.point(ctx, m, refVisit{
+			blob: func(_ string, id ID) error { live[objectKey(typeBlob, id)] = true; return nil },
+			root: func(d *DiskManifest, id ID, err error) error {
+				if err != nil {
+					return fmt.Errorf("gc: point %s disk %s, nothing swept: %w", m.ID, d.Name, err)
+				}
+				live[objectKey(typeRoot, id)] = true
+				return nil
+			},
+			page: func(d *DiskManifest, p int64, id ID, err error) error {
+				if err != nil {
+					return fmt.Errorf("gc: point %s disk %s page %d, nothing swept: %w", m.ID, d.Name, p, err)
+				}
+				live[objectKey(typePage, id)] = true
+				return nil
+			},
+			chunk: func(_ *DiskManifest, _ int64, id ID) error { live[objectKey(typeChunk, id)] = true; return nil },
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return live, nil
+}
+
+// sweepObjects deletes the objects of their own (format-1 chunks, index
+// roots and pages, blobs) that live does not name, older than cutoff
+// when young counts, confirming the lock before each prefix's deletes.
+func (r *Repository) sweepObjects(ctx context.Context, live map[string]bool, cutoff time.Time, young bool, del *deleter, st *GCStats) error {
+	for _, prefix := range []string{"chunks/", "index/", "blobs/"} {
+		var dead []ObjectInfo
+		err := r.b.List(ctx, prefix, func(fi ObjectInfo) error {
+			if live[fi.Key] || strings.Contains(fi.Key, "/"+TempPrefix) {
+				st.BytesKept += fi.Size
+				return nil
+			}
+			if young && fi.ModTime.After(cutoff) {
+				st.KeptYoung++
+				st.BytesKept += fi.Size
+				return nil
+			}
+			dead = append(dead, fi)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("gc: list %s: %w", prefix, err)
+		}
+		if len(dead) > 0 {
+			if err := del.check(ctx); err != nil {
+				return fmt.Errorf("gc: %w", err)
+			}
+		}
+		for _, fi := range dead {
+			if err := del.delete(ctx, fi.Key); err != nil {
+				return fmt.Errorf("gc: %w", err)
+			}
+			st.Deleted++
+			st.BytesFreed += fi.Size
+		}
+	}
+	return nil
 }
 
 // repackShare: a pack of which more than this share of bytes is

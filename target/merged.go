@@ -35,8 +35,10 @@ const (
 	// read before it reads the merged objects, and how many read one by
 	// one a writer gathers before it writes them as one.
 	mergedAfter = 16
-	// mergedLoaders is how many merged objects are read at once.
+	// mergedLoaders is how many merged objects larger than mergedSmall
+	// are read at once; smaller ones are read packIndexLoaders at once.
 	mergedLoaders = 4
+	mergedSmall   = 1 << 20
 )
 
 func mergedKey(id ID) string { return mergedPrefix + id.String() }
@@ -127,11 +129,11 @@ func (r *Repository) fromMerged(ctx context.Context, ps []*packInfo) ([]*packInf
 	}
 	var mu sync.Mutex
 	chunkMax := maxObject(typeChunk, r.cfg.ChunkSize)
-	err = inParallel(ctx, mergedLoaders, len(listed), func(i int) error {
-		recs, err := r.readMerged(ctx, listed[i])
+	take := func(fi ObjectInfo) error {
+		recs, err := r.readMerged(ctx, fi)
 		if err != nil {
 			if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNotFound) {
-				r.log.Warn("merged pack index not used", "object", listed[i].Key, "err", err)
+				r.log.Warn("merged pack index not used", "object", fi.Key, "err", err)
 				return nil
 			}
 			return err
@@ -149,8 +151,21 @@ func (r *Repository) fromMerged(ctx context.Context, ps []*packInfo) ([]*packInf
 			}
 		}
 		return nil
-	})
-	if err != nil {
+	}
+	// Small ones (a writer's) many at once, large ones (GC's) few: memory
+	// stays bounded either way.
+	var small, large []ObjectInfo
+	for _, fi := range listed {
+		if fi.Size <= mergedSmall {
+			small = append(small, fi)
+		} else {
+			large = append(large, fi)
+		}
+	}
+	if err := inParallel(ctx, packIndexLoaders, len(small), func(i int) error { return take(small[i]) }); err != nil {
+		return nil, err
+	}
+	if err := inParallel(ctx, mergedLoaders, len(large), func(i int) error { return take(large[i]) }); err != nil {
 		return nil, err
 	}
 	left := ps[:0:0]

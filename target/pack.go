@@ -448,6 +448,43 @@ func (r *Repository) addPacks(found map[ID]*packInfo, unchanged func(ID, int64) 
 	return nil
 }
 
+// chunkSet lists the chunks r holds (any that could be whole).
+func (r *Repository) chunkSet(ctx context.Context) (map[ID]bool, error) {
+	sizes, err := r.chunkSizes(ctx)
+	have := map[ID]bool{}
+	for id, n := range sizes {
+		have[id] = n > headerLen
+	}
+	return have, err
+}
+
+// chunkSizes lists the chunks r holds and their sizes: the chunk objects
+// in one listing, and the chunks of every pack the index knows after
+// bringing it up to date.
+func (r *Repository) chunkSizes(ctx context.Context) (map[ID]int64, error) {
+	out := map[ID]int64{}
+	err := r.b.List(ctx, "chunks/", func(fi ObjectInfo) error {
+		if id, err := keyID(fi.Key); err == nil {
+			out[id] = fi.Size
+		}
+		return nil
+	})
+	if err != nil {
+		return out, err
+	}
+	if err := r.loadPacks(ctx); err != nil {
+		return out, err
+	}
+	r.packs.mu.Lock()
+	for o, l := range r.packs.have {
+		if o.typ == typeChunk {
+			out[o.id] = int64(l.n)
+		}
+	}
+	r.packs.mu.Unlock()
+	return out, nil
+}
+
 // chunkEnvelope loads the envelope of chunk id.
 func (r *Repository) chunkEnvelope(ctx context.Context, id ID) ([]byte, error) {
 	return r.packedEnvelope(ctx, ref{typeChunk, id})
