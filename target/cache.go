@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 )
 
 // The metadata cache (OpenOptions.CacheDir) keeps on local disk what a
@@ -29,6 +30,7 @@ import (
 
 const (
 	cachePointsFile = "points.json"
+	cachePacksFile  = "packs.json"
 	cachePackDir    = "packindex"
 	cacheMergedDir  = "merged"
 	// maxCachePoints bounds the points file read (about 1 KiB a point).
@@ -94,6 +96,50 @@ func (c *metaCache) savePoints(ps map[string]*cachedPoint) {
 	data, err := json.Marshal(pointsFile{Version: 1, Points: ps})
 	if err == nil {
 		err = c.write(cachePointsFile, data)
+	}
+	if err != nil {
+		c.log.Warn("metadata cache not updated", "err", err)
+	}
+}
+
+// packSet is the packs a full listing showed, with their sizes and their
+// indexes' sizes, and when: a writer starts from it instead of listing
+// every pack, and confirms each pack it relies on (Repository.confirm).
+type packSet struct {
+	Version int                 `json:"version"`
+	Listed  time.Time           `json:"listed"`
+	Packs   map[string][2]int64 `json:"packs"` // pack ID -> size, index size
+}
+
+// packs returns the cached pack set, or false.
+func (c *metaCache) packs() (packSet, bool) {
+	var ps packSet
+	data, err := c.read(cachePacksFile, maxCachePoints)
+	if err != nil {
+		return ps, false
+	}
+	if err := json.Unmarshal(data, &ps); err != nil || ps.Version != 1 {
+		c.log.Warn("metadata cache damaged: packs are listed", "err", err)
+		return ps, false
+	}
+	return ps, true
+}
+
+// savePacks replaces the cached pack set (nil forgets it).
+func (c *metaCache) savePacks(ps *packSet) {
+	if c.dir == "" {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ps == nil {
+		_ = os.Remove(filepath.Join(c.dir, cachePacksFile))
+		return
+	}
+	ps.Version = 1
+	data, err := json.Marshal(ps)
+	if err == nil {
+		err = c.write(cachePacksFile, data)
 	}
 	if err != nil {
 		c.log.Warn("metadata cache not updated", "err", err)

@@ -187,10 +187,10 @@ func TestPackIndexBounds(t *testing.T) {
 	x := newPackIndex()
 	x.limit = 3
 	two := []packEntry{{ref: ref{typeChunk, ID{1}}, off: 0, n: 100}, {ref: ref{typeChunk, ID{2}}, off: 100, n: 100}}
-	if err := x.addPack(ID{1}, two, 10); err != nil {
+	if err := x.addPack(ID{1}, 200, two, 10, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := x.addPack(ID{2}, two, 10); !errors.Is(err, ErrTooLarge) {
+	if err := x.addPack(ID{2}, 200, two, 10, true); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("a pack past the map's bound: %v", err)
 	}
 }

@@ -95,6 +95,7 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 		if st.MergedIndexes, err = r.consolidateMerged(ctx, found, del); err != nil {
 			return st, fmt.Errorf("gc: merged pack indexes: %w", err)
 		}
+		r.saveFoundPacks(found)
 	}
 	// Temporary files of puts that a killed writer never finished: a put
 	// takes seconds, so anything older than the grace period is dead.

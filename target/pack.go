@@ -257,6 +257,10 @@ type packIndex struct {
 	have    map[ref]packLoc
 	pending map[ref]*packUpload
 	merged  bool // some packs' entries came from merged indexes
+	stats   int  // packs confirmed one by one since the last listing
+	// listedAt is when the packs known were listed (by this process, or
+	// for the cached pack set they came from).
+	listedAt time.Time
 }
 
 // knownPack is a pack whose index was read.
@@ -265,6 +269,10 @@ type knownPack struct {
 	// idxSize is the size of its index when read: an index rewritten
 	// since (check dropped a damaged chunk) is read again.
 	idxSize int64
+	size    int64 // the pack's
+	// sure: a listing showed it, or this process stored it; else it came
+	// from the cached pack set and is confirmed before it is relied on.
+	sure bool
 }
 
 type packLoc struct {
@@ -279,7 +287,7 @@ func newPackIndex() *packIndex {
 // reset forgets every pack (they are read again when needed).
 func (x *packIndex) reset() {
 	x.mu.Lock()
-	x.names, x.known, x.have, x.merged = nil, map[ID]knownPack{}, map[ref]packLoc{}, false
+	x.names, x.known, x.have, x.merged, x.stats, x.listedAt = nil, map[ID]knownPack{}, map[ref]packLoc{}, false, 0, time.Time{}
 	x.mu.Unlock()
 }
 
@@ -292,7 +300,7 @@ func (x *packIndex) fromMerged() bool {
 
 // addPack records pack's chunks (a chunk already in another pack keeps its
 // place there). It refuses to hold more than x.limit objects.
-func (x *packIndex) addPack(pack ID, es []packEntry, idxSize int64) error {
+func (x *packIndex) addPack(pack ID, size int64, es []packEntry, idxSize int64, sure bool) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if len(x.have)+len(es) > x.limit {
@@ -303,7 +311,7 @@ func (x *packIndex) addPack(pack ID, es []packEntry, idxSize int64) error {
 		k.num = int32(len(x.names))
 		x.names = append(x.names, pack)
 	}
-	k.idxSize = idxSize
+	k.idxSize, k.size, k.sure = idxSize, size, sure
 	x.known[pack] = k
 	n := k.num
 	for _, e := range es {
@@ -398,7 +406,12 @@ func (r *Repository) loadPacks(ctx context.Context) error {
 			break
 		}
 	}
-	return r.addPacks(found, unchanged)
+	if err := r.addPacks(found, unchanged, true); err != nil {
+		return err
+	}
+	x.listed(r.now())
+	r.savePackSet()
+	return nil
 }
 
 // loadOwnPacks forgets the pack index and loads it again from every
@@ -416,13 +429,17 @@ func (r *Repository) loadOwnPacks(ctx context.Context) (map[ID]*packInfo, error)
 		return nil, err
 	}
 	x.reset()
-	return found, r.addPacks(found, func(ID, int64) bool { return false })
+	if err := r.addPacks(found, func(ID, int64) bool { return false }, true); err != nil {
+		return nil, err
+	}
+	x.listed(r.now())
+	return found, nil
 }
 
 // addPacks takes into the pack index the packs of found that are not
-// unchanged and whose index and pack exist, and records which indexes
-// are damaged.
-func (r *Repository) addPacks(found map[ID]*packInfo, unchanged func(ID, int64) bool) error {
+// unchanged and whose index and pack exist (sure: a listing showed them),
+// and records which indexes are damaged.
+func (r *Repository) addPacks(found map[ID]*packInfo, unchanged func(ID, int64) bool, sure bool) error {
 	x := r.packs
 	damaged := map[ID]error{}
 	defer func() { x.mu.Lock(); x.damaged = damaged; x.mu.Unlock() }()
@@ -436,7 +453,7 @@ func (r *Repository) addPacks(found map[ID]*packInfo, unchanged func(ID, int64) 
 			damaged[id] = p.indexErr
 			continue
 		}
-		if err := x.addPack(id, p.entries, p.idxSize); err != nil {
+		if err := x.addPack(id, p.size, p.entries, p.idxSize, sure); err != nil {
 			return err
 		}
 		if p.fromMerged {
@@ -781,9 +798,10 @@ func (pk *packer) store(ctx context.Context, buf []byte, es []packEntry, up *pac
 	}
 	<-r.packSem
 	if err == nil {
-		err = x.addPack(pack, es, int64(len(idx)))
+		err = x.addPack(pack, int64(len(buf)), es, int64(len(idx)), true)
 	}
 	if err == nil {
+		r.cache.putObject(cachePackDir, pack, idx)
 		r.unmerged.add(mergedRecord{pack: pack, packSize: int64(len(buf)), idxSize: int64(len(idx)), plain: plainIdx})
 	}
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,6 +103,7 @@ func TestTwoHostsOneBucket(t *testing.T) {
 	}
 	a, b := open("host-a", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"), open("host-b", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb")
 	var wg sync.WaitGroup
+	var passes atomic.Int32 // GC passes that swept something
 	errs := make(chan error, 3)
 	done := make(chan struct{})
 	for _, h := range []*hostLoop{a, b} {
@@ -114,6 +116,13 @@ func TestTwoHostsOneBucket(t *testing.T) {
 					return
 				}
 				time.Sleep(150 * time.Millisecond)
+				// Half way, wait (a while) for a GC pass that swept, so
+				// that on a loaded machine too the loops overlap: the
+				// rounds after it back up against a swept repository
+				// while GC goes on.
+				for wait := time.Now(); i == rounds/2 && passes.Load() == 0 && time.Since(wait) < 30*time.Second; {
+					time.Sleep(50 * time.Millisecond)
+				}
 			}
 		}()
 	}
@@ -139,6 +148,9 @@ func TestTwoHostsOneBucket(t *testing.T) {
 			if err == nil {
 				upkeep++
 				swept += st.Deleted + st.Repacked
+				if st.Deleted+st.Repacked > 0 {
+					passes.Add(1)
+				}
 			}
 		}
 	}()

@@ -115,8 +115,9 @@ func (r *Repository) NewPoint(ctx context.Context, s PointSpec) (*PointWriter, e
 	if err != nil {
 		return nil, fmt.Errorf("new point: %w", err)
 	}
-	// Under the lock no GC runs: the packs known now stay until Commit.
-	if err := r.loadPacks(ctx); err != nil {
+	// Under the lock no GC runs: the packs known now, or confirmed before
+	// they are relied on (stored), stay until Commit.
+	if err := r.loadPacksCached(ctx); err != nil {
 		lock.Unlock(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("new point: %w", err)
 	}
@@ -347,6 +348,7 @@ func (pw *PointWriter) Commit(ctx context.Context) (*Manifest, error) {
 		return nil, err
 	}
 	pw.r.flushMerged(ctx)
+	pw.r.savePackSet()
 	m := pw.m
 	return &m, nil
 }
@@ -423,7 +425,11 @@ func (dw *DiskWriter) storeChunk(id ID, data, obj []byte) (int64, error) {
 // only when o is to be packed, says how its envelope is appended. queued
 // says o went into a pack of this disk.
 func (dw *DiskWriter) pack(o ref, envelope func() func([]byte) []byte) (queued bool, err error) {
-	if known, up := dw.pw.r.packs.state(o); known {
+	known, up, err := dw.pw.r.stored(dw.ctx, o)
+	if err != nil {
+		return false, err
+	}
+	if known {
 		if up == nil {
 			dw.pw.reusePacked(o)
 		}
@@ -432,7 +438,7 @@ func (dw *DiskWriter) pack(o ref, envelope func() func([]byte) []byte) (queued b
 	}
 	put := envelope()
 	t0 := time.Now()
-	queued, up, err := dw.pk.add(dw.ctx, o, put)
+	queued, up, err = dw.pk.add(dw.ctx, o, put)
 	dw.spent(&dw.stats.Store, t0)
 	dw.await(up)
 	return queued, err
