@@ -16,6 +16,7 @@ import (
 
 	"github.com/virtkeep/virtkeep/nbd"
 	"github.com/virtkeep/virtkeep/target"
+	"github.com/virtkeep/virtkeep/target/sftp"
 	"github.com/virtkeep/virtkeep/testenv"
 )
 
@@ -39,9 +40,9 @@ func (c *counted) Get(ctx context.Context, key string, off, n int64) ([]byte, er
 // zstd) to the S3 server and to sshd through testenv's delaying proxy at
 // 0 ms and at 20 ms each way, in packs (format 2) and with an object per
 // chunk (format 1), then reads it back as a restore does, compares what it
-// read, and checks the repository with --read-data (not counted). It
-// reports throughput, the 20 ms/0 ms ratio (goal >= 0.7) and requests and
-// objects per GiB stored.
+// read, and checks the repository with --read-data. It reports throughput
+// (check's by the disk's size; its requests are not counted), the 20 ms/0
+// ms ratio (goal >= 0.7) and requests and objects per GiB stored.
 func BenchmarkLatency(b *testing.B) {
 	sshd := testenv.SSHD(b)
 	s3srv := testenv.S3(b)
@@ -52,11 +53,11 @@ func BenchmarkLatency(b *testing.B) {
 		b.Fatal(err)
 	}
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "\n%-22s %6s %10s %10s %9s %9s %9s\n", "backend", "delay", "write MB/s", "read MB/s", "PUT/GiB", "GET/GiB", "obj/GiB")
+	fmt.Fprintf(&sb, "\n%-22s %6s %10s %10s %10s %9s %9s %9s\n", "backend", "delay", "write MB/s", "read MB/s", "check MB/s", "PUT/GiB", "GET/GiB", "obj/GiB")
 	n := 0
 	for _, be := range []string{"s3", "sftp"} {
 		for _, packs := range []int{0, -1} {
-			var base [2]float64
+			var base [3]float64
 			for _, delay := range []time.Duration{0, 20 * time.Millisecond} {
 				n++
 				var bk target.Backend
@@ -69,7 +70,7 @@ func BenchmarkLatency(b *testing.B) {
 				case "sftp":
 					p := testenv.NewDelayProxy(b, net.JoinHostPort(sshd.Host, strconv.Itoa(sshd.Port)), delay)
 					srv := proxiedSSH(b, sshd, p.Addr)
-					bk = sftpBackend(b, srv, 4)
+					bk = sftpBackend(b, srv, sftp.DefaultConnections)
 				}
 				cb := &counted{Backend: bk}
 				if err := target.Init(ctx, cb, target.InitOptions{Compression: target.CompressionZstd, PackSize: packs}); err != nil {
@@ -83,18 +84,20 @@ func BenchmarkLatency(b *testing.B) {
 				var objs int
 				_ = bk.List(ctx, "", func(target.ObjectInfo) error { objs++; return nil })
 				puts, gets := cb.puts.Load(), cb.gets.Load()
+				checkStart := time.Now()
 				if rep, err := r.Check(ctx, target.CheckOptions{ReadData: true}); err != nil || !rep.OK() {
 					b.Fatalf("%s: check --read-data: %v %v", be, rep, err)
 				}
+				ck := float64(size) / time.Since(checkStart).Seconds() / 1e6
 				gib := float64(m.Disks[0].BytesStored) / (1 << 30)
 				label := be + map[int]string{0: " packs", -1: " chunk objects"}[packs]
-				fmt.Fprintf(&sb, "%-22s %4dms %10.0f %10.0f %9.0f %9.0f %9.0f", label, delay.Milliseconds(), w, rd,
+				fmt.Fprintf(&sb, "%-22s %4dms %10.0f %10.0f %10.0f %9.0f %9.0f %9.0f", label, delay.Milliseconds(), w, rd, ck,
 					float64(puts)/gib, float64(gets)/gib, float64(objs)/gib)
 				if delay == 0 {
-					base = [2]float64{w, rd}
+					base = [3]float64{w, rd, ck}
 					sb.WriteString("\n")
 				} else {
-					fmt.Fprintf(&sb, "   at 20 ms: write %.2fx, read %.2fx of 0 ms (goal >= 0.7)\n", w/base[0], rd/base[1])
+					fmt.Fprintf(&sb, "   at 20 ms: write %.2fx, read %.2fx, check %.2fx of 0 ms (goal >= 0.7)\n", w/base[0], rd/base[1], ck/base[2])
 				}
 				bk.Close()
 			}
