@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 )
 
@@ -114,7 +116,8 @@ func (r *Repository) saveFoundPacks(found map[ID]*packInfo) {
 
 // loadPacksCached is loadPacks for a writer starting a point: with no
 // pack known yet, it starts from the cache's pack set when that is
-// younger than packTrust and the cache holds every index it names; with
+// younger than packTrust (their indexes read as any load reads them: the
+// cache's, the merged ones, their own); with
 // packs known, it lists nothing. Either way no known pack is sure: what
 // was true before this writer's lock may not be now, so stored confirms
 // each before the point relies on it.
@@ -136,11 +139,11 @@ func (r *Repository) loadPacksCached(ctx context.Context) error {
 		if err != nil {
 			return r.loadPacks(ctx)
 		}
-		p := &packInfo{id: id, size: sz[0], indexed: true, idxSize: sz[1]}
-		if p.entries, ok = r.cachedPackIndex(p); !ok {
-			return r.loadPacks(ctx)
-		}
-		found[id] = p
+		found[id] = &packInfo{id: id, size: sz[0], indexed: true, idxSize: sz[1]}
+	}
+	// Their indexes as a load reads them: cached, merged, then own.
+	if err := r.readPackIndexes(ctx, slices.Collect(maps.Values(found)), true); err != nil {
+		return err
 	}
 	x := r.packs
 	x.loadMu.Lock()

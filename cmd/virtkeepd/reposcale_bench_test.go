@@ -92,8 +92,10 @@ targets:
 		}
 		os.RemoveAll(to)
 	}
-	if os.Getenv("VIRTKEEP_SCALE_LOG") != "" {
-		b.Log(d.log.String())
+	if path := os.Getenv("VIRTKEEP_SCALE_LOG"); path != "" {
+		if err := os.WriteFile(path, []byte(d.log.String()), 0o600); err != nil {
+			b.Fatal(err)
+		}
 	}
 	rebuild, _ := timed("catalog", "rebuild", "--target", "big")
 	restoreOther := func() time.Duration {

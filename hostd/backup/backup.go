@@ -252,6 +252,7 @@ func (b *run) copyDisks(ctx context.Context, dial func(ctx context.Context, disk
 	if b.base != nil && b.level != chain.LevelFull {
 		parent = b.base.ID
 	}
+	newStart := time.Now()
 	pw, err := repo.NewPoint(ctx, target.PointSpec{
 		Domain: b.name, DomainUUID: b.uuid, Level: b.level, Consistency: b.consistency, FreezeMS: b.freezeMS,
 		Parent: parent, DomainXML: b.liveXML, DomainXMLInactive: b.inactiveXML,
@@ -260,6 +261,7 @@ func (b *run) copyDisks(ctx context.Context, dial func(ctx context.Context, disk
 	if err != nil {
 		return nil, err
 	}
+	b.phase("new point (lock, pack index)", newStart)
 	committed := false
 	defer func() {
 		if !committed {
