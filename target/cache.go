@@ -60,40 +60,142 @@ type cachedPoint struct {
 	Manifest *Manifest `json:"manifest"`
 }
 
+// pointsFile is the cached manifests by domain UUID, each domain's kept as
+// raw JSON so that a backup's chain decodes only its own domain's; IDs
+// names every cached point's stored size, domain and time, for comparing
+// with a listing.
 type pointsFile struct {
-	Version int                     `json:"version"`
-	Points  map[string]*cachedPoint `json:"points"`
+	Version int                        `json:"version"` // 2
+	IDs     map[string]pointRef        `json:"ids"`
+	Domains map[string]json.RawMessage `json:"domains"` // UUID -> map[point ID]*cachedPoint
 }
 
-// points returns the cached manifests by point ID; entries that do not
-// name themselves are left out, a file that cannot be read is no cache.
-func (c *metaCache) points() map[string]*cachedPoint {
-	out := map[string]*cachedPoint{}
+type pointRef struct {
+	Size   int64     `json:"s"`
+	Domain string    `json:"d"`
+	Time   time.Time `json:"t"`
+}
+
+// pointsView is the points file as read, its domains decoded on demand.
+type pointsView struct {
+	f       pointsFile
+	decoded map[string]map[string]*cachedPoint
+	counts  map[string]int // IDs per domain, as read
+	changed bool
+}
+
+// loadPoints reads the points file; a file that cannot be read (or of an
+// older version) is an empty cache.
+func (c *metaCache) loadPoints() *pointsView {
+	v := &pointsView{f: pointsFile{IDs: map[string]pointRef{}, Domains: map[string]json.RawMessage{}}, decoded: map[string]map[string]*cachedPoint{}}
 	data, err := c.read(cachePointsFile, maxCachePoints)
 	if err != nil {
-		return out
+		return v
 	}
-	var pf pointsFile
-	if err := json.Unmarshal(data, &pf); err != nil || pf.Version != 1 {
+	var f pointsFile
+	err = json.Unmarshal(data, &f)
+	switch {
+	case err == nil && f.Version == 1:
+		c.log.Info("metadata cache of an earlier layout: manifests are read from the target once")
+		return v
+	case err != nil || f.Version != 2 || f.IDs == nil || f.Domains == nil:
 		c.log.Warn("metadata cache damaged: manifests are read from the target", "err", err)
-		return out
+		return v
 	}
-	for id, cp := range pf.Points {
-		if cp != nil && cp.Manifest != nil && cp.Manifest.ID == id && checkPointID(id) == nil {
+	v.f = f
+	return v
+}
+
+// domain returns the cached points of domain uuid; entries that do not
+// name themselves are dropped, and a domain that does not decode is.
+func (v *pointsView) domain(uuid string) map[string]*cachedPoint {
+	if d, ok := v.decoded[uuid]; ok {
+		return d
+	}
+	d := map[string]*cachedPoint{}
+	if raw, ok := v.f.Domains[uuid]; ok {
+		var all map[string]*cachedPoint
+		if err := json.Unmarshal(raw, &all); err != nil {
+			all = nil
+		}
+		for id, cp := range all {
+			if ref, ok := v.f.IDs[id]; ok && ref.Domain == uuid && cp != nil && cp.Manifest != nil && cp.Manifest.ID == id && cp.Manifest.DomainUUID == uuid && checkPointID(id) == nil {
+				d[id] = cp
+			}
+		}
+	}
+	if v.counts == nil {
+		v.counts = map[string]int{}
+		for _, ref := range v.f.IDs {
+			v.counts[ref.Domain]++
+		}
+	}
+	if v.counts[uuid] != len(d) {
+		for id, ref := range v.f.IDs {
+			if ref.Domain == uuid && d[id] == nil {
+				delete(v.f.IDs, id) // named, but not held
+			}
+		}
+	}
+	v.decoded[uuid] = d
+	return d
+}
+
+// all returns every cached point.
+func (v *pointsView) all() map[string]*cachedPoint {
+	out := make(map[string]*cachedPoint, len(v.f.IDs))
+	for uuid := range v.f.Domains {
+		for id, cp := range v.domain(uuid) {
 			out[id] = cp
 		}
 	}
 	return out
 }
 
-// savePoints replaces the cached manifests with ps.
-func (c *metaCache) savePoints(ps map[string]*cachedPoint) {
-	if c.dir == "" {
+// put caches cp.
+func (v *pointsView) put(cp *cachedPoint) {
+	m := cp.Manifest
+	if old, ok := v.f.IDs[m.ID]; ok && old.Domain != m.DomainUUID {
+		v.drop(m.ID)
+	}
+	v.domain(m.DomainUUID)[m.ID] = cp
+	v.f.IDs[m.ID] = pointRef{Size: cp.Size, Domain: m.DomainUUID, Time: m.Time}
+	v.changed = true
+}
+
+// drop forgets point id.
+func (v *pointsView) drop(id string) {
+	ref, ok := v.f.IDs[id]
+	if !ok {
 		return
 	}
+	delete(v.domain(ref.Domain), id)
+	delete(v.f.IDs, id)
+	v.changed = true
+}
+
+// savePoints writes v back when it changed: the domains decoded are
+// encoded again, the others kept as they were read.
+func (c *metaCache) savePoints(v *pointsView) {
+	if c.dir == "" || !v.changed {
+		return
+	}
+	for uuid, d := range v.decoded {
+		if len(d) == 0 {
+			delete(v.f.Domains, uuid)
+			continue
+		}
+		raw, err := json.Marshal(d)
+		if err != nil {
+			c.log.Warn("metadata cache not updated", "err", err)
+			return
+		}
+		v.f.Domains[uuid] = raw
+	}
+	v.f.Version = 2
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	data, err := json.Marshal(pointsFile{Version: 1, Points: ps})
+	data, err := json.Marshal(v.f)
 	if err == nil {
 		err = c.write(cachePointsFile, data)
 	}

@@ -198,14 +198,14 @@ func testRecentPoints(t *testing.T, inner target.Backend) {
 	}
 	dir := t.TempDir()
 	mine := openRepo(t, inner, target.OpenOptions{CacheDir: dir, Now: clock})
-	if ms, err := mine.RecentPoints(ctx, nil); err != nil || len(ms) != 3 {
+	if ms, err := mine.RecentPoints(ctx, "u-1", nil); err != nil || len(ms) != 3 {
 		t.Fatalf("cold: %d points, %v", len(ms), err)
 	}
 	if err := other.DeletePoint(ctx, ids[0]); err != nil {
 		t.Fatal(err)
 	}
 	added, _ := backup(t, other, c, target.LevelFull, "", nil)
-	ms, err := mine.RecentPoints(ctx, nil)
+	ms, err := mine.RecentPoints(ctx, "u-1", nil)
 	var got []string
 	for _, m := range ms {
 		got = append(got, m.ID)
@@ -220,5 +220,69 @@ func testRecentPoints(t *testing.T, inner target.Backend) {
 	}
 	if ms, err := mine.Points(ctx, nil); err != nil || len(ms) != 3 {
 		t.Fatalf("a full listing: %d points, %v: want the 3 there", len(ms), err)
+	}
+}
+
+// tinyPoint commits a point of domain uuid holding one chunk.
+func tinyPoint(t *testing.T, r *target.Repository, uuid string, seed byte) string {
+	t.Helper()
+	ctx := context.Background()
+	pw, err := r.NewPoint(ctx, target.PointSpec{Domain: "vm-" + uuid, DomainUUID: uuid, Level: target.LevelFull, Consistency: "crash"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dw, err := pw.AddDisk(ctx, target.DiskSpec{Name: "vda", Format: "qcow2", VirtualSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 64<<10)
+	for i := range data {
+		data[i] = seed + byte(i)
+	}
+	if err := dw.WriteChunk(ctx, 0, data); err != nil {
+		t.Fatal(err)
+	}
+	if err := dw.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m, err := pw.Commit(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.ID
+}
+
+// TestRecentPointsOneDomain: RecentPoints gives one domain's points; the
+// other domains' new points are read once and cached, not again.
+func TestRecentPointsOneDomain(t *testing.T) {
+	ctx := context.Background()
+	inner := mem.New()
+	if err := target.Init(ctx, inner, target.InitOptions{PackSize: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	other := openRepo(t, inner, target.OpenOptions{})
+	for i := range 6 {
+		tinyPoint(t, other, []string{"a", "b", "c"}[i%3], byte(i))
+	}
+	cb := countReads(inner)
+	mine := openRepo(t, cb, target.OpenOptions{CacheDir: t.TempDir()})
+	ms, err := mine.RecentPoints(ctx, "a", nil)
+	if err != nil || len(ms) != 2 || ms[0].DomainUUID != "a" || ms[1].DomainUUID != "a" {
+		t.Fatalf("cold: %v, %d points", err, len(ms))
+	}
+	cb.take("points")
+	tinyPoint(t, other, "b", 9)
+	tinyPoint(t, other, "a", 10)
+	for round := range 2 {
+		ms, err := mine.RecentPoints(ctx, "a", nil)
+		if err != nil || len(ms) != 3 {
+			t.Fatalf("round %d: %v, %d points of a, want 3", round, err, len(ms))
+		}
+		if n, want := cb.take("points"), []int{2, 0}[round]; n != want {
+			t.Fatalf("round %d: %d manifests read, want %d (the new ones, once)", round, n, want)
+		}
+	}
+	if all, err := mine.Points(ctx, nil); err != nil || len(all) != 8 || cb.take("points") != 0 {
+		t.Fatalf("every point: %v, %d", err, len(all))
 	}
 }

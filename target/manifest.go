@@ -213,7 +213,8 @@ func (r *Repository) Points(ctx context.Context, bad func(id string, err error))
 	if err != nil {
 		return nil, err
 	}
-	cached := r.cache.points()
+	v := r.cache.loadPoints()
+	cached := v.all()
 	keep := make(map[string]*cachedPoint, len(listed))
 	var todo []listedPoint
 	for _, p := range listed {
@@ -227,12 +228,16 @@ func (r *Repository) Points(ctx context.Context, bad func(id string, err error))
 	if err != nil {
 		return nil, err
 	}
+	for id := range cached {
+		if keep[id] == nil {
+			v.drop(id)
+		}
+	}
 	for _, cp := range fetched {
 		keep[cp.Manifest.ID] = cp
+		v.put(cp)
 	}
-	if len(fetched) > 0 || len(keep) != len(cached) {
-		r.cache.savePoints(keep)
-	}
+	r.cache.savePoints(v)
 	return sortedPoints(keep), nil
 }
 
@@ -241,24 +246,26 @@ func (r *Repository) Points(ctx context.Context, bad func(id string, err error))
 // behind by less is seen.
 const RecentSlack = 24 * time.Hour
 
-// RecentPoints is Points for a caller that relies on the newest points
-// only (a backup's chain): with the metadata cache warm, it lists only the
-// point IDs dated after the cache's newest point less RecentSlack (S3
-// skips the others on its server), so that a backup costs a page of
-// listing, not the whole repository's. The older points it returns come
-// from the cache, as of the last full listing, and may be gone since (a
-// prune elsewhere): the caller checks those it relies on (HasPoint).
-// With no cache it is Points.
-func (r *Repository) RecentPoints(ctx context.Context, bad func(id string, err error)) ([]*Manifest, error) {
-	cached := r.cache.points()
+// RecentPoints is Points for a caller that relies on the newest points of
+// one domain only (a backup's chain): with the metadata cache warm, it
+// lists only the point IDs dated after the cache's newest point less
+// RecentSlack (S3 skips the others on its server), reads the manifests
+// new among them, and decodes from the cache only domain uuid's, so that
+// a backup costs a page of listing, not the whole repository's. The older
+// points it returns come from the cache, as of the last full listing, and
+// may be gone since (a prune elsewhere): the caller checks those it
+// relies on (HasPoint).
+func (r *Repository) RecentPoints(ctx context.Context, uuid string, bad func(id string, err error)) ([]*Manifest, error) {
+	v := r.cache.loadPoints()
 	var newest time.Time
-	for _, cp := range cached {
-		if t := cp.Manifest.Time; t.After(newest) && !cp.Manifest.Future(r.now()) {
-			newest = t
+	for _, ref := range v.f.IDs {
+		if ref.Time.After(newest) && !(&Manifest{Time: ref.Time}).Future(r.now()) {
+			newest = ref.Time
 		}
 	}
 	if newest.IsZero() {
-		return r.Points(ctx, bad)
+		pts, err := r.Points(ctx, bad)
+		return slices.DeleteFunc(pts, func(m *Manifest) bool { return m.DomainUUID != uuid }), err
 	}
 	if bad == nil {
 		bad = func(string, error) {}
@@ -271,7 +278,7 @@ func (r *Repository) RecentPoints(ctx context.Context, bad func(id string, err e
 		listed[id] = true
 		if checkPointID(id) != nil {
 			bad(id, fmt.Errorf("%s: %w", fi.Key, ErrStray))
-		} else if cp := cached[id]; cp == nil || cp.Size != fi.Size {
+		} else if ref, ok := v.f.IDs[id]; !ok || ref.Size != fi.Size {
 			todo = append(todo, listedPoint{id, fi.Size})
 		}
 		return nil
@@ -279,11 +286,9 @@ func (r *Repository) RecentPoints(ctx context.Context, bad func(id string, err e
 	if err != nil {
 		return nil, err
 	}
-	dropped := false
-	for id := range cached {
+	for id := range v.f.IDs {
 		if id > after && !listed[id] { // in the range listed, and gone
-			delete(cached, id)
-			dropped = true
+			v.drop(id)
 		}
 	}
 	fetched, err := r.readPoints(ctx, todo, bad)
@@ -291,12 +296,10 @@ func (r *Repository) RecentPoints(ctx context.Context, bad func(id string, err e
 		return nil, err
 	}
 	for _, cp := range fetched {
-		cached[cp.Manifest.ID] = cp
+		v.put(cp)
 	}
-	if len(fetched) > 0 || dropped {
-		r.cache.savePoints(cached)
-	}
-	return sortedPoints(cached), nil
+	r.cache.savePoints(v)
+	return sortedPoints(v.domain(uuid)), nil
 }
 
 // HasPoint reports whether point id is in the repository now.

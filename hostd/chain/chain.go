@@ -53,7 +53,7 @@ func Load(ctx context.Context, repo *target.Repository, uuid string, damaged map
 	bad := func(id string, err error) {
 		log.Warn("point unreadable, ignored for the chain", "point", id, "err", err)
 	}
-	pts, err := repo.RecentPoints(ctx, bad)
+	pts, err := repo.RecentPoints(ctx, uuid, bad)
 	if err != nil {
 		return Chain{}, err
 	}

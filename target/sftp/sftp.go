@@ -1,6 +1,7 @@
 package sftp
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -534,24 +536,67 @@ func (s *SFTP) SweepTemp(ctx context.Context, cutoff time.Time) (int, error) {
 	return n, nil
 }
 
-// walkFiles calls fn for each file below dir on the server, skipping files
-// and directories that vanish meanwhile, until ctx ends.
+// listDirs is how many directories a listing reads at once: each costs
+// round trips (open, read, close), and packs/ alone holds 256.
+const listDirs = 16
+
+// walkFiles calls fn with every file under dir (missing: none), in
+// lexical order of path, after reading the directories listDirs at once.
 func walkFiles(ctx context.Context, c *sftp.Client, dir string, fn func(p string, fi os.FileInfo) error) error {
-	w := c.Walk(dir)
-	for w.Step() {
+	type file struct {
+		p  string
+		fi os.FileInfo
+	}
+	var (
+		mu    sync.Mutex
+		files []file
+		first error
+		wg    sync.WaitGroup
+		sem   = make(chan struct{}, listDirs)
+	)
+	fail := func(err error) {
+		mu.Lock()
+		first = cmp.Or(first, err)
+		mu.Unlock()
+	}
+	var visit func(d string)
+	visit = func(d string) {
+		defer wg.Done()
 		if err := ctx.Err(); err != nil {
-			return err
+			fail(err)
+			return
 		}
-		if err := w.Err(); err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
+		sem <- struct{}{}
+		fis, err := c.ReadDir(d)
+		<-sem
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				fail(err)
+			}
+			return
+		}
+		for _, fi := range fis {
+			p := path.Join(d, fi.Name())
+			if fi.IsDir() {
+				wg.Add(1)
+				go visit(p)
 				continue
 			}
-			return err
+			mu.Lock()
+			files = append(files, file{p, fi})
+			mu.Unlock()
 		}
-		if fi := w.Stat(); !fi.IsDir() {
-			if err := fn(w.Path(), fi); err != nil {
-				return err
-			}
+	}
+	wg.Add(1)
+	visit(dir)
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	slices.SortFunc(files, func(a, b file) int { return strings.Compare(a.p, b.p) })
+	for _, f := range files {
+		if err := fn(f.p, f.fi); err != nil {
+			return err
 		}
 	}
 	return nil
