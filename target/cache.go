@@ -29,10 +29,10 @@ import (
 // listing checks.
 
 const (
-	cachePointsFile = "points.json"
-	cachePacksFile  = "packs.json"
-	cachePackDir    = "packindex"
-	cacheMergedDir  = "merged"
+	cachePointsDir = "points"
+	cachePacksFile = "packs.json"
+	cachePackDir   = "packindex"
+	cacheMergedDir = "merged"
 	// maxCachePoints bounds the points file read (about 1 KiB a point).
 	maxCachePoints = 1 << 30
 )
@@ -60,81 +60,83 @@ type cachedPoint struct {
 	Manifest *Manifest `json:"manifest"`
 }
 
-// pointsFile is the cached manifests by domain UUID, each domain's kept as
-// raw JSON so that a backup's chain decodes only its own domain's; IDs
-// names every cached point's stored size, domain and time, for comparing
-// with a listing.
-type pointsFile struct {
-	Version int                        `json:"version"` // 2
-	IDs     map[string]pointRef        `json:"ids"`
-	Domains map[string]json.RawMessage `json:"domains"` // UUID -> map[point ID]*cachedPoint
+// The points cache: points/index.json names every cached point (its
+// stored size, time and domain), and points/d-HASH.json holds one
+// domain's manifests, so that a backup's chain reads the index and its
+// own domain's file, and writes back only what changed. The index is
+// written last: a point a domain file holds and the index does not name
+// is read again; one the index names and its file lacks is forgotten.
+
+// pointsIndex is points/index.json.
+type pointsIndex struct {
+	Version int                 `json:"version"` // 3
+	Domains []string            `json:"domains"`
+	IDs     map[string][3]int64 `json:"ids"` // point ID -> stored size, time (Unix ns), number in Domains
 }
 
 type pointRef struct {
-	Size   int64     `json:"s"`
-	Domain string    `json:"d"`
-	Time   time.Time `json:"t"`
+	Size   int64
+	Domain string
+	Time   time.Time
 }
 
-// pointsView is the points file as read, its domains decoded on demand.
+// pointsView is the points cache as read, its domains read on demand.
 type pointsView struct {
-	f       pointsFile
+	c       *metaCache
+	refs    map[string]pointRef
 	decoded map[string]map[string]*cachedPoint
-	counts  map[string]int // IDs per domain, as read
+	dirty   map[string]bool // domains changed
 	changed bool
 }
 
-// loadPoints reads the points file; a file that cannot be read (or of an
-// older version) is an empty cache.
+func domainFile(uuid string) string {
+	h := sha256.Sum256([]byte(uuid))
+	return filepath.Join(cachePointsDir, fmt.Sprintf("d-%x.json", h[:12]))
+}
+
+// loadPoints reads the points index; one that cannot be read is an
+// empty cache.
 func (c *metaCache) loadPoints() *pointsView {
-	v := &pointsView{f: pointsFile{IDs: map[string]pointRef{}, Domains: map[string]json.RawMessage{}}, decoded: map[string]map[string]*cachedPoint{}}
-	data, err := c.read(cachePointsFile, maxCachePoints)
+	v := &pointsView{c: c, refs: map[string]pointRef{}, decoded: map[string]map[string]*cachedPoint{}, dirty: map[string]bool{}}
+	data, err := c.read(filepath.Join(cachePointsDir, "index.json"), maxCachePoints)
 	if err != nil {
 		return v
 	}
-	var f pointsFile
-	err = json.Unmarshal(data, &f)
-	switch {
-	case err == nil && f.Version == 1:
-		c.log.Info("metadata cache of an earlier layout: manifests are read from the target once")
-		return v
-	case err != nil || f.Version != 2 || f.IDs == nil || f.Domains == nil:
+	var ix pointsIndex
+	if err := json.Unmarshal(data, &ix); err != nil || ix.Version != 3 {
 		c.log.Warn("metadata cache damaged: manifests are read from the target", "err", err)
 		return v
 	}
-	v.f = f
+	for id, r := range ix.IDs {
+		if r[2] >= 0 && r[2] < int64(len(ix.Domains)) {
+			v.refs[id] = pointRef{Size: r[0], Time: time.Unix(0, r[1]).UTC(), Domain: ix.Domains[r[2]]}
+		}
+	}
 	return v
 }
 
-// domain returns the cached points of domain uuid; entries that do not
-// name themselves are dropped, and a domain that does not decode is.
+// domain returns the cached points of domain uuid that the index names;
+// those it names and the domain's file lacks are forgotten.
 func (v *pointsView) domain(uuid string) map[string]*cachedPoint {
 	if d, ok := v.decoded[uuid]; ok {
 		return d
 	}
-	d := map[string]*cachedPoint{}
-	if raw, ok := v.f.Domains[uuid]; ok {
-		var all map[string]*cachedPoint
-		if err := json.Unmarshal(raw, &all); err != nil {
+	var all map[string]*cachedPoint
+	if data, err := v.c.read(domainFile(uuid), maxCachePoints); err == nil {
+		if err := json.Unmarshal(data, &all); err != nil {
 			all = nil
 		}
-		for id, cp := range all {
-			if ref, ok := v.f.IDs[id]; ok && ref.Domain == uuid && cp != nil && cp.Manifest != nil && cp.Manifest.ID == id && cp.Manifest.DomainUUID == uuid && checkPointID(id) == nil {
-				d[id] = cp
-			}
+	}
+	d := map[string]*cachedPoint{}
+	for id, cp := range all {
+		if ref, ok := v.refs[id]; ok && ref.Domain == uuid && cp != nil && cp.Manifest != nil && cp.Manifest.ID == id && cp.Manifest.DomainUUID == uuid && checkPointID(id) == nil {
+			d[id] = cp
 		}
 	}
-	if v.counts == nil {
-		v.counts = map[string]int{}
-		for _, ref := range v.f.IDs {
-			v.counts[ref.Domain]++
-		}
-	}
-	if v.counts[uuid] != len(d) {
-		for id, ref := range v.f.IDs {
-			if ref.Domain == uuid && d[id] == nil {
-				delete(v.f.IDs, id) // named, but not held
-			}
+	for id, ref := range v.refs {
+		if ref.Domain == uuid && d[id] == nil {
+			delete(v.refs, id) // named, but not held
+			v.changed = true
 		}
 	}
 	v.decoded[uuid] = d
@@ -143,8 +145,12 @@ func (v *pointsView) domain(uuid string) map[string]*cachedPoint {
 
 // all returns every cached point.
 func (v *pointsView) all() map[string]*cachedPoint {
-	out := make(map[string]*cachedPoint, len(v.f.IDs))
-	for uuid := range v.f.Domains {
+	out := make(map[string]*cachedPoint, len(v.refs))
+	domains := map[string]bool{}
+	for _, ref := range v.refs {
+		domains[ref.Domain] = true
+	}
+	for uuid := range domains {
 		for id, cp := range v.domain(uuid) {
 			out[id] = cp
 		}
@@ -155,53 +161,66 @@ func (v *pointsView) all() map[string]*cachedPoint {
 // put caches cp.
 func (v *pointsView) put(cp *cachedPoint) {
 	m := cp.Manifest
-	if old, ok := v.f.IDs[m.ID]; ok && old.Domain != m.DomainUUID {
+	if old, ok := v.refs[m.ID]; ok && old.Domain != m.DomainUUID {
 		v.drop(m.ID)
 	}
 	v.domain(m.DomainUUID)[m.ID] = cp
-	v.f.IDs[m.ID] = pointRef{Size: cp.Size, Domain: m.DomainUUID, Time: m.Time}
-	v.changed = true
+	v.refs[m.ID] = pointRef{Size: cp.Size, Domain: m.DomainUUID, Time: m.Time}
+	v.dirty[m.DomainUUID], v.changed = true, true
 }
 
 // drop forgets point id.
 func (v *pointsView) drop(id string) {
-	ref, ok := v.f.IDs[id]
+	ref, ok := v.refs[id]
 	if !ok {
 		return
 	}
 	delete(v.domain(ref.Domain), id)
-	delete(v.f.IDs, id)
-	v.changed = true
+	delete(v.refs, id)
+	v.dirty[ref.Domain], v.changed = true, true
 }
 
-// savePoints writes v back when it changed: the domains decoded are
-// encoded again, the others kept as they were read.
+// savePoints writes back what changed: the domain files, then the index.
 func (c *metaCache) savePoints(v *pointsView) {
 	if c.dir == "" || !v.changed {
 		return
 	}
-	for uuid, d := range v.decoded {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for uuid := range v.dirty {
+		d := v.decoded[uuid]
 		if len(d) == 0 {
-			delete(v.f.Domains, uuid)
+			_ = os.Remove(filepath.Join(c.dir, domainFile(uuid)))
 			continue
 		}
-		raw, err := json.Marshal(d)
+		data, err := json.Marshal(d)
+		if err == nil {
+			err = c.write(domainFile(uuid), data)
+		}
 		if err != nil {
 			c.log.Warn("metadata cache not updated", "err", err)
 			return
 		}
-		v.f.Domains[uuid] = raw
 	}
-	v.f.Version = 2
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	data, err := json.Marshal(v.f)
+	ix := pointsIndex{Version: 3, IDs: make(map[string][3]int64, len(v.refs))}
+	num := map[string]int64{}
+	for id, ref := range v.refs {
+		n, ok := num[ref.Domain]
+		if !ok {
+			n = int64(len(ix.Domains))
+			num[ref.Domain] = n
+			ix.Domains = append(ix.Domains, ref.Domain)
+		}
+		ix.IDs[id] = [3]int64{ref.Size, ref.Time.UnixNano(), n}
+	}
+	data, err := json.Marshal(ix)
 	if err == nil {
-		err = c.write(cachePointsFile, data)
+		err = c.write(filepath.Join(cachePointsDir, "index.json"), data)
 	}
 	if err != nil {
 		c.log.Warn("metadata cache not updated", "err", err)
 	}
+	_ = os.Remove(filepath.Join(c.dir, "points.json")) // the layout before
 }
 
 // packSet is the packs a full listing showed, with their sizes and their

@@ -115,12 +115,16 @@ func testMetaCache(t *testing.T, inner target.Backend) {
 	if len(dirs) != 1 {
 		t.Fatalf("cache holds %v: want one directory, the repository's", dirs)
 	}
-	for _, p := range []string{dirs[0], filepath.Join(dirs[0], "points.json")} {
+	domainFiles, _ := filepath.Glob(filepath.Join(dirs[0], "points", "d-*.json"))
+	if len(domainFiles) != 1 {
+		t.Fatalf("points cache: %v, want one domain's file", domainFiles)
+	}
+	for _, p := range []string{dirs[0], filepath.Join(dirs[0], "points", "index.json"), domainFiles[0]} {
 		if fi, err := os.Stat(p); err != nil || fi.Mode().Perm()&0o077 != 0 {
 			t.Fatalf("%s: %v %v: want private to root", p, fi.Mode(), err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(dirs[0], "points.json"), []byte("{garbage"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dirs[0], "points", "index.json"), []byte("{garbage"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	idxs, _ := filepath.Glob(filepath.Join(dirs[0], "packindex", "*"))

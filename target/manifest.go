@@ -258,7 +258,7 @@ const RecentSlack = 24 * time.Hour
 func (r *Repository) RecentPoints(ctx context.Context, uuid string, bad func(id string, err error)) ([]*Manifest, error) {
 	v := r.cache.loadPoints()
 	var newest time.Time
-	for _, ref := range v.f.IDs {
+	for _, ref := range v.refs {
 		if ref.Time.After(newest) && !(&Manifest{Time: ref.Time}).Future(r.now()) {
 			newest = ref.Time
 		}
@@ -278,7 +278,7 @@ func (r *Repository) RecentPoints(ctx context.Context, uuid string, bad func(id 
 		listed[id] = true
 		if checkPointID(id) != nil {
 			bad(id, fmt.Errorf("%s: %w", fi.Key, ErrStray))
-		} else if ref, ok := v.f.IDs[id]; !ok || ref.Size != fi.Size {
+		} else if ref, ok := v.refs[id]; !ok || ref.Size != fi.Size {
 			todo = append(todo, listedPoint{id, fi.Size})
 		}
 		return nil
@@ -286,7 +286,7 @@ func (r *Repository) RecentPoints(ctx context.Context, uuid string, bad func(id 
 	if err != nil {
 		return nil, err
 	}
-	for id := range v.f.IDs {
+	for id := range v.refs {
 		if id > after && !listed[id] { // in the range listed, and gone
 			v.drop(id)
 		}

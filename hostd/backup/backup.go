@@ -200,10 +200,12 @@ func (e *Driver) Backup(ctx context.Context, req BackupRequest) (*Result, error)
 			log.Info("disk skipped", "disk", s.Disk, "reason", s.Reason)
 		}
 	}
+	chainStart := time.Now()
 	ch, err := chain.Load(ctx, req.Target.Repo, uuid, req.Damaged, e.log())
 	if err != nil {
 		return nil, fmt.Errorf("target %s: %w", req.Target.Name, err)
 	}
+	log.Info("backup phase", "phase", "chain (the target's points)", "took", ms(time.Since(chainStart)))
 	level, base := ch.Resolve(req.Level, log)
 	b := &run{started: started, e: e, req: req, dom: dom, name: name, uuid: uuid, log: log, disks: disks, level: level, base: base, chain: ch,
 		liveXML: liveXML, inactiveXML: inactiveXML, dx: &dx, res: &Result{Skipped: skipped}, plan: chain.Plan{Level: level, Base: base, Target: req.Target.Name}}
