@@ -230,30 +230,11 @@ func testRecentPoints(t *testing.T, inner target.Backend) {
 // tinyPoint commits a point of domain uuid holding one chunk.
 func tinyPoint(t *testing.T, r *target.Repository, uuid string, seed byte) string {
 	t.Helper()
-	ctx := context.Background()
-	pw, err := r.NewPoint(ctx, target.PointSpec{Domain: "vm-" + uuid, DomainUUID: uuid, Level: target.LevelFull, Consistency: "crash"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dw, err := pw.AddDisk(ctx, target.DiskSpec{Name: "vda", Format: "qcow2", VirtualSize: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
 	data := make([]byte, 64<<10)
 	for i := range data {
 		data[i] = seed + byte(i)
 	}
-	if err := dw.WriteChunk(ctx, 0, data); err != nil {
-		t.Fatal(err)
-	}
-	if err := dw.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
-	m, err := pw.Commit(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m.ID
+	return pointOfChunk(t, r, target.PointSpec{Domain: "vm-" + uuid, DomainUUID: uuid, Level: target.LevelFull, Consistency: "crash"}, 64<<10, 0, data)
 }
 
 // TestRecentPointsOneDomain: RecentPoints gives one domain's points; the

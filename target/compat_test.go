@@ -134,7 +134,7 @@ func TestOpenFormat2Fixture(t *testing.T) {
 			for i := range chunk {
 				chunk[i] = byte(i*7 + 1)
 			}
-			id := writeOneChunk(t, r, last, 5, chunk)
+			id := pointOfChunk(t, r, target.PointSpec{Domain: "vm1", DomainUUID: "u-1", Level: target.LevelInc, Parent: last, Consistency: "crash"}, 1<<20, 5, chunk)
 			if !bytes.Equal(diskOf(t, r, id), next) {
 				t.Fatalf("new point %s on the fixture's %s reads back different", id, last)
 			}
@@ -157,30 +157,4 @@ func TestOpenFormat2Fixture(t *testing.T) {
 			}
 		})
 	}
-}
-
-// writeOneChunk commits an incremental on base whose disk vda differs from
-// it only in chunk idx.
-func writeOneChunk(t *testing.T, r *target.Repository, base string, idx int64, data []byte) string {
-	t.Helper()
-	ctx := context.Background()
-	pw, err := r.NewPoint(ctx, target.PointSpec{Domain: "vm1", DomainUUID: "u-1", Level: "inc", Parent: base, Consistency: "crash"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dw, err := pw.AddDisk(ctx, target.DiskSpec{Name: "vda", Format: "qcow2", VirtualSize: 1 << 20, Base: base})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := dw.WriteChunk(ctx, idx, data); err != nil {
-		t.Fatal(err)
-	}
-	if err := dw.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
-	m, err := pw.Commit(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m.ID
 }
