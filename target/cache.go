@@ -246,17 +246,13 @@ func (c *metaCache) packs() (packSet, bool) {
 	return ps, true
 }
 
-// savePacks replaces the cached pack set (nil forgets it).
+// savePacks replaces the cached pack set.
 func (c *metaCache) savePacks(ps *packSet) {
 	if c.dir == "" {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if ps == nil {
-		_ = os.Remove(filepath.Join(c.dir, cachePacksFile))
-		return
-	}
 	ps.Version = 1
 	data, err := json.Marshal(ps)
 	if err == nil {

@@ -280,7 +280,7 @@ func (c *checker) stored(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("pack indexes: %w", err)
 	}
-	stored, err := r.chunkSizes(ctx)
+	stored, err := r.heldChunks(ctx)
 	if err != nil {
 		return fmt.Errorf("list chunks: %w", err)
 	}

@@ -258,8 +258,9 @@ const RecentSlack = 24 * time.Hour
 func (r *Repository) RecentPoints(ctx context.Context, uuid string, bad func(id string, err error)) ([]*Manifest, error) {
 	v := r.cache.loadPoints()
 	var newest time.Time
+	now := r.now()
 	for _, ref := range v.refs {
-		if ref.Time.After(newest) && !(&Manifest{Time: ref.Time}).Future(r.now()) {
+		if ref.Time.After(newest) && !future(ref.Time, now) {
 			newest = ref.Time
 		}
 	}

@@ -178,33 +178,25 @@ func (r *Repository) fromMerged(ctx context.Context, ps []*packInfo) ([]*packInf
 }
 
 // readMerged reads and decodes the merged object fi lists: the metadata
-// cache's copy when it holds one of the listed size, else the backend's
-// (then cached).
+// cache's copy when it holds a sound one of the listed size, else the
+// backend's (then cached).
 func (r *Repository) readMerged(ctx context.Context, fi ObjectInfo) ([]mergedRecord, error) {
 	id, _ := keyID(fi.Key)
-	limit := maxObject(typeMerged, r.cfg.ChunkSize)
-	obj, cached := r.cache.object(cacheMergedDir, id, fi.Size, limit)
-	if !cached {
-		var err error
-		if obj, err = r.getEnvelope(ctx, typeMerged, fi.Key); err != nil {
-			return nil, err
-		}
-	}
-	plain, err := r.codec.open(typeMerged, obj)
 	var recs []mergedRecord
-	if err == nil {
-		recs, err = decodeMerged(plain, maxObject(typePackIndex, r.cfg.ChunkSize))
+	decode := func(obj []byte) error {
+		plain, err := r.codec.open(typeMerged, obj)
+		if err == nil {
+			recs, err = decodeMerged(plain, maxObject(typePackIndex, r.cfg.ChunkSize))
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", fi.Key, err)
+		}
+		return nil
 	}
-	switch {
-	case err != nil && cached:
-		r.cache.dropObject(cacheMergedDir, id)
-		return nil, fmt.Errorf("%s (cached): %w", fi.Key, err)
-	case err != nil:
-		return nil, fmt.Errorf("%s: %w", fi.Key, err)
-	case !cached && int64(len(obj)) == fi.Size:
-		r.cache.putObject(cacheMergedDir, id, obj)
+	if r.cachedObject(cacheMergedDir, id, typeMerged, fi.Size, decode) {
+		return recs, nil
 	}
-	return recs, nil
+	return recs, r.fetchObject(ctx, cacheMergedDir, id, fi.Key, typeMerged, fi.Size, decode)
 }
 
 // putMerged stores recs as merged objects of at most maxMergedPlain

@@ -208,30 +208,55 @@ func (r *Repository) readPackIndexes(ctx context.Context, ps []*packInfo, merged
 // cachedPackIndex is p's index from the metadata cache, when it holds one
 // of the listed size that decodes.
 func (r *Repository) cachedPackIndex(p *packInfo) ([]packEntry, bool) {
-	obj, ok := r.cache.object(cachePackDir, p.id, p.idxSize, maxObject(typePackIndex, r.cfg.ChunkSize))
-	if !ok {
-		return nil, false
-	}
-	es, err := r.decodePackIndexObject(p, obj)
-	if err != nil {
-		r.log.Warn("cached pack index damaged: read from the target", "pack", packKey(p.id), "err", err)
-		r.cache.dropObject(cachePackDir, p.id)
-		return nil, false
-	}
-	return es, true
+	var es []packEntry
+	ok := r.cachedObject(cachePackDir, p.id, typePackIndex, p.idxSize, func(obj []byte) (err error) {
+		es, err = r.decodePackIndexObject(p, obj)
+		return err
+	})
+	return es, ok
 }
 
 // fetchPackIndex reads p's index from the backend and caches it.
 func (r *Repository) fetchPackIndex(ctx context.Context, p *packInfo) ([]packEntry, error) {
-	obj, err := r.getEnvelope(ctx, typePackIndex, packIndexKey(p.id))
-	if err != nil {
-		return nil, err
-	}
-	es, err := r.decodePackIndexObject(p, obj)
-	if err == nil && int64(len(obj)) == p.idxSize {
-		r.cache.putObject(cachePackDir, p.id, obj)
-	}
+	var es []packEntry
+	err := r.fetchObject(ctx, cachePackDir, p.id, packIndexKey(p.id), typePackIndex, p.idxSize, func(obj []byte) (err error) {
+		es, err = r.decodePackIndexObject(p, obj)
+		return err
+	})
 	return es, err
+}
+
+// cachedObject gives decode the metadata cache's copy of object id of kind
+// (of type typ) when it holds one of size bytes, the size listed now; a
+// copy decode refuses is dropped. It reports whether decode took one.
+func (r *Repository) cachedObject(kind string, id ID, typ byte, size int64, decode func(obj []byte) error) bool {
+	obj, ok := r.cache.object(kind, id, size, maxObject(typ, r.cfg.ChunkSize))
+	if !ok {
+		return false
+	}
+	if err := decode(obj); err != nil {
+		r.log.Warn("cached metadata damaged: read from the target", "object", kind+"/"+id.String(), "err", err)
+		r.cache.dropObject(kind, id)
+		return false
+	}
+	return true
+}
+
+// fetchObject reads the object at key (of type typ) from the backend and
+// gives it to decode; one decode takes at size bytes, the size listed, is
+// cached as object id of kind.
+func (r *Repository) fetchObject(ctx context.Context, kind string, id ID, key string, typ byte, size int64, decode func(obj []byte) error) error {
+	obj, err := r.getEnvelope(ctx, typ, key)
+	if err != nil {
+		return err
+	}
+	if err := decode(obj); err != nil {
+		return err
+	}
+	if int64(len(obj)) == size {
+		r.cache.putObject(kind, id, obj)
+	}
+	return nil
 }
 
 // decodePackIndexObject opens and decodes obj, the stored index of p.
@@ -442,7 +467,8 @@ func (r *Repository) loadOwnPacks(ctx context.Context) (map[ID]*packInfo, error)
 func (r *Repository) addPacks(found map[ID]*packInfo, unchanged func(ID, int64) bool, sure bool) error {
 	x := r.packs
 	damaged := map[ID]error{}
-	defer func() { x.mu.Lock(); x.damaged = damaged; x.mu.Unlock() }()
+	merged := false
+	defer func() { x.mu.Lock(); x.damaged, x.merged = damaged, x.merged || merged; x.mu.Unlock() }()
 	for _, id := range slices.SortedFunc(maps.Keys(found), compareIDs) {
 		p := found[id]
 		if unchanged(id, p.idxSize) || !p.indexed || p.size < 0 {
@@ -456,11 +482,7 @@ func (r *Repository) addPacks(found map[ID]*packInfo, unchanged func(ID, int64) 
 		if err := x.addPack(id, p.size, p.entries, p.idxSize, sure); err != nil {
 			return err
 		}
-		if p.fromMerged {
-			x.mu.Lock()
-			x.merged = true
-			x.mu.Unlock()
-		}
+		merged = merged || p.fromMerged
 	}
 	return nil
 }
@@ -479,6 +501,15 @@ func (r *Repository) chunkSet(ctx context.Context) (map[ID]bool, error) {
 // in one listing, and the chunks of every pack the index knows after
 // bringing it up to date.
 func (r *Repository) chunkSizes(ctx context.Context) (map[ID]int64, error) {
+	if err := r.loadPacks(ctx); err != nil {
+		return nil, err
+	}
+	return r.heldChunks(ctx)
+}
+
+// heldChunks is chunkSizes by the pack index as loaded (check, which has
+// just loaded it from every own index).
+func (r *Repository) heldChunks(ctx context.Context) (map[ID]int64, error) {
 	out := map[ID]int64{}
 	err := r.b.List(ctx, "chunks/", func(fi ObjectInfo) error {
 		if id, err := keyID(fi.Key); err == nil {
@@ -487,9 +518,6 @@ func (r *Repository) chunkSizes(ctx context.Context) (map[ID]int64, error) {
 		return nil
 	})
 	if err != nil {
-		return out, err
-	}
-	if err := r.loadPacks(ctx); err != nil {
 		return out, err
 	}
 	r.packs.mu.Lock()

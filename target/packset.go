@@ -32,21 +32,20 @@ const (
 // listed marks every known pack sure: a listing just showed each.
 func (x *packIndex) listed(now time.Time) {
 	x.mu.Lock()
-	defer x.mu.Unlock()
 	x.listedAt = now
-	for id, k := range x.known {
-		k.sure = true
-		x.known[id] = k
-	}
-	x.stats = 0
+	x.mu.Unlock()
+	x.markAll(true)
 }
 
 // doubt marks every known pack not sure.
-func (x *packIndex) doubt() {
+func (x *packIndex) doubt() { x.markAll(false) }
+
+// markAll sets every known pack's sure, and restarts the count of stats.
+func (x *packIndex) markAll(sure bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for id, k := range x.known {
-		k.sure = false
+		k.sure = sure
 		x.known[id] = k
 	}
 	x.stats = 0
@@ -60,17 +59,15 @@ func (x *packIndex) unsure(pack ID) (k knownPack, ok bool) {
 	return k, ok && !k.sure
 }
 
-// confirmed marks pack sure; stat counts a confirmation by stat.
-func (x *packIndex) confirmed(pack ID, stat bool) {
+// confirmed marks pack sure, confirmed by a stat.
+func (x *packIndex) confirmed(pack ID) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if k, ok := x.known[pack]; ok {
 		k.sure = true
 		x.known[pack] = k
 	}
-	if stat {
-		x.stats++
-	}
+	x.stats++
 }
 
 func (x *packIndex) statCount() int {
@@ -190,7 +187,7 @@ func (r *Repository) confirmPack(ctx context.Context, pack ID, k knownPack) erro
 		ii, ierr := r.b.Stat(ctx, packIndexKey(pack))
 		err = cmp.Or(err, ierr)
 		if err == nil && pi.Size == k.size && ii.Size == k.idxSize {
-			r.packs.confirmed(pack, true)
+			r.packs.confirmed(pack)
 			return nil
 		}
 		if err != nil && !errors.Is(err, ErrNotFound) {

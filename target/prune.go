@@ -129,7 +129,10 @@ const ClockSlack = time.Minute
 // was set ahead (a year, say) and set right since. Such a point is no
 // base for the next backup and retention keeps it without counting it:
 // its date says nothing of its place among the points taken since.
-func (m *Manifest) Future(now time.Time) bool { return m.Time.After(now.Add(ClockSlack)) }
+func (m *Manifest) Future(now time.Time) bool { return future(m.Time, now) }
+
+// future reports whether t is ahead of now by more than ClockSlack.
+func future(t, now time.Time) bool { return t.After(now.Add(ClockSlack)) }
 
 // ChainKey is what retention groups a point's domain by, as chains are:
 // its UUID, or (points written without one) its name. Two hosts' VMs of
