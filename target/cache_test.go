@@ -11,6 +11,7 @@ import (
 
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/mem"
+	"github.com/virtkeep/virtkeep/target/targettest"
 	"github.com/virtkeep/virtkeep/testenv"
 )
 
@@ -234,7 +235,7 @@ func tinyPoint(t *testing.T, r *target.Repository, uuid string, seed byte) strin
 	for i := range data {
 		data[i] = seed + byte(i)
 	}
-	return pointOfChunk(t, r, target.PointSpec{Domain: "vm-" + uuid, DomainUUID: uuid, Level: target.LevelFull, Consistency: "crash"}, 64<<10, 0, data)
+	return targettest.CommitChunk(t, r, target.PointSpec{Domain: "vm-" + uuid, DomainUUID: uuid, Level: target.LevelFull, Consistency: "crash"}, 64<<10, 0, data).ID
 }
 
 // TestRecentPointsOneDomain: RecentPoints gives one domain's points; the

@@ -13,6 +13,7 @@ import (
 
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/local"
+	"github.com/virtkeep/virtkeep/target/targettest"
 )
 
 // fixtureDir holds repositories written by virtkeep 73785fd (format 2,
@@ -134,7 +135,7 @@ func TestOpenFormat2Fixture(t *testing.T) {
 			for i := range chunk {
 				chunk[i] = byte(i*7 + 1)
 			}
-			id := pointOfChunk(t, r, target.PointSpec{Domain: "vm1", DomainUUID: "u-1", Level: target.LevelInc, Parent: last, Consistency: "crash"}, 1<<20, 5, chunk)
+			id := targettest.CommitChunk(t, r, target.PointSpec{Domain: "vm1", DomainUUID: "u-1", Level: target.LevelInc, Parent: last, Consistency: "crash"}, 1<<20, 5, chunk).ID
 			if !bytes.Equal(diskOf(t, r, id), next) {
 				t.Fatalf("new point %s on the fixture's %s reads back different", id, last)
 			}

@@ -261,30 +261,3 @@ func eachKey(t *testing.T, f func(t *testing.T, key *target.Key)) {
 		})
 	}
 }
-
-// pointOfChunk commits a point of spec whose disk vda (size bytes, on
-// spec.Parent when set) holds data at chunk idx and, on a parent, the
-// parent's chunks elsewhere.
-func pointOfChunk(t *testing.T, r *target.Repository, spec target.PointSpec, size, idx int64, data []byte) string {
-	t.Helper()
-	ctx := context.Background()
-	pw, err := r.NewPoint(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dw, err := pw.AddDisk(ctx, target.DiskSpec{Name: "vda", Format: "qcow2", VirtualSize: size, Base: spec.Parent})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := dw.WriteChunk(ctx, idx, data); err != nil {
-		t.Fatal(err)
-	}
-	if err := dw.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
-	m, err := pw.Commit(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m.ID
-}

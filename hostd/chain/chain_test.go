@@ -9,31 +9,14 @@ import (
 	"github.com/virtkeep/virtkeep/hostd/chain"
 	"github.com/virtkeep/virtkeep/target"
 	"github.com/virtkeep/virtkeep/target/mem"
+	"github.com/virtkeep/virtkeep/target/targettest"
 )
 
 // point commits a point of domain uuid at level, one small disk.
 func point(t *testing.T, r *target.Repository, uuid, level, parent string) *target.Manifest {
 	t.Helper()
-	ctx := context.Background()
-	pw, err := r.NewPoint(ctx, target.PointSpec{Domain: "vm-" + uuid, DomainUUID: uuid, Level: level, Parent: parent, Consistency: "crash"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dw, err := pw.AddDisk(ctx, target.DiskSpec{Name: "vda", Format: "raw", VirtualSize: 64 << 10})
-	if err == nil {
-		err = dw.WriteChunk(ctx, 0, make([]byte, 64<<10))
-	}
-	if err == nil {
-		err = dw.Close(ctx)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := pw.Commit(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
+	spec := target.PointSpec{Domain: "vm-" + uuid, DomainUUID: uuid, Level: level, Parent: parent, Consistency: "crash"}
+	return targettest.CommitChunk(t, r, spec, 64<<10, 0, make([]byte, 64<<10))
 }
 
 // TestLoadBaseGoneElsewhere: the chain comes from the metadata cache and
